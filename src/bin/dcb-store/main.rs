@@ -1,0 +1,64 @@
+//! The `dcb-store` command: `demo` runs the course-subscription scenario against the
+//! real store and checks its invariants; `migrate` creates or upgrades a schema.
+
+mod demo;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use dcb_store::{Config, EventStore};
+
+#[derive(Parser)]
+#[command(name = "dcb-store", version, about = "A DCB event store on PostgreSQL")]
+struct Cli {
+    /// Configuration file; missing is fine (defaults apply). DATABASE_URL overrides it.
+    #[arg(long, global = true, default_value = "config.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Many concurrent deciders subscribe students to courses; prints throughput and
+    /// latency, then checks the invariants and says PASS or FAIL.
+    Demo(demo::DemoArgs),
+    /// Creates or migrates the configured schema.
+    Migrate,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,dcb_store=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match actix::System::new().block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("dcb-store: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, dcb_store::Error> {
+    let config = Config::load(&cli.config)?;
+    match cli.command {
+        Command::Demo(args) => demo::run(config, args).await,
+        Command::Migrate => {
+            let applied = EventStore::migrate(&config).await?;
+            println!(
+                "schema {} is at version {} (applied now: {:?})",
+                config.schema(),
+                dcb_store::SCHEMA_VERSION,
+                applied
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,368 @@
+//! Configuration: defaults, then `config.toml`, then environment variables, then setters.
+//!
+//! Raw settings are parsed here and checked once in [`Config::validate`]; the rest of
+//! the crate reads the checked values.
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::model::Limits;
+
+/// Settings of an [`EventStore`](crate::EventStore).
+///
+/// ```
+/// use dcb_store::Config;
+/// let config = Config::default()
+///     .with_database_url("postgres://postgres@127.0.0.1/test")
+///     .with_schema("shop_1");
+/// assert_eq!(config.schema(), "shop_1");
+/// ```
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    database_url: Option<String>,
+    schema: String,
+    readers: usize,
+    pool_size: u32,
+    max_batch_events: usize,
+    max_batch_bytes: usize,
+    writer_mailbox: usize,
+    reader_mailbox: usize,
+    statement_cache_size: usize,
+    operation_timeout_ms: u64,
+    connect_timeout_ms: u64,
+    max_event_bytes: usize,
+    max_tags_per_event: usize,
+    max_name_bytes: usize,
+    read_page_size: usize,
+    metrics_channel_capacity: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            database_url: None,
+            schema: "dcb".to_owned(),
+            readers: 2,
+            pool_size: 4,
+            max_batch_events: 2_000,
+            max_batch_bytes: 8 << 20,
+            writer_mailbox: 2_048,
+            reader_mailbox: 256,
+            statement_cache_size: 64,
+            operation_timeout_ms: 30_000,
+            connect_timeout_ms: 10_000,
+            max_event_bytes: 1 << 20,
+            max_tags_per_event: 256,
+            max_name_bytes: 1_024,
+            read_page_size: 1_000,
+            metrics_channel_capacity: 65_536,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, overridden by the TOML file at `path` (when it exists) and then by
+    /// the environment: `DATABASE_URL` and `DCB_STORE_SCHEMA`.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let mut config = match std::fs::read_to_string(path) {
+            Ok(text) => toml::from_str(&text)
+                .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Config::default(),
+            Err(e) => return Err(Error::Config(format!("{}: {e}", path.display()))),
+        };
+        config.apply_env();
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Applies `DATABASE_URL` and `DCB_STORE_SCHEMA` when they are set and not empty.
+    pub fn apply_env(&mut self) {
+        if let Some(url) = std::env::var("DATABASE_URL").ok().filter(|v| !v.is_empty()) {
+            self.database_url = Some(url);
+        }
+        if let Some(schema) = std::env::var("DCB_STORE_SCHEMA")
+            .ok()
+            .filter(|v| !v.is_empty())
+        {
+            self.schema = schema;
+        }
+    }
+
+    /// Checks every setting; [`EventStore::connect`](crate::EventStore::connect) calls it.
+    pub fn validate(&self) -> Result<()> {
+        check_identifier(&self.schema)?;
+        let positive = [
+            ("readers", self.readers),
+            ("pool_size", self.pool_size as usize),
+            ("max_batch_events", self.max_batch_events),
+            ("max_batch_bytes", self.max_batch_bytes),
+            ("writer_mailbox", self.writer_mailbox),
+            ("reader_mailbox", self.reader_mailbox),
+            ("statement_cache_size", self.statement_cache_size),
+            ("operation_timeout_ms", self.operation_timeout_ms as usize),
+            ("connect_timeout_ms", self.connect_timeout_ms as usize),
+            ("max_event_bytes", self.max_event_bytes),
+            ("max_name_bytes", self.max_name_bytes),
+            ("read_page_size", self.read_page_size),
+            ("metrics_channel_capacity", self.metrics_channel_capacity),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(Error::Config(format!("{name} must be greater than 0")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The PostgreSQL connection string (URL or `key=value` form). Defaults to none,
+    /// which makes the binary and the tests start an embedded throwaway server.
+    #[must_use]
+    pub fn with_database_url(mut self, url: impl Into<String>) -> Self {
+        self.database_url = Some(url.into());
+        self
+    }
+
+    /// The PostgreSQL schema that holds the store's tables: letters, digits and `_`,
+    /// not starting with a digit, at most 63 bytes. Defaults to `dcb`.
+    #[must_use]
+    pub fn with_schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// Number of reader actors, each with its own connection. Defaults to 2.
+    #[must_use]
+    pub fn with_readers(mut self, readers: usize) -> Self {
+        self.readers = readers;
+        self
+    }
+
+    /// Most events in one writer batch (one transaction). Defaults to 2000.
+    #[must_use]
+    pub fn with_max_batch_events(mut self, events: usize) -> Self {
+        self.max_batch_events = events;
+        self
+    }
+
+    /// Most JSON bytes in one writer batch. Defaults to 8 MiB.
+    #[must_use]
+    pub fn with_max_batch_bytes(mut self, bytes: usize) -> Self {
+        self.max_batch_bytes = bytes;
+        self
+    }
+
+    /// Appends the writer's mailbox holds before callers wait. Defaults to 2048.
+    #[must_use]
+    pub fn with_writer_mailbox(mut self, appends: usize) -> Self {
+        self.writer_mailbox = appends;
+        self
+    }
+
+    /// Time limit of every operation. Defaults to 30 s.
+    #[must_use]
+    pub fn with_operation_timeout(mut self, timeout: Duration) -> Self {
+        self.operation_timeout_ms = timeout.as_millis().max(1) as u64;
+        self
+    }
+
+    /// Largest data plus metadata of one event, in bytes. Defaults to 1 MiB.
+    #[must_use]
+    pub fn with_max_event_bytes(mut self, bytes: usize) -> Self {
+        self.max_event_bytes = bytes;
+        self
+    }
+
+    /// Query shapes whose prepared statements each reader keeps. Defaults to 64.
+    #[must_use]
+    pub fn with_statement_cache_size(mut self, shapes: usize) -> Self {
+        self.statement_cache_size = shapes;
+        self
+    }
+
+    /// Events per page of [`EventStore::read_stream`](crate::EventStore::read_stream). Defaults to 1000.
+    #[must_use]
+    pub fn with_read_page_size(mut self, events: usize) -> Self {
+        self.read_page_size = events;
+        self
+    }
+
+    /// The connection string, if one is configured.
+    pub fn database_url(&self) -> Option<&str> {
+        self.database_url.as_deref()
+    }
+
+    /// The schema name.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    pub(crate) fn readers(&self) -> usize {
+        self.readers
+    }
+    pub(crate) fn pool_size(&self) -> u32 {
+        self.pool_size
+    }
+    pub(crate) fn max_batch_events(&self) -> usize {
+        self.max_batch_events
+    }
+    pub(crate) fn max_batch_bytes(&self) -> usize {
+        self.max_batch_bytes
+    }
+    pub(crate) fn writer_mailbox(&self) -> usize {
+        self.writer_mailbox
+    }
+    pub(crate) fn reader_mailbox(&self) -> usize {
+        self.reader_mailbox
+    }
+    pub(crate) fn statement_cache_size(&self) -> usize {
+        self.statement_cache_size
+    }
+    pub(crate) fn operation_timeout(&self) -> Duration {
+        Duration::from_millis(self.operation_timeout_ms)
+    }
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+    pub(crate) fn read_page_size(&self) -> usize {
+        self.read_page_size
+    }
+    pub(crate) fn metrics_channel_capacity(&self) -> usize {
+        self.metrics_channel_capacity
+    }
+    pub(crate) fn limits(&self) -> Limits {
+        Limits {
+            max_event_bytes: self.max_event_bytes,
+            max_tags: self.max_tags_per_event,
+            max_name_bytes: self.max_name_bytes,
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(redact_password),
+            )
+            .field("schema", &self.schema)
+            .field("readers", &self.readers)
+            .field("pool_size", &self.pool_size)
+            .field("max_batch_events", &self.max_batch_events)
+            .field("max_batch_bytes", &self.max_batch_bytes)
+            .field("writer_mailbox", &self.writer_mailbox)
+            .field("reader_mailbox", &self.reader_mailbox)
+            .field("statement_cache_size", &self.statement_cache_size)
+            .field("operation_timeout_ms", &self.operation_timeout_ms)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("max_event_bytes", &self.max_event_bytes)
+            .field("max_tags_per_event", &self.max_tags_per_event)
+            .field("max_name_bytes", &self.max_name_bytes)
+            .field("read_page_size", &self.read_page_size)
+            .field("metrics_channel_capacity", &self.metrics_channel_capacity)
+            .finish()
+    }
+}
+
+/// Schema names are identifiers, which SQL cannot take as bind parameters; they are
+/// checked here so that quoting them into statement text is safe.
+fn check_identifier(name: &str) -> Result<()> {
+    let mut chars = name.chars();
+    let valid_start = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if !valid_start || name.len() > 63 || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(Error::Config(format!(
+            "schema {name:?} is not a plain identifier (letters, digits, _; at most 63 bytes)"
+        )));
+    }
+    Ok(())
+}
+
+/// Hides the password of a connection string in either form, for logs and `Debug`.
+pub fn redact_password(conninfo: &str) -> String {
+    if let Some(scheme_end) = conninfo.find("://") {
+        let rest = &conninfo[scheme_end + 3..];
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@') {
+            if let Some(colon) = rest[..at].find(':') {
+                return format!(
+                    "{}{}:***{}",
+                    &conninfo[..scheme_end + 3],
+                    &rest[..colon],
+                    &rest[at..]
+                );
+            }
+        }
+        // `?password=` in the query string
+        return redact_key_value(conninfo, '&');
+    }
+    redact_key_value(conninfo, ' ')
+}
+
+fn redact_key_value(conninfo: &str, separator: char) -> String {
+    let lower = conninfo.to_ascii_lowercase();
+    let Some(start) = lower.find("password") else {
+        return conninfo.to_owned();
+    };
+    let after_key = &conninfo[start + "password".len()..];
+    let Some(eq) = after_key.find('=') else {
+        return conninfo.to_owned();
+    };
+    let value_start = start + "password".len() + eq + 1;
+    let value = &conninfo[value_start..];
+    let value_len = if value.trim_start().starts_with('\'') {
+        let open = value.find('\'').unwrap_or(0);
+        value[open + 1..]
+            .find('\'')
+            .map_or(value.len(), |close| open + close + 2)
+    } else {
+        value.find(separator).unwrap_or(value.len())
+    };
+    format!(
+        "{}***{}",
+        &conninfo[..value_start],
+        &conninfo[value_start + value_len..]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted_in_both_forms() {
+        assert_eq!(
+            redact_password("postgres://app:s3cret@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
+        assert_eq!(
+            redact_password("postgres://db/x?user=a&password=s3cret&sslmode=require"),
+            "postgres://db/x?user=a&password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact_password("host=db password='se cret' user=a"),
+            "host=db password=*** user=a"
+        );
+        assert_eq!(redact_password("host=db user=a"), "host=db user=a");
+        let debug = format!(
+            "{:?}",
+            Config::default().with_database_url("postgres://a:hunter2@h/d")
+        );
+        assert!(!debug.contains("hunter2"), "{debug}");
+    }
+
+    #[test]
+    fn schema_names_must_be_identifiers() {
+        assert!(check_identifier("shop_1").is_ok());
+        for bad in ["", "1a", "a-b", "a\"b", "a;drop", &"x".repeat(64)] {
+            assert!(check_identifier(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! A private, throwaway PostgreSQL server for when no database is configured.
+//!
+//! It runs the machine's own server binaries (`initdb`, `pg_ctl` on `PATH` or under
+//! `/usr/lib/postgresql/*/bin`) in a temporary directory, listening on a free
+//! loopback port. Dropping it stops the server and removes the directory; a small
+//! watchdog process does the same if this process dies without dropping it. PostgreSQL
+//! refuses to run as root, so as root the server runs as the `postgres` (or `nobody`)
+//! user.
+
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use crate::error::{Error, Result};
+
+/// A running throwaway PostgreSQL server.
+pub struct EmbeddedPostgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+    run_as: Option<(u32, u32)>,
+    watchdog: Option<Child>,
+}
+
+impl std::fmt::Debug for EmbeddedPostgres {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedPostgres")
+            .field("dir", &self.dir.path())
+            .field("port", &self.port)
+            .finish()
+    }
+}
+
+impl EmbeddedPostgres {
+    /// Creates a cluster and starts it. Blocks for a second or two; call it from
+    /// `spawn_blocking` inside async code.
+    pub fn start() -> Result<Self> {
+        let bin = find_binaries()?;
+        let run_as = unprivileged_user()?;
+        let dir = tempfile::Builder::new()
+            .prefix("dcb-store-pg-")
+            .tempdir()
+            .map_err(|e| Error::Embedded(format!("cannot create a temporary directory: {e}")))?;
+        if let Some((uid, gid)) = run_as {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).map_err(|e| {
+                Error::Embedded(format!("cannot hand the directory to uid {uid}: {e}"))
+            })?;
+        }
+        let port = free_port()?;
+        let mut server = EmbeddedPostgres {
+            dir,
+            bin,
+            port,
+            run_as,
+            watchdog: None,
+        };
+        server.run(
+            "initdb",
+            &[
+                "-D",
+                &server.data_dir(),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "--no-sync",
+            ],
+        )?;
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=on",
+            server.dir.path().display()
+        );
+        let log = server.dir.path().join("server.log");
+        server.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &server.data_dir(),
+                "-l",
+                &log.display().to_string(),
+                "-o",
+                &options,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        )?;
+        server.watchdog = spawn_watchdog(&server.data_dir(), server.dir.path()).ok();
+        tracing::info!(port, dir = %server.dir.path().display(), "embedded PostgreSQL started");
+        Ok(server)
+    }
+
+    /// A connection string for the `postgres` database as the `postgres` user.
+    pub fn url(&self) -> String {
+        format!("postgresql://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// The TCP port the server listens on (loopback only).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn data_dir(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    fn run(&self, program: &str, args: &[&str]) -> Result<()> {
+        let mut command = Command::new(self.bin.join(program));
+        command
+            .args(args)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null());
+        if let Some((uid, gid)) = self.run_as {
+            command.uid(uid).gid(gid);
+        }
+        let output = command
+            .output()
+            .map_err(|e| Error::Embedded(format!("cannot run {program}: {e}")))?;
+        if !output.status.success() {
+            return Err(Error::Embedded(format!(
+                "{program} failed ({}): {}{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr),
+                String::from_utf8_lossy(&output.stdout)
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for EmbeddedPostgres {
+    fn drop(&mut self) {
+        let data = self.data_dir();
+        if let Err(e) = self.run("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"]) {
+            tracing::warn!(error = %e, "could not stop the embedded PostgreSQL");
+        }
+        if let Some(mut watchdog) = self.watchdog.take() {
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
+        }
+    }
+}
+
+/// The directory holding `initdb` and `pg_ctl`: `PATH` first, then the newest
+/// `/usr/lib/postgresql/<version>/bin`.
+fn find_binaries() -> Result<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .find(|dir| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file());
+    if let Some(dir) = on_path {
+        return Ok(dir);
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let version = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("initdb").is_file().then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin).ok_or_else(|| {
+        Error::Embedded(
+            "no database is configured and no PostgreSQL server binaries (initdb, pg_ctl) were \
+             found on PATH or under /usr/lib/postgresql/*/bin: install PostgreSQL (Debian: \
+             apt-get install postgresql) or set DATABASE_URL"
+                .to_owned(),
+        )
+    })
+}
+
+/// As root, the user to run the server as (PostgreSQL refuses root).
+fn unprivileged_user() -> Result<Option<(u32, u32)>> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    for name in ["postgres", "nobody"] {
+        if let Ok(Some(user)) = nix::unistd::User::from_name(name) {
+            return Ok(Some((user.uid.as_raw(), user.gid.as_raw())));
+        }
+    }
+    Err(Error::Embedded(
+        "running as root and neither a postgres nor a nobody user exists to run the server as"
+            .to_owned(),
+    ))
+}
+
+fn free_port() -> Result<u16> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| Error::Embedded(format!("cannot find a free port: {e}")))
+}
+
+/// Stops the server and removes its directory once this process is gone, even when
+/// it exits without running destructors (as test binaries do with statics).
+fn spawn_watchdog(data_dir: &str, dir: &Path) -> std::io::Result<Child> {
+    let script = r#"
+        while kill -0 "$1" 2>/dev/null; do sleep 1; done
+        pid=$(head -n 1 "$2/postmaster.pid" 2>/dev/null)
+        [ -n "$pid" ] && kill -QUIT "$pid" 2>/dev/null
+        for _ in 1 2 3 4 5 6 7 8 9 10; do
+            [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || break
+            sleep 0.5
+        done
+        rm -rf "$3"
+    "#;
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg("dcb-store-watchdog")
+        .arg(std::process::id().to_string())
+        .arg(data_dir)
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+}

@@ -1,0 +1,130 @@
+//! The error type every public operation returns.
+//!
+//! One enum for the public boundary, so callers match on what happened
+//! (`ConditionFailed`, `InvalidInput`, `Timeout`, ...) rather than on text.
+//! Database errors keep their cause and say whether a write may have happened.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use uuid::Uuid;
+
+/// What can go wrong when talking to the store.
+#[derive(Clone, Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The input can never be stored or run; nothing was sent to the database.
+    #[error("invalid input: {reason}")]
+    InvalidInput {
+        /// What was wrong and where, e.g. `event 2: type is empty`.
+        reason: String,
+    },
+
+    /// The append condition matched an event, so nothing of this append was written.
+    #[error(
+        "append condition failed: an event matching the condition exists after position {after:?}"
+    )]
+    ConditionFailed {
+        /// The condition's `after` position (`None`: any matching event fails it).
+        after: Option<u64>,
+    },
+
+    /// An event id of this append is already stored; nothing of this append was written.
+    #[error("duplicate event id {id}: an event with this id is already stored")]
+    DuplicateEventId {
+        /// The first id of the append found in the store.
+        id: Uuid,
+    },
+
+    /// The operation did not finish in time.
+    ///
+    /// For an append, `may_have_been_written` is true when the batch had already been
+    /// sent: retry with the same event ids to learn the outcome.
+    #[error("operation timed out after {after:?}")]
+    Timeout {
+        /// The limit that was exceeded.
+        after: Duration,
+        /// Whether the append may still have been (or be) committed.
+        may_have_been_written: bool,
+    },
+
+    /// The store is shutting down or its actors have stopped.
+    #[error("the event store is closed")]
+    Closed,
+
+    /// A database error.
+    ///
+    /// `may_have_been_written` is true only when the connection failed while a commit
+    /// was in flight, so the outcome is unknown.
+    #[error("database error{}: {source}", if *.may_have_been_written { " (the append may have been written)" } else { "" })]
+    Database {
+        /// The driver's error, with SQLSTATE when the server sent one.
+        #[source]
+        source: Arc<tokio_postgres::Error>,
+        /// Whether the append may have been committed despite the error.
+        may_have_been_written: bool,
+    },
+
+    /// No connection to the database could be made.
+    #[error("cannot connect to the database: {0}")]
+    Connect(String),
+
+    /// The configuration is not usable.
+    #[error("configuration error: {0}")]
+    Config(String),
+
+    /// The embedded (throwaway) PostgreSQL could not be started.
+    #[error("embedded PostgreSQL: {0}")]
+    Embedded(String),
+
+    /// An event's data or metadata did not deserialize into the requested type.
+    #[error("cannot decode event JSON: {0}")]
+    Decode(#[source] Arc<serde_json::Error>),
+}
+
+impl Error {
+    pub(crate) fn invalid(reason: impl Into<String>) -> Self {
+        Error::InvalidInput {
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn db(source: tokio_postgres::Error) -> Self {
+        Error::Database {
+            source: Arc::new(source),
+            may_have_been_written: false,
+        }
+    }
+
+    /// The SQLSTATE code when this is an error the server reported.
+    pub fn sql_state(&self) -> Option<&tokio_postgres::error::SqlState> {
+        match self {
+            Error::Database { source, .. } => source.code(),
+            _ => None,
+        }
+    }
+
+    /// Whether an append that returned this error may nonetheless have been written.
+    pub fn may_have_been_written(&self) -> bool {
+        matches!(
+            self,
+            Error::Database {
+                may_have_been_written: true,
+                ..
+            } | Error::Timeout {
+                may_have_been_written: true,
+                ..
+            }
+        )
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        Error::Decode(Arc::new(e))
+    }
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

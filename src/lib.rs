@@ -1,0 +1,58 @@
+//! `dcb-store`: a Dynamic Consistency Boundary event store on PostgreSQL for actix.
+//!
+//! Read by query, append with a condition ("fail if an event matching Q was stored
+//! after position P"), correct under concurrency from any number of processes.
+//!
+//! ```no_run
+//! use dcb_store::{AppendCondition, Config, Error, Event, EventStore, Query, QueryItem, ReadOptions};
+//!
+//! # actix::System::new().block_on(async {
+//! let store = EventStore::connect(Config::default().with_schema("shop_1")).await?;
+//! let course = Query::new([QueryItem::new().types(["CourseDefined"]).tags(["course:c1"])]);
+//! let seen = store.read(&course, ReadOptions::default()).await?;
+//! if seen.events.is_empty() {
+//!     let defined = Event::new("CourseDefined", serde_json::json!({"courseId": "c1", "capacity": 2}))
+//!         .with_tags(["course:c1"]);
+//!     match store.append(vec![defined], Some(AppendCondition::new(course, seen.head))).await {
+//!         Ok(_) | Err(Error::ConditionFailed { .. }) => {}
+//!         Err(e) => return Err(e),
+//!     }
+//! }
+//! # Ok::<(), Error>(()) });
+//! ```
+//!
+//! # Behavior
+//! - Positions are unique and increase with commit order; a reader never sees a
+//!   position appear below one it has already seen (writers hold one advisory lock
+//!   from before positions are taken until commit).
+//! - Appends arriving while a batch is written form the next batch: one transaction,
+//!   one prepared statement per round, each caller its own result.
+//! - Reads use statements prepared once per query shape on each reader's connection.
+//! - Instrumentation goes through a bounded channel to a metrics actor.
+//!
+//! See `ARCHITECTURE.md` for the actors, their messages and the invariants.
+
+mod config;
+mod connect;
+mod embedded;
+mod error;
+mod metrics;
+mod model;
+mod reader;
+mod schema;
+mod sql;
+mod store;
+mod writer;
+
+pub use config::{redact_password, Config};
+pub use embedded::EmbeddedPostgres;
+pub use error::{Error, Result};
+pub use metrics::{LatencySummary, MetricsSnapshot, SizeSummary};
+pub use model::{
+    AppendCondition, AppendResult, DataFilter, Event, Query, QueryItem, ReadOptions, ReadResult,
+    SequencedEvent,
+};
+pub use reader::Read;
+pub use schema::SCHEMA_VERSION;
+pub use store::EventStore;
+pub use writer::Append;

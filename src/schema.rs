@@ -1,0 +1,93 @@
+//! Creates and migrates the store's tables in its schema, at connect.
+//!
+//! Migrations are `.sql` files named by version and object, applied in order in one
+//! transaction that holds an advisory lock, so two processes connecting at once
+//! neither race on `CREATE SCHEMA` nor apply a step twice. Applied versions are
+//! recorded in `<schema>.schema_migrations`; every step is idempotent as well.
+
+use tokio_postgres::Client;
+
+use crate::error::{Error, Result};
+use crate::sql::quote_schema;
+
+/// The migration steps, in order: (version, name, SQL with `{schema}` placeholders).
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "table_events",
+        include_str!("schema/001_table_events.sql"),
+    ),
+    (
+        2,
+        "idx_events_type_position",
+        include_str!("schema/002_idx_events_type_position.sql"),
+    ),
+    (
+        3,
+        "table_event_tags",
+        include_str!("schema/003_table_event_tags.sql"),
+    ),
+    (
+        4,
+        "fn_immutable",
+        include_str!("schema/004_fn_immutable.sql"),
+    ),
+];
+
+/// Serialises migrations of all schemas in one database (a constant key).
+const MIGRATION_LOCK_KEY: i64 = 0x6463_625f_6d69_6772; // "dcb_migr"
+
+/// The latest schema version this build knows.
+pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
+
+/// Brings `schema` up to [`SCHEMA_VERSION`]; returns the versions it applied.
+pub(crate) async fn migrate(client: &mut Client, schema: &str) -> Result<Vec<i32>> {
+    let s = quote_schema(schema);
+    let tx = client.transaction().await.map_err(Error::db)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
+        .await
+        .map_err(Error::db)?;
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {s};
+         CREATE TABLE IF NOT EXISTS {s}.schema_migrations (
+             version    int         PRIMARY KEY,
+             name       text        NOT NULL,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         );"
+    ))
+    .await
+    .map_err(Error::db)?;
+    let applied: Vec<i32> = tx
+        .query(&format!("SELECT version FROM {s}.schema_migrations"), &[])
+        .await
+        .map_err(Error::db)?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    if let Some(newer) = applied.iter().find(|v| **v > SCHEMA_VERSION) {
+        return Err(Error::Config(format!(
+            "schema {schema} is at version {newer}, newer than this build's {SCHEMA_VERSION}"
+        )));
+    }
+    let mut done = Vec::new();
+    for (version, name, sql) in MIGRATIONS {
+        if applied.contains(version) {
+            continue;
+        }
+        tx.batch_execute(&sql.replace("{schema}", &s))
+            .await
+            .map_err(Error::db)?;
+        tx.execute(
+            &format!("INSERT INTO {s}.schema_migrations (version, name) VALUES ($1, $2)"),
+            &[version, name],
+        )
+        .await
+        .map_err(Error::db)?;
+        done.push(*version);
+    }
+    tx.commit().await.map_err(Error::db)?;
+    if !done.is_empty() {
+        tracing::info!(schema, versions = ?done, "applied schema migrations");
+    }
+    Ok(done)
+}

@@ -1,0 +1,318 @@
+//! The public handle: starts the actors, routes calls to them, and stops them.
+
+use std::num::NonZeroUsize;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use futures_util::Stream;
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::connect::Connector;
+use crate::embedded::EmbeddedPostgres;
+use crate::error::{Error, Result};
+use crate::metrics::{self, GetSnapshot, MetricsActor, MetricsSink, MetricsSnapshot, Record};
+use crate::model::{
+    AppendCondition, AppendResult, Event, Query, ReadOptions, ReadResult, SequencedEvent,
+};
+use crate::reader::{Read, Reader, ReaderSettings};
+use crate::schema;
+use crate::writer::{Append, Writer, WriterSettings};
+
+/// A DCB event store on PostgreSQL. Cheap to clone; all clones share the actors,
+/// which stop when the last clone is dropped.
+///
+/// ```no_run
+/// # use dcb_store::*;
+/// # actix::System::new().block_on(async {
+/// let store = EventStore::connect(Config::default().with_database_url("postgres://postgres@127.0.0.1/test")).await?;
+/// let q = Query::new([QueryItem::new().tags(["course:c1"])]);
+/// let read = store.read(&q, ReadOptions::default()).await?;
+/// let event = Event::new("CourseDefined", serde_json::json!({"capacity": 2})).with_tags(["course:c1"]);
+/// store.append(vec![event], Some(AppendCondition::new(q, read.head))).await?;
+/// # Ok::<(), Error>(()) });
+/// ```
+#[derive(Clone)]
+pub struct EventStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    writer: Addr<Writer>,
+    readers: Vec<Addr<Reader>>,
+    next_reader: AtomicUsize,
+    metrics_actor: Addr<MetricsActor>,
+    metrics: MetricsSink,
+    arbiters: Vec<Arbiter>,
+    _embedded: Option<EmbeddedPostgres>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for arbiter in &self.arbiters {
+            arbiter.stop();
+        }
+    }
+}
+
+impl EventStore {
+    /// Connects, creates or migrates the schema, and starts the actors. Must be
+    /// called inside a running actix `System`.
+    ///
+    /// With no `database_url` configured, starts an embedded throwaway PostgreSQL
+    /// (see [`EmbeddedPostgres`]) that lives as long as the store.
+    pub async fn connect(config: Config) -> Result<Self> {
+        config.validate()?;
+        let (url, embedded) = match config.database_url() {
+            Some(url) => (url.to_owned(), None),
+            None => {
+                let server = tokio::task::spawn_blocking(EmbeddedPostgres::start)
+                    .await
+                    .map_err(|e| Error::Embedded(e.to_string()))??;
+                (server.url(), Some(server))
+            }
+        };
+        let connector = Connector::new(&url, config.pool_size(), config.connect_timeout()).await?;
+        let mut client = connector.dedicated().await?;
+        schema::migrate(&mut client, config.schema()).await?;
+        drop(client);
+
+        let (metrics_actor, metrics) = MetricsActor::new(config.metrics_channel_capacity());
+        let writer_arbiter = Arbiter::new();
+        let reader_arbiter = Arbiter::new();
+        let metrics_actor =
+            MetricsActor::start_in_arbiter(&reader_arbiter.handle(), |_| metrics_actor);
+
+        let writer = {
+            let connector = connector.clone();
+            let metrics = metrics.clone();
+            let settings = WriterSettings {
+                schema: config.schema().to_owned(),
+                limits: config.limits(),
+                max_batch_events: config.max_batch_events(),
+                max_batch_bytes: config.max_batch_bytes(),
+                timeout: config.operation_timeout(),
+            };
+            let mailbox = config.writer_mailbox();
+            Writer::start_in_arbiter(&writer_arbiter.handle(), move |ctx| {
+                ctx.set_mailbox_capacity(mailbox);
+                Writer::new(connector, settings, metrics)
+            })
+        };
+        let cache_size = NonZeroUsize::new(config.statement_cache_size())
+            .ok_or_else(|| Error::Config("statement_cache_size must be greater than 0".into()))?;
+        let readers = (0..config.readers())
+            .map(|_| {
+                let connector = connector.clone();
+                let metrics = metrics.clone();
+                let settings = ReaderSettings {
+                    schema: config.schema().to_owned(),
+                    limits: config.limits(),
+                    cache_size,
+                    timeout: config.operation_timeout(),
+                };
+                let mailbox = config.reader_mailbox();
+                Reader::start_in_arbiter(&reader_arbiter.handle(), move |ctx| {
+                    ctx.set_mailbox_capacity(mailbox);
+                    Reader::new(connector, settings, metrics)
+                })
+            })
+            .collect();
+        tracing::info!(
+            schema = config.schema(),
+            readers = config.readers(),
+            "event store started"
+        );
+        Ok(EventStore {
+            inner: Arc::new(Inner {
+                config,
+                writer,
+                readers,
+                next_reader: AtomicUsize::new(0),
+                metrics_actor,
+                metrics,
+                arbiters: vec![writer_arbiter, reader_arbiter],
+                _embedded: embedded,
+            }),
+        })
+    }
+
+    /// Appends `events` atomically at consecutive positions, unless `condition` fails
+    /// ([`Error::ConditionFailed`]). Invalid input fails with [`Error::InvalidInput`]
+    /// before it reaches a batch.
+    pub async fn append(
+        &self,
+        events: Vec<Event>,
+        condition: Option<AppendCondition>,
+    ) -> Result<AppendResult> {
+        let started = Instant::now();
+        let span = tracing::debug_span!("append", events = events.len());
+        let sent = self.inner.writer.send(Append { events, condition });
+        let sent = tokio::time::timeout(self.inner.config.operation_timeout(), sent);
+        let result = match sent.instrument(span).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_mailbox)) => Err(Error::Closed),
+            Err(_) => {
+                self.inner.metrics.record(Record::Timeout);
+                Err(Error::Timeout {
+                    after: self.inner.config.operation_timeout(),
+                    may_have_been_written: true,
+                })
+            }
+        };
+        self.record(metrics::Method::Append, started, result.is_ok());
+        result
+    }
+
+    /// Reads the events matching `query`, with `head` for an append condition.
+    pub async fn read(&self, query: &Query, options: ReadOptions) -> Result<ReadResult> {
+        let started = Instant::now();
+        let span = tracing::debug_span!("read", items = query.items().len());
+        let sent = self.next_reader().send(Read {
+            query: query.clone(),
+            options,
+        });
+        let sent = tokio::time::timeout(self.inner.config.operation_timeout(), sent);
+        let result = match sent.instrument(span).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_mailbox)) => Err(Error::Closed),
+            Err(_) => {
+                self.inner.metrics.record(Record::Timeout);
+                Err(Error::Timeout {
+                    after: self.inner.config.operation_timeout(),
+                    may_have_been_written: false,
+                })
+            }
+        };
+        self.record(metrics::Method::Read, started, result.is_ok());
+        result
+    }
+
+    /// All events matching `query`, page by page (pages of `read_page_size`), so
+    /// memory stays bounded however many events match. Forwards, the stream ends at
+    /// the first page that comes back short, i.e. once it has caught up with writers.
+    pub fn read_stream(
+        &self,
+        query: Query,
+        options: ReadOptions,
+    ) -> Pin<Box<dyn Stream<Item = Result<SequencedEvent>> + Send>> {
+        let page_size = self.inner.config.read_page_size() as u64;
+        let state = StreamState {
+            store: self.clone(),
+            query,
+            options,
+            remaining: options.limit,
+            page: std::collections::VecDeque::new(),
+            done: false,
+        };
+        Box::pin(futures_util::stream::unfold(
+            state,
+            move |mut state| async move {
+                loop {
+                    if let Some(event) = state.page.pop_front() {
+                        return Some((Ok(event), state));
+                    }
+                    if state.done {
+                        return None;
+                    }
+                    let want = state.remaining.map_or(page_size, |r| r.min(page_size));
+                    let page_options = ReadOptions {
+                        limit: Some(want),
+                        ..state.options
+                    };
+                    match state.store.read(&state.query, page_options).await {
+                        Err(e) => {
+                            state.done = true;
+                            return Some((Err(e), state));
+                        }
+                        Ok(result) => state.next_page(result, want),
+                    }
+                }
+            },
+        ))
+    }
+
+    /// Creates or migrates the schema of `config` without starting a store; returns
+    /// the versions applied (empty when it was up to date).
+    pub async fn migrate(config: &Config) -> Result<Vec<i32>> {
+        config.validate()?;
+        let url = config
+            .database_url()
+            .ok_or_else(|| Error::Config("migrate needs a database url (DATABASE_URL)".into()))?;
+        let connector = Connector::new(url, 1, config.connect_timeout()).await?;
+        let mut client = connector.dedicated().await?;
+        schema::migrate(&mut client, config.schema()).await
+    }
+
+    /// A snapshot of the metrics (latency histograms per method, statement and
+    /// component; counters).
+    pub async fn metrics(&self) -> Result<MetricsSnapshot> {
+        self.inner
+            .metrics_actor
+            .send(GetSnapshot)
+            .await
+            .map_err(|_| Error::Closed)
+    }
+
+    /// The writer's address, for message-driven callers.
+    pub fn appender(&self) -> Recipient<Append> {
+        self.inner.writer.clone().recipient()
+    }
+
+    /// A reader's address, for message-driven callers (each call picks the next
+    /// reader in turn).
+    pub fn reader(&self) -> Recipient<Read> {
+        self.next_reader().clone().recipient()
+    }
+
+    /// The configuration the store runs with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    fn next_reader(&self) -> &Addr<Reader> {
+        let i = self.inner.next_reader.fetch_add(1, Ordering::Relaxed);
+        &self.inner.readers[i % self.inner.readers.len()]
+    }
+
+    fn record(&self, method: metrics::Method, started: Instant, ok: bool) {
+        self.inner.metrics.record(Record::Method {
+            method,
+            elapsed: started.elapsed(),
+            ok,
+        });
+    }
+}
+
+struct StreamState {
+    store: EventStore,
+    query: Query,
+    options: ReadOptions,
+    remaining: Option<u64>,
+    page: std::collections::VecDeque<SequencedEvent>,
+    done: bool,
+}
+
+impl StreamState {
+    /// Moves the bounds past `result` so the next page continues where it ended.
+    /// Positions become visible in order, so `after` the last one misses nothing.
+    fn next_page(&mut self, result: ReadResult, asked: u64) {
+        let got = result.events.len() as u64;
+        if let Some(remaining) = &mut self.remaining {
+            *remaining -= got.min(*remaining);
+        }
+        self.done = got < asked || self.remaining == Some(0);
+        if let Some(last) = result.events.last() {
+            if self.options.backwards {
+                self.options.before = Some(last.position);
+            } else {
+                self.options.after = Some(last.position);
+            }
+        }
+        self.page.extend(result.events);
+    }
+}

@@ -1,0 +1,557 @@
+//! The writer actor: gathers appends into batches and commits each batch as one
+//! transaction.
+//!
+//! While a batch is being written the actor does not read its mailbox (`ctx.wait`),
+//! so appends that arrive meanwhile wait there, bounded by the mailbox capacity
+//! (callers of `send` wait when it is full). When the write ends, the actor drains
+//! the mailbox into `pending` and starts the next batch at once: no timer, so a lone
+//! append is written immediately.
+//!
+//! A batch is one transaction: `BEGIN`, the schema's advisory lock (in its own
+//! statement, so the check that follows sees every earlier commit), then the append
+//! statement once per *round*, then `COMMIT`. Rounds exist for appends whose
+//! condition could match events of an earlier append of the same batch: those go to
+//! a later round, where the statement sees the earlier round's rows. One bad append
+//! never fails the others: if the database refuses a batch, each append is retried
+//! alone.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use chrono::Utc;
+use tokio::sync::oneshot;
+use tokio_postgres::{Client, Statement};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::connect::Connector;
+use crate::error::{Error, Result};
+use crate::metrics::{self, Component, MetricsSink, Record};
+use crate::model::{AppendCondition, AppendResult, Event, Limits, Query};
+use crate::sql::{self, AppendParams};
+
+/// Appends `events` atomically, unless `condition` fails. Send it to
+/// [`EventStore::appender`](crate::EventStore::appender) or use
+/// [`EventStore::append`](crate::EventStore::append).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<AppendResult>")]
+pub struct Append {
+    /// The events, stored at consecutive positions in this order.
+    pub events: Vec<Event>,
+    /// The condition that must hold for the append to happen.
+    pub condition: Option<AppendCondition>,
+}
+
+/// An append waiting for its batch.
+struct Pending {
+    events: Vec<Event>,
+    condition: Option<AppendCondition>,
+    reply: oneshot::Sender<Result<AppendResult>>,
+}
+
+impl Pending {
+    fn json_bytes(&self) -> usize {
+        self.events.iter().map(Event::json_bytes).sum()
+    }
+}
+
+/// Settings the writer needs, fixed at start.
+pub(crate) struct WriterSettings {
+    pub schema: String,
+    pub limits: Limits,
+    pub max_batch_events: usize,
+    pub max_batch_bytes: usize,
+    pub timeout: Duration,
+}
+
+pub(crate) struct Writer {
+    connector: Connector,
+    settings: std::rc::Rc<WriterSettings>,
+    append_sql: std::rc::Rc<str>,
+    connection: Option<WriterConnection>,
+    pending: VecDeque<Pending>,
+    flush_scheduled: bool,
+    writing: bool,
+    metrics: MetricsSink,
+}
+
+/// A connection with the writer's statements prepared on it.
+struct WriterConnection {
+    client: Client,
+    lock: Statement,
+    append: Statement,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        connector: Connector,
+        settings: WriterSettings,
+        metrics: MetricsSink,
+    ) -> Self {
+        Writer {
+            connector,
+            append_sql: sql::append_statement(&settings.schema).into(),
+            settings: std::rc::Rc::new(settings),
+            connection: None,
+            pending: VecDeque::new(),
+            flush_scheduled: false,
+            writing: false,
+            metrics,
+        }
+    }
+
+    /// Runs `flush` after the mailbox has been drained (items run after messages).
+    fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
+        if self.writing || self.flush_scheduled || self.pending.is_empty() {
+            return;
+        }
+        self.flush_scheduled = true;
+        ctx.spawn(fut::ready(()).map(|_, act: &mut Self, ctx| {
+            act.flush_scheduled = false;
+            act.flush(ctx);
+        }));
+    }
+
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        let batch = self.take_batch();
+        if batch.is_empty() {
+            return;
+        }
+        self.writing = true;
+        let job = BatchJob {
+            connector: self.connector.clone(),
+            settings: self.settings.clone(),
+            append_sql: self.append_sql.clone(),
+            metrics: self.metrics.clone(),
+        };
+        let connection = self.connection.take();
+        ctx.wait(
+            job.run(connection, batch)
+                .into_actor(self)
+                .map(|connection, act, ctx| {
+                    act.connection = connection;
+                    act.writing = false;
+                    act.schedule_flush(ctx);
+                }),
+        );
+    }
+
+    /// Takes appends in arrival order up to the batch caps (always at least one).
+    fn take_batch(&mut self) -> Vec<Pending> {
+        let (mut events, mut bytes) = (0, 0);
+        let mut batch = Vec::new();
+        while let Some(next) = self.pending.front() {
+            let (e, b) = (next.events.len(), next.json_bytes());
+            if !batch.is_empty()
+                && (events + e > self.settings.max_batch_events
+                    || bytes + b > self.settings.max_batch_bytes)
+            {
+                break;
+            }
+            events += e;
+            bytes += b;
+            batch.extend(self.pending.pop_front());
+        }
+        batch
+    }
+
+    fn validate(&self, append: &mut Append) -> Result<()> {
+        let limits = &self.settings.limits;
+        if append.events.is_empty() {
+            return Err(Error::invalid("an append needs at least one event"));
+        }
+        let now = Utc::now();
+        let mut ids = std::collections::HashSet::with_capacity(append.events.len());
+        for (i, event) in append.events.iter_mut().enumerate() {
+            event.prepare_for_append(i, limits, now)?;
+            if !ids.insert(event.id()) {
+                return Err(Error::invalid(format!(
+                    "event {i}: id {} appears twice in this append",
+                    event.id()
+                )));
+            }
+        }
+        if let Some(condition) = &append.condition {
+            condition
+                .fail_if_events_match
+                .validate("condition query", limits)?;
+            if condition.after.is_some_and(|a| a > i64::MAX as u64) {
+                return Err(Error::invalid(format!(
+                    "condition after is larger than {}",
+                    i64::MAX
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Actor for Writer {
+    type Context = Context<Self>;
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        for pending in self.pending.drain(..) {
+            let _ = pending.reply.send(Err(Error::Closed));
+        }
+    }
+}
+
+impl Handler<Append> for Writer {
+    type Result = ResponseFuture<Result<AppendResult>>;
+
+    fn handle(&mut self, mut append: Append, ctx: &mut Self::Context) -> Self::Result {
+        if let Err(e) = self.validate(&mut append) {
+            self.metrics.record(Record::InvalidInput);
+            return Box::pin(async move { Err(e) });
+        }
+        let (reply, result) = oneshot::channel();
+        self.pending.push_back(Pending {
+            events: append.events,
+            condition: append.condition,
+            reply,
+        });
+        self.schedule_flush(ctx);
+        Box::pin(async move { result.await.unwrap_or(Err(Error::Closed)) })
+    }
+}
+
+/// What one batch write needs, detached from the actor so it can run as a future.
+struct BatchJob {
+    connector: Connector,
+    settings: std::rc::Rc<WriterSettings>,
+    append_sql: std::rc::Rc<str>,
+    metrics: MetricsSink,
+}
+
+/// How a batch transaction failed.
+enum BatchFailure {
+    /// The server refused a statement; the transaction was rolled back, nothing written.
+    Refused(tokio_postgres::Error),
+    /// The connection failed; `commit_sent` says whether the outcome is unknown.
+    Connection {
+        error: tokio_postgres::Error,
+        commit_sent: bool,
+    },
+}
+
+impl BatchJob {
+    /// Writes `batch`, answers every caller, and returns the connection if it is still good.
+    async fn run(
+        self,
+        connection: Option<WriterConnection>,
+        batch: Vec<Pending>,
+    ) -> Option<WriterConnection> {
+        let events: usize = batch.iter().map(|p| p.events.len()).sum();
+        let span = tracing::debug_span!("batch", appends = batch.len(), events);
+        let timeout = self.settings.timeout;
+        async move {
+            let mut connection = match connection {
+                Some(c) if !c.client.is_closed() => c,
+                _ => match self.connect().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "writer cannot connect");
+                        for p in batch {
+                            let _ = p.reply.send(Err(e.clone()));
+                        }
+                        return None;
+                    }
+                },
+            };
+            let outcome = tokio::time::timeout(timeout, self.write(&mut connection, &batch)).await;
+            match outcome {
+                Ok(Ok(results)) => {
+                    self.reply(batch, results);
+                    Some(connection)
+                }
+                Ok(Err(BatchFailure::Refused(error))) => {
+                    self.metrics.database_error(&error);
+                    if batch.len() == 1 {
+                        self.reply(batch, vec![Err(Error::db(error))]);
+                        return Some(connection);
+                    }
+                    tracing::warn!(%error, "batch refused; retrying its appends one by one");
+                    self.isolate(connection, batch).await
+                }
+                Ok(Err(BatchFailure::Connection { error, commit_sent })) => {
+                    self.metrics.database_error(&error);
+                    tracing::warn!(%error, commit_sent, "writer connection failed");
+                    let error = Error::Database {
+                        source: std::sync::Arc::new(error),
+                        may_have_been_written: commit_sent,
+                    };
+                    for p in batch {
+                        let _ = p.reply.send(Err(error.clone()));
+                    }
+                    None
+                }
+                Err(_elapsed) => {
+                    self.metrics.record(Record::Timeout);
+                    tracing::warn!(?timeout, "batch timed out; dropping the connection");
+                    let cancel = connection.client.cancel_token();
+                    tokio::spawn(async move {
+                        let _ = cancel.cancel_query(tokio_postgres::NoTls).await;
+                    });
+                    for p in batch {
+                        let _ = p.reply.send(Err(Error::Timeout {
+                            after: timeout,
+                            may_have_been_written: true,
+                        }));
+                    }
+                    None
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Writes each append of a refused batch in its own transaction.
+    async fn isolate(
+        &self,
+        mut connection: WriterConnection,
+        batch: Vec<Pending>,
+    ) -> Option<WriterConnection> {
+        let mut alive = true;
+        for pending in batch {
+            let one = std::slice::from_ref(&pending);
+            let result = if !alive {
+                Err(Error::Closed)
+            } else {
+                match tokio::time::timeout(self.settings.timeout, self.write(&mut connection, one))
+                    .await
+                {
+                    Ok(Ok(mut results)) => results.pop().unwrap_or(Err(Error::Closed)),
+                    Ok(Err(BatchFailure::Refused(e))) => {
+                        self.metrics.database_error(&e);
+                        Err(Error::db(e))
+                    }
+                    Ok(Err(BatchFailure::Connection { error, commit_sent })) => {
+                        alive = false;
+                        Err(Error::Database {
+                            source: std::sync::Arc::new(error),
+                            may_have_been_written: commit_sent,
+                        })
+                    }
+                    Err(_) => {
+                        alive = false;
+                        Err(Error::Timeout {
+                            after: self.settings.timeout,
+                            may_have_been_written: true,
+                        })
+                    }
+                }
+            };
+            self.reply(vec![pending], vec![result]);
+        }
+        alive.then_some(connection)
+    }
+
+    fn reply(&self, batch: Vec<Pending>, results: Vec<Result<AppendResult>>) {
+        for (pending, result) in batch.into_iter().zip(results) {
+            match &result {
+                Ok(r) => self.metrics.record(Record::Appended {
+                    events: (r.last_position - r.first_position + 1) as u32,
+                }),
+                Err(Error::ConditionFailed { .. }) => self.metrics.record(Record::ConditionFailed),
+                Err(_) => {}
+            }
+            let _ = pending.reply.send(result);
+        }
+    }
+
+    async fn connect(&self) -> Result<WriterConnection> {
+        let client = self.connector.dedicated().await?;
+        let lock = client.prepare(sql::WRITE_LOCK).await.map_err(Error::db)?;
+        let append = client.prepare(&self.append_sql).await.map_err(Error::db)?;
+        Ok(WriterConnection {
+            client,
+            lock,
+            append,
+        })
+    }
+
+    /// One transaction for `batch`; per-append results in batch order.
+    async fn write(
+        &self,
+        connection: &mut WriterConnection,
+        batch: &[Pending],
+    ) -> std::result::Result<Vec<Result<AppendResult>>, BatchFailure> {
+        let classify = |error: tokio_postgres::Error, commit_sent: bool| {
+            if error.as_db_error().is_some() {
+                BatchFailure::Refused(error)
+            } else {
+                BatchFailure::Connection { error, commit_sent }
+            }
+        };
+        let built = Instant::now();
+        let rounds = plan_rounds(batch);
+        let lock_key = sql::write_lock_key(&self.settings.schema);
+        self.component(Component::QueryBuilding, built.elapsed());
+
+        let sql_started = Instant::now();
+        let statement_started = Instant::now();
+        let transaction = connection
+            .client
+            .transaction()
+            .await
+            .map_err(|e| classify(e, false))?;
+        self.statement(metrics::Statement::Begin, statement_started);
+
+        let statement_started = Instant::now();
+        transaction
+            .execute(&connection.lock, &[&lock_key])
+            .await
+            .map_err(|e| classify(e, false))?;
+        self.statement(metrics::Statement::Lock, statement_started);
+
+        let mut results: Vec<Option<Result<AppendResult>>> =
+            (0..batch.len()).map(|_| None).collect();
+        for round in &rounds {
+            let mut params = AppendParams::default();
+            for &i in round {
+                params.push(&batch[i].events, batch[i].condition.as_ref());
+            }
+            let statement_started = Instant::now();
+            let rows = transaction
+                .query(&connection.append, &params.as_params())
+                .await
+                .map_err(|e| classify(e, false))?;
+            self.statement(metrics::Statement::Append, statement_started);
+            debug_assert_eq!(rows.len(), params.append_count());
+            for row in rows {
+                let index: i32 = row.get(0);
+                let status: i16 = row.get(1);
+                let Some(&append) = round.get(index as usize) else {
+                    continue;
+                };
+                let pending = &batch[append];
+                results[append] = Some(match status {
+                    0 => Ok(AppendResult {
+                        first_position: row.get::<_, i64>(2) as u64,
+                        last_position: row.get::<_, i64>(3) as u64,
+                    }),
+                    1 => Err(Error::ConditionFailed {
+                        after: pending.condition.as_ref().and_then(|c| c.after),
+                    }),
+                    _ => Err(Error::DuplicateEventId {
+                        id: pending.events.first().map_or(Uuid::nil(), Event::id),
+                    }),
+                });
+            }
+        }
+
+        let statement_started = Instant::now();
+        transaction.commit().await.map_err(|e| classify(e, true))?;
+        self.statement(metrics::Statement::Commit, statement_started);
+        self.component(Component::SqlExecution, sql_started.elapsed());
+
+        let events = batch.iter().map(|p| p.events.len()).sum::<usize>() as u32;
+        self.metrics.record(Record::Batch {
+            appends: batch.len() as u32,
+            events,
+            rounds: rounds.len() as u32,
+        });
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(Error::Closed)))
+            .collect())
+    }
+
+    fn statement(&self, statement: metrics::Statement, started: Instant) {
+        self.metrics.record(Record::Statement {
+            statement,
+            elapsed: started.elapsed(),
+        });
+    }
+
+    fn component(&self, component: Component, elapsed: Duration) {
+        self.metrics.record(Record::Component {
+            method: metrics::Method::Append,
+            component,
+            elapsed,
+        });
+    }
+}
+
+/// Splits a batch into rounds so that no append is decided in the same statement as
+/// an earlier append whose events its condition could match (or that shares an event
+/// id with it). Within a statement every condition sees only rows committed or
+/// written by earlier rounds, so such an append waits for the next round, where it
+/// sees them. Deferring is conservative: it ignores `after` and whether the earlier
+/// append will pass, which costs at most a round trip, never correctness.
+fn plan_rounds(batch: &[Pending]) -> Vec<Vec<usize>> {
+    let mut index = EventIndex::default();
+    let mut round_of = Vec::with_capacity(batch.len());
+    let mut rounds: Vec<Vec<usize>> = Vec::new();
+    for (i, pending) in batch.iter().enumerate() {
+        let mut round = 0;
+        if let Some(condition) = &pending.condition {
+            round = index.round_after_conflicts(&condition.fail_if_events_match, &round_of);
+        }
+        for event in &pending.events {
+            if let Some(&earlier) = index.ids.get(&event.id()) {
+                round = round.max(round_of[earlier] + 1);
+            }
+        }
+        round_of.push(round);
+        index.add(i, &pending.events);
+        if rounds.len() <= round {
+            rounds.resize_with(round + 1, Vec::new);
+        }
+        rounds[round].push(i);
+    }
+    rounds
+}
+
+/// The events of a batch's earlier appends, indexed by tag and type for conflict checks.
+#[derive(Default)]
+struct EventIndex<'a> {
+    by_tag: HashMap<&'a str, Vec<(usize, &'a Event)>>,
+    by_type: HashMap<&'a str, Vec<(usize, &'a Event)>>,
+    all: Vec<(usize, &'a Event)>,
+    ids: HashMap<Uuid, usize>,
+}
+
+impl<'a> EventIndex<'a> {
+    fn add(&mut self, append: usize, events: &'a [Event]) {
+        for event in events {
+            for tag in event.tags() {
+                self.by_tag.entry(tag).or_default().push((append, event));
+            }
+            self.by_type
+                .entry(event.event_type())
+                .or_default()
+                .push((append, event));
+            self.all.push((append, event));
+            self.ids.insert(event.id(), append);
+        }
+    }
+
+    /// The first round in which `query` sees every earlier event it matches.
+    fn round_after_conflicts(&self, query: &Query, round_of: &[usize]) -> usize {
+        let mut round = 0;
+        for item in query.items() {
+            let candidates: Box<dyn Iterator<Item = &(usize, &Event)>> =
+                if let Some(tag) = item.tag_names().first() {
+                    Box::new(self.by_tag.get(tag.as_str()).into_iter().flatten())
+                } else if !item.type_names().is_empty() {
+                    Box::new(
+                        item.type_names()
+                            .iter()
+                            .filter_map(|t| self.by_type.get(t.as_str()))
+                            .flatten(),
+                    )
+                } else {
+                    Box::new(self.all.iter())
+                };
+            for (append, event) in candidates {
+                if round_of[*append] >= round && item.matches(event) {
+                    round = round_of[*append] + 1;
+                }
+            }
+        }
+        round
+    }
+}
