@@ -55,24 +55,46 @@ impl fmt::Debug for JsonText {
     }
 }
 
-/// Scans the escapes of valid JSON text for what `jsonb` refuses. Backslashes only
-/// occur inside strings in valid JSON, so a linear scan of escapes is exact.
+/// Deepest nesting of arrays and objects accepted; PostgreSQL's recursive jsonb
+/// parser would otherwise hit its stack limit on absurd input.
+pub(crate) const MAX_DEPTH: usize = 512;
+
+/// Scans valid JSON text for what `jsonb` refuses: `\u0000`, unpaired surrogate
+/// escapes, and nesting deeper than [`MAX_DEPTH`]. In valid JSON, backslashes occur
+/// only inside strings and quotes toggle strings, so one linear pass is exact.
 fn check_escapes(text: &str) -> std::result::Result<(), &'static str> {
+    const UNPAIRED: &str = "contains an unpaired UTF-16 surrogate escape";
     let bytes = text.as_bytes();
-    let mut i = 0;
+    let (mut i, mut depth, mut in_string) = (0, 0usize, false);
     let mut pending_high_surrogate = false;
     while i < bytes.len() {
-        if bytes[i] != b'\\' {
-            if pending_high_surrogate {
-                return Err("contains an unpaired UTF-16 surrogate escape");
+        let byte = bytes[i];
+        if !in_string {
+            match byte {
+                b'"' => in_string = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    if depth > MAX_DEPTH {
+                        return Err("is nested deeper than 512 levels");
+                    }
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
             }
             i += 1;
             continue;
         }
-        let kind = bytes.get(i + 1).copied();
-        if kind != Some(b'u') {
+        if byte != b'\\' {
             if pending_high_surrogate {
-                return Err("contains an unpaired UTF-16 surrogate escape");
+                return Err(UNPAIRED);
+            }
+            in_string = byte != b'"';
+            i += 1;
+            continue;
+        }
+        if bytes.get(i + 1) != Some(&b'u') {
+            if pending_high_surrogate {
+                return Err(UNPAIRED);
             }
             i += 2;
             continue;
@@ -83,28 +105,16 @@ fn check_escapes(text: &str) -> std::result::Result<(), &'static str> {
             .ok_or("contains a malformed \\u escape")?;
         match hex {
             0 => return Err("contains \\u0000, which PostgreSQL jsonb cannot store"),
-            0xD800..=0xDBFF => {
-                if pending_high_surrogate {
-                    return Err("contains an unpaired UTF-16 surrogate escape");
-                }
-                pending_high_surrogate = true;
-            }
-            0xDC00..=0xDFFF => {
-                if !pending_high_surrogate {
-                    return Err("contains an unpaired UTF-16 surrogate escape");
-                }
-                pending_high_surrogate = false;
-            }
-            _ => {
-                if pending_high_surrogate {
-                    return Err("contains an unpaired UTF-16 surrogate escape");
-                }
-            }
+            0xD800..=0xDBFF if !pending_high_surrogate => pending_high_surrogate = true,
+            0xDC00..=0xDFFF if pending_high_surrogate => pending_high_surrogate = false,
+            _ if pending_high_surrogate => return Err(UNPAIRED),
+            0xD800..=0xDFFF => return Err(UNPAIRED),
+            _ => {}
         }
         i += 6;
     }
     if pending_high_surrogate {
-        return Err("contains an unpaired UTF-16 surrogate escape");
+        return Err(UNPAIRED);
     }
     Ok(())
 }
@@ -130,5 +140,9 @@ mod tests {
         assert!(check(r#"{"a":"\ud800\u0041"}"#).is_err());
         assert!(check(r#"{"a":"#).is_err());
         assert!(check("").is_err());
+        let deep = |n| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        assert!(check(&deep(MAX_DEPTH)).is_ok());
+        assert!(check(&deep(MAX_DEPTH + 1)).is_err());
+        assert!(check(r#"{"a":"[[[[ \" {{"}"#).is_ok());
     }
 }

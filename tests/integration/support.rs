@@ -1,0 +1,107 @@
+//! The fixture: one database server for the whole test binary (`DATABASE_URL` when it
+//! is set and reachable, otherwise an embedded throwaway server), and a fresh schema
+//! per test so that tests run in parallel without seeing each other.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+
+use dcb_store::{Config, EmbeddedPostgres, Event, EventStore};
+
+struct Server {
+    url: String,
+    _embedded: Option<EmbeddedPostgres>,
+}
+
+static SERVER: OnceLock<Server> = OnceLock::new();
+
+/// The connection string of the test server.
+pub fn database_url() -> &'static str {
+    &SERVER
+        .get_or_init(|| {
+            let configured = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty());
+            if let Some(url) = configured {
+                if reachable(&url) {
+                    return Server { url, _embedded: None };
+                }
+                eprintln!("DATABASE_URL is not reachable; starting an embedded PostgreSQL");
+            }
+            // A static is never dropped: the server's watchdog removes it when we exit.
+            let embedded = EmbeddedPostgres::start().expect("start embedded PostgreSQL");
+            Server {
+                url: embedded.url(),
+                _embedded: Some(embedded),
+            }
+        })
+        .url
+}
+
+fn reachable(url: &str) -> bool {
+    let url = url.to_owned();
+    // Its own thread and runtime: this may be called from inside a test's runtime.
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            matches!(
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                )
+                .await,
+                Ok(Ok(_))
+            )
+        })
+    })
+    .join()
+    .unwrap_or(false)
+}
+
+/// A schema name no other test (or earlier run) uses.
+pub fn unique_schema(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "t_{prefix}_{}_{}_{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Configuration for a test store on `schema`.
+pub fn config(schema: &str) -> Config {
+    Config::default()
+        .with_database_url(database_url())
+        .with_schema(schema)
+}
+
+/// A store on a fresh schema of its own.
+pub async fn store(prefix: &str) -> EventStore {
+    EventStore::connect(config(&unique_schema(prefix)))
+        .await
+        .expect("connect test store")
+}
+
+/// A plain client for checks from outside the store.
+pub async fn client() -> tokio_postgres::Client {
+    client_for(database_url()).await
+}
+
+pub async fn client_for(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    actix::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+/// An event of `event_type` with `tags` and small data.
+pub fn event(event_type: &str, tags: &[&str]) -> Event {
+    Event::new(event_type, serde_json::json!({ "type": event_type })).with_tags(tags.iter().copied())
+}
