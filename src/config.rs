@@ -32,6 +32,7 @@ pub struct Config {
     max_batch_bytes: usize,
     writer_mailbox: usize,
     reader_mailbox: usize,
+    reader_max_in_flight: usize,
     statement_cache_size: usize,
     operation_timeout_ms: u64,
     connect_timeout_ms: u64,
@@ -53,6 +54,7 @@ impl Default for Config {
             max_batch_bytes: 8 << 20,
             writer_mailbox: 2_048,
             reader_mailbox: 256,
+            reader_max_in_flight: 32,
             statement_cache_size: 64,
             operation_timeout_ms: 30_000,
             connect_timeout_ms: 10_000,
@@ -104,7 +106,7 @@ impl Config {
             ("max_batch_bytes", self.max_batch_bytes),
             ("writer_mailbox", self.writer_mailbox),
             ("reader_mailbox", self.reader_mailbox),
-            ("statement_cache_size", self.statement_cache_size),
+            ("reader_max_in_flight", self.reader_max_in_flight),
             ("operation_timeout_ms", self.operation_timeout_ms as usize),
             ("connect_timeout_ms", self.connect_timeout_ms as usize),
             ("max_event_bytes", self.max_event_bytes),
@@ -178,7 +180,8 @@ impl Config {
         self
     }
 
-    /// Query shapes whose prepared statements each reader keeps. Defaults to 64.
+    /// Query shapes whose prepared statements each reader keeps. Defaults to 64;
+    /// 0 turns the cache off (every read prepares its statement: a benchmark baseline).
     #[must_use]
     pub fn with_statement_cache_size(mut self, shapes: usize) -> Self {
         self.statement_cache_size = shapes;
@@ -220,6 +223,9 @@ impl Config {
     pub(crate) fn reader_mailbox(&self) -> usize {
         self.reader_mailbox
     }
+    pub(crate) fn reader_max_in_flight(&self) -> usize {
+        self.reader_max_in_flight
+    }
     pub(crate) fn statement_cache_size(&self) -> usize {
         self.statement_cache_size
     }
@@ -258,6 +264,7 @@ impl fmt::Debug for Config {
             .field("max_batch_bytes", &self.max_batch_bytes)
             .field("writer_mailbox", &self.writer_mailbox)
             .field("reader_mailbox", &self.reader_mailbox)
+            .field("reader_max_in_flight", &self.reader_max_in_flight)
             .field("statement_cache_size", &self.statement_cache_size)
             .field("operation_timeout_ms", &self.operation_timeout_ms)
             .field("connect_timeout_ms", &self.connect_timeout_ms)

@@ -1,17 +1,23 @@
 //! The reader actors: serve `Read` on a connection whose statements are prepared
 //! once per query shape and kept in a bounded LRU cache.
 //!
-//! Each reader handles one read at a time (`AtomicResponse`), so its connection and
-//! cache need no locking; the store spreads reads over the readers. After warm-up a
-//! read builds no SQL text: its shape finds the prepared statement, its values go as
-//! bind parameters. Evicting a statement closes it on the server.
+//! A reader pipelines its reads: up to `max_in_flight` run at once on its one
+//! connection (tokio-postgres sends each request without waiting for the previous
+//! answer), which keeps the server busy without more connections. When that many are
+//! in flight, the reader stops reading its mailbox (`ctx.wait`) until one finishes,
+//! so callers wait in the bounded mailbox. After warm-up a read builds no SQL text:
+//! its shape finds the prepared statement, its values go as bind parameters.
+//! Evicting a statement closes it on the server. With the cache turned off
+//! (`statement_cache_size = 0`, a benchmark baseline) every read prepares anew.
 
+use std::cell::Cell;
 use std::num::NonZeroUsize;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use lru::LruCache;
+use tokio::sync::{Mutex, Notify};
 use tokio_postgres::{Client, Row, Statement};
 
 use crate::connect::Connector;
@@ -35,20 +41,31 @@ pub struct Read {
 pub(crate) struct ReaderSettings {
     pub schema: String,
     pub limits: Limits,
-    pub cache_size: NonZeroUsize,
+    /// `None`: prepare every read anew (no cache).
+    pub cache_size: Option<NonZeroUsize>,
+    pub max_in_flight: usize,
     pub timeout: Duration,
 }
 
 pub(crate) struct Reader {
+    shared: Rc<Shared>,
+}
+
+/// What the reader's concurrent reads share; single-threaded (the reader's arbiter).
+struct Shared {
     connector: Connector,
-    settings: Rc<ReaderSettings>,
-    connection: Option<ReaderConnection>,
+    settings: ReaderSettings,
     metrics: MetricsSink,
+    /// The current connection; replaced (with an empty cache) when it breaks.
+    connection: Mutex<Option<Rc<ReaderConnection>>>,
+    in_flight: Cell<usize>,
+    finished: Notify,
 }
 
 struct ReaderConnection {
     client: Client,
-    statements: LruCache<ReadShape, Statement>,
+    /// Held across a prepare, so concurrent reads of a new shape prepare it once.
+    statements: Mutex<Option<LruCache<ReadShape, Statement>>>,
 }
 
 impl Reader {
@@ -58,10 +75,14 @@ impl Reader {
         metrics: MetricsSink,
     ) -> Self {
         Reader {
-            connector,
-            settings: Rc::new(settings),
-            connection: None,
-            metrics,
+            shared: Rc::new(Shared {
+                connector,
+                settings,
+                metrics,
+                connection: Mutex::new(None),
+                in_flight: Cell::new(0),
+                finished: Notify::new(),
+            }),
         }
     }
 }
@@ -71,96 +92,98 @@ impl Actor for Reader {
 }
 
 impl Handler<Read> for Reader {
-    type Result = AtomicResponse<Self, Result<ReadResult>>;
+    type Result = ResponseFuture<Result<ReadResult>>;
 
-    fn handle(&mut self, read: Read, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, read: Read, ctx: &mut Self::Context) -> Self::Result {
+        let shared = self.shared.clone();
         let validated = read
             .query
-            .validate("query", &self.settings.limits)
+            .validate("query", &shared.settings.limits)
             .and_then(|()| read.options.validate());
         if let Err(e) = validated {
-            self.metrics.record(Record::InvalidInput);
-            return AtomicResponse::new(Box::pin(fut::ready(Err(e))));
+            shared.metrics.record(Record::InvalidInput);
+            return Box::pin(async move { Err(e) });
         }
-        let connection = self.connection.take();
-        let job = ReadJob {
-            connector: self.connector.clone(),
-            settings: self.settings.clone(),
-            metrics: self.metrics.clone(),
-        };
-        AtomicResponse::new(Box::pin(job.run(connection, read).into_actor(self).map(
-            |(connection, result), act, _| {
-                act.connection = connection;
-                result
-            },
-        )))
+        shared.in_flight.set(shared.in_flight.get() + 1);
+        if shared.in_flight.get() >= shared.settings.max_in_flight {
+            // Stop taking messages until a read finishes: callers wait in the mailbox.
+            let waiting = shared.clone();
+            ctx.wait(
+                async move {
+                    while waiting.in_flight.get() >= waiting.settings.max_in_flight {
+                        waiting.finished.notified().await;
+                    }
+                }
+                .into_actor(self),
+            );
+        }
+        Box::pin(async move {
+            let result = shared.run(read).await;
+            shared.in_flight.set(shared.in_flight.get() - 1);
+            shared.finished.notify_one();
+            result
+        })
     }
 }
 
-struct ReadJob {
-    connector: Connector,
-    settings: Rc<ReaderSettings>,
-    metrics: MetricsSink,
-}
-
-impl ReadJob {
-    async fn run(
-        self,
-        connection: Option<ReaderConnection>,
-        read: Read,
-    ) -> (Option<ReaderConnection>, Result<ReadResult>) {
-        let mut connection = match connection {
-            Some(c) if !c.client.is_closed() => c,
-            _ => match self.connector.dedicated().await {
-                Ok(client) => ReaderConnection {
-                    client,
-                    statements: LruCache::new(self.settings.cache_size),
-                },
-                Err(e) => return (None, Err(e)),
-            },
-        };
+impl Shared {
+    async fn run(&self, read: Read) -> Result<ReadResult> {
+        let connection = self.connection().await?;
         let timeout = self.settings.timeout;
-        match tokio::time::timeout(timeout, self.read(&mut connection, &read)).await {
-            Ok(Ok(result)) => (Some(connection), Ok(result)),
-            Ok(Err(e)) => {
-                let keep = !connection.client.is_closed();
-                (keep.then_some(connection), Err(e))
-            }
+        match tokio::time::timeout(timeout, self.read(&connection, &read)).await {
+            Ok(result) => result,
             Err(_) => {
                 self.metrics.record(Record::Timeout);
                 let cancel = connection.client.cancel_token();
                 tokio::spawn(async move {
                     let _ = cancel.cancel_query(tokio_postgres::NoTls).await;
                 });
-                (
-                    None,
-                    Err(Error::Timeout {
-                        after: timeout,
-                        may_have_been_written: false,
-                    }),
-                )
+                Err(Error::Timeout {
+                    after: timeout,
+                    may_have_been_written: false,
+                })
             }
         }
     }
 
-    async fn read(&self, connection: &mut ReaderConnection, read: &Read) -> Result<ReadResult> {
+    /// The live connection, connecting (once, for all waiting reads) when needed.
+    async fn connection(&self) -> Result<Rc<ReaderConnection>> {
+        let mut current = self.connection.lock().await;
+        if let Some(connection) = current.as_ref().filter(|c| !c.client.is_closed()) {
+            return Ok(connection.clone());
+        }
+        let client = self.connector.dedicated().await?;
+        let connection = Rc::new(ReaderConnection {
+            client,
+            statements: Mutex::new(self.settings.cache_size.map(LruCache::new)),
+        });
+        *current = Some(connection.clone());
+        Ok(connection)
+    }
+
+    async fn read(&self, connection: &ReaderConnection, read: &Read) -> Result<ReadResult> {
         let building = Instant::now();
         let shape = ReadShape::of(&read.query, &read.options);
-        let statement = match connection.statements.get(&shape) {
+        let mut statements = connection.statements.lock().await;
+        let statement = match statements.as_mut().and_then(|cache| cache.get(&shape)) {
             Some(statement) => statement.clone(),
             None => {
                 let text = sql::read_statement(&self.settings.schema, &shape);
                 let started = Instant::now();
-                let statement = connection.client.prepare(&text).await.map_err(|e| {
-                    self.metrics.database_error(&e);
-                    Error::db(e)
-                })?;
+                let statement = connection
+                    .client
+                    .prepare(&text)
+                    .await
+                    .map_err(|e| self.db_error(e))?;
                 self.statement(metrics::Statement::Prepare, started);
                 self.metrics.record(Record::StatementPrepared);
-                connection.statements.put(shape, statement.clone());
+                if let Some(cache) = statements.as_mut() {
+                    cache.put(shape, statement.clone());
+                }
                 statement
             }
         };
+        drop(statements);
         let params = ReadParams::new(&read.query, &read.options);
         self.component(Component::QueryBuilding, building.elapsed());
 
@@ -169,10 +192,7 @@ impl ReadJob {
             .client
             .query(&statement, &params.as_params())
             .await
-            .map_err(|e| {
-                self.metrics.database_error(&e);
-                Error::db(e)
-            })?;
+            .map_err(|e| self.db_error(e))?;
         self.statement(metrics::Statement::Read, started);
         self.component(Component::SqlExecution, started.elapsed());
 
@@ -180,6 +200,11 @@ impl ReadJob {
         let result = decode(&rows, &read.options);
         self.component(Component::ResultProcessing, processing.elapsed());
         result
+    }
+
+    fn db_error(&self, error: tokio_postgres::Error) -> Error {
+        self.metrics.database_error(&error);
+        Error::db(error)
     }
 
     fn statement(&self, statement: metrics::Statement, started: Instant) {

@@ -196,10 +196,6 @@ impl<'a> AppendParams<'a> {
         }
     }
 
-    pub(crate) fn append_count(&self) -> usize {
-        self.appends as usize
-    }
-
     pub(crate) fn as_params(&self) -> [&(dyn ToSql + Sync); 19] {
         [
             &self.ev_append,
@@ -314,20 +310,20 @@ pub(crate) fn read_statement(schema: &str, shape: &ReadShape) -> String {
     let body = if let [item] = shape.items.as_slice() {
         item_arm(&s, item, EVENT_COLUMNS, dir, &mut next_param)
     } else {
+        // Each arm returns whole rows, so an event is fetched once; an event that
+        // several items match is kept once.
         let arms: Vec<String> = shape
             .items
             .iter()
             .map(|item| {
                 format!(
                     "({})",
-                    item_arm(&s, item, "e.position", dir, &mut next_param)
+                    item_arm(&s, item, EVENT_COLUMNS, dir, &mut next_param)
                 )
             })
             .collect();
         format!(
-            "SELECT {EVENT_COLUMNS} FROM {s}.events e
-             WHERE e.position IN (SELECT position FROM ({}) u)
-             ORDER BY e.position {dir} LIMIT $3",
+            "SELECT DISTINCT ON (u.position) u.* FROM ({}) u ORDER BY u.position {dir} LIMIT $3",
             arms.join(" UNION ALL ")
         )
     };

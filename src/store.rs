@@ -103,8 +103,7 @@ impl EventStore {
                 Writer::new(connector, settings, metrics)
             })
         };
-        let cache_size = NonZeroUsize::new(config.statement_cache_size())
-            .ok_or_else(|| Error::Config("statement_cache_size must be greater than 0".into()))?;
+        let cache_size = NonZeroUsize::new(config.statement_cache_size());
         let readers = (0..config.readers())
             .map(|_| {
                 let connector = connector.clone();
@@ -113,6 +112,7 @@ impl EventStore {
                     schema: config.schema().to_owned(),
                     limits: config.limits(),
                     cache_size,
+                    max_in_flight: config.reader_max_in_flight(),
                     timeout: config.operation_timeout(),
                 };
                 let mailbox = config.reader_mailbox();

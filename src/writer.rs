@@ -373,53 +373,104 @@ impl BatchJob {
     }
 
     /// One transaction for `batch`; per-append results in batch order.
+    ///
+    /// `BEGIN`, the lock, every round and `COMMIT` are pipelined: all are sent before
+    /// the first answer is read, so a batch costs one round trip. Rounds are planned in
+    /// memory beforehand and do not depend on each other's answers. If any statement
+    /// fails, the server aborts the transaction, the statements after it fail, and
+    /// `COMMIT` answers `ROLLBACK`: nothing of the batch is written.
     async fn write(
         &self,
         connection: &mut WriterConnection,
         batch: &[Pending],
     ) -> std::result::Result<Vec<Result<AppendResult>>, BatchFailure> {
-        let classify = |error: tokio_postgres::Error, commit_sent: bool| {
-            if error.as_db_error().is_some() {
-                BatchFailure::Refused(error)
-            } else {
-                BatchFailure::Connection { error, commit_sent }
-            }
-        };
         let built = Instant::now();
         let rounds = plan_rounds(batch);
         let lock_key = sql::write_lock_key(&self.settings.schema);
+        let params: Vec<AppendParams> = rounds
+            .iter()
+            .map(|round| {
+                let mut params = AppendParams::default();
+                for &i in round {
+                    params.push(&batch[i].events, batch[i].condition.as_ref());
+                }
+                params
+            })
+            .collect();
+        let param_arrays: Vec<_> = params.iter().map(AppendParams::as_params).collect();
         self.component(Component::QueryBuilding, built.elapsed());
 
-        let sql_started = Instant::now();
-        let statement_started = Instant::now();
-        let transaction = connection
-            .client
-            .transaction()
-            .await
-            .map_err(|e| classify(e, false))?;
-        self.statement(metrics::Statement::Begin, statement_started);
+        let started = Instant::now();
+        let client = &connection.client;
+        let mut steps: Vec<Step<'_>> = Vec::with_capacity(rounds.len() + 3);
+        steps.push(Box::pin(async move {
+            client.batch_execute("BEGIN").await.map(|()| None)
+        }));
+        let lock = &connection.lock;
+        let key = &lock_key;
+        steps.push(Box::pin(async move {
+            client.execute(lock, &[key]).await.map(|_| None)
+        }));
+        for array in &param_arrays {
+            let append = &connection.append;
+            steps.push(Box::pin(async move {
+                client.query(append, array).await.map(Some)
+            }));
+        }
+        steps.push(Box::pin(async move {
+            client.batch_execute("COMMIT").await.map(|()| None)
+        }));
+        let mut answers = join_in_order(steps).await;
 
-        let statement_started = Instant::now();
-        transaction
-            .execute(&connection.lock, &[&lock_key])
-            .await
-            .map_err(|e| classify(e, false))?;
-        self.statement(metrics::Statement::Lock, statement_started);
+        let (commit, commit_done) = answers.pop().expect("COMMIT is the last step");
+        let mut previous = started;
+        let mut round_rows = Vec::with_capacity(rounds.len());
+        for (i, (answer, done)) in answers.into_iter().enumerate() {
+            let statement = match i {
+                0 => metrics::Statement::Begin,
+                1 => metrics::Statement::Lock,
+                _ => metrics::Statement::Append,
+            };
+            self.metrics.record(Record::Statement {
+                statement,
+                elapsed: done.saturating_duration_since(previous),
+            });
+            previous = done;
+            match answer {
+                Ok(Some(rows)) => round_rows.push(rows),
+                Ok(None) => {}
+                // The first failure is the cause; later ones only say "aborted".
+                Err(error) if error.as_db_error().is_some() => {
+                    return Err(BatchFailure::Refused(error))
+                }
+                Err(error) => {
+                    return Err(BatchFailure::Connection {
+                        error,
+                        commit_sent: false,
+                    })
+                }
+            }
+        }
+        if let Err(error) = commit {
+            return Err(if error.as_db_error().is_some() {
+                BatchFailure::Refused(error)
+            } else {
+                BatchFailure::Connection {
+                    error,
+                    commit_sent: true,
+                }
+            });
+        }
+        self.metrics.record(Record::Statement {
+            statement: metrics::Statement::Commit,
+            elapsed: commit_done.saturating_duration_since(previous),
+        });
+        self.component(Component::SqlExecution, started.elapsed());
 
+        let processing = Instant::now();
         let mut results: Vec<Option<Result<AppendResult>>> =
             (0..batch.len()).map(|_| None).collect();
-        for round in &rounds {
-            let mut params = AppendParams::default();
-            for &i in round {
-                params.push(&batch[i].events, batch[i].condition.as_ref());
-            }
-            let statement_started = Instant::now();
-            let rows = transaction
-                .query(&connection.append, &params.as_params())
-                .await
-                .map_err(|e| classify(e, false))?;
-            self.statement(metrics::Statement::Append, statement_started);
-            debug_assert_eq!(rows.len(), params.append_count());
+        for (round, rows) in rounds.iter().zip(round_rows) {
             for row in rows {
                 let index: i32 = row.get(0);
                 let status: i16 = row.get(1);
@@ -441,29 +492,17 @@ impl BatchJob {
                 });
             }
         }
-
-        let statement_started = Instant::now();
-        transaction.commit().await.map_err(|e| classify(e, true))?;
-        self.statement(metrics::Statement::Commit, statement_started);
-        self.component(Component::SqlExecution, sql_started.elapsed());
-
         let events = batch.iter().map(|p| p.events.len()).sum::<usize>() as u32;
         self.metrics.record(Record::Batch {
             appends: batch.len() as u32,
             events,
             rounds: rounds.len() as u32,
         });
+        self.component(Component::ResultProcessing, processing.elapsed());
         Ok(results
             .into_iter()
             .map(|r| r.unwrap_or(Err(Error::Closed)))
             .collect())
-    }
-
-    fn statement(&self, statement: metrics::Statement, started: Instant) {
-        self.metrics.record(Record::Statement {
-            statement,
-            elapsed: started.elapsed(),
-        });
     }
 
     fn component(&self, component: Component, elapsed: Duration) {
@@ -473,6 +512,45 @@ impl BatchJob {
             elapsed,
         });
     }
+}
+
+/// One pipelined statement of a batch: its rows (for append rounds) or nothing.
+type Step<'a> = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = std::result::Result<
+                    Option<Vec<tokio_postgres::Row>>,
+                    tokio_postgres::Error,
+                >,
+            > + 'a,
+    >,
+>;
+
+/// Awaits all `steps`, polling them strictly in order so that their requests reach
+/// the connection in order (tokio-postgres sends a request on its first poll), and
+/// notes when each finished.
+async fn join_in_order<T>(
+    steps: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = T> + '_>>>,
+) -> Vec<(T, Instant)> {
+    let mut steps: Vec<_> = steps.into_iter().map(|s| (s, None)).collect();
+    std::future::poll_fn(|cx| {
+        let mut all_done = true;
+        for (step, answer) in steps.iter_mut() {
+            if answer.is_none() {
+                match step.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => *answer = Some((value, Instant::now())),
+                    std::task::Poll::Pending => all_done = false,
+                }
+            }
+        }
+        if all_done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    steps.into_iter().filter_map(|(_, answer)| answer).collect()
 }
 
 /// Splits a batch into rounds so that no append is decided in the same statement as

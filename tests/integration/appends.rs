@@ -36,43 +36,112 @@ impl Stall {
 async fn appends_get_consecutive_positions_in_event_order() {
     let store = support::store("positions").await;
     let a = store
-        .append(vec![support::event("E", &[]), support::event("E", &[]), support::event("E", &[])], None)
+        .append(
+            vec![
+                support::event("E", &[]),
+                support::event("E", &[]),
+                support::event("E", &[]),
+            ],
+            None,
+        )
         .await
         .unwrap();
     assert_eq!((a.first_position, a.last_position), (1, 3));
-    let b = store.append(vec![support::event("E", &[])], None).await.unwrap();
+    let b = store
+        .append(vec![support::event("E", &[])], None)
+        .await
+        .unwrap();
     assert_eq!((b.first_position, b.last_position), (4, 4));
-    let read = store.read(&Query::all(), ReadOptions::default()).await.unwrap();
+    let read = store
+        .read(&Query::all(), ReadOptions::default())
+        .await
+        .unwrap();
     assert!(read.events.iter().all(|e| e.event.occurred_at().is_some()));
 }
 
 #[actix::test]
 async fn a_multi_event_append_is_all_or_nothing() {
     let store = support::store("atomic").await;
-    store.append(vec![support::event("Guard", &["g"])], None).await.unwrap();
+    store
+        .append(vec![support::event("Guard", &["g"])], None)
+        .await
+        .unwrap();
     let guard = Query::new([QueryItem::new().types(["Guard"])]);
-    let three = vec![support::event("E", &["m"]), support::event("E", &["m"]), support::event("E", &["m"])];
-    let refused = store.append(three.clone(), Some(AppendCondition::new(guard.clone(), None))).await;
-    assert!(matches!(refused, Err(Error::ConditionFailed { after: None })));
+    let three = vec![
+        support::event("E", &["m"]),
+        support::event("E", &["m"]),
+        support::event("E", &["m"]),
+    ];
+    let refused = store
+        .append(
+            three.clone(),
+            Some(AppendCondition::new(guard.clone(), None)),
+        )
+        .await;
+    assert!(matches!(
+        refused,
+        Err(Error::ConditionFailed { after: None })
+    ));
     let m = Query::new([QueryItem::new().tags(["m"])]);
-    assert!(store.read(&m, ReadOptions::default()).await.unwrap().events.is_empty());
-    let ok = store.append(three, Some(AppendCondition::new(guard, Some(1)))).await.unwrap();
+    assert!(store
+        .read(&m, ReadOptions::default())
+        .await
+        .unwrap()
+        .events
+        .is_empty());
+    let ok = store
+        .append(three, Some(AppendCondition::new(guard, Some(1))))
+        .await
+        .unwrap();
     assert_eq!((ok.first_position, ok.last_position), (2, 4));
-    assert_eq!(store.read(&m, ReadOptions::default()).await.unwrap().events.len(), 3);
+    assert_eq!(
+        store
+            .read(&m, ReadOptions::default())
+            .await
+            .unwrap()
+            .events
+            .len(),
+        3
+    );
 }
 
 #[actix::test]
 async fn a_condition_fails_only_for_matches_strictly_after_its_position() {
     let store = support::store("after").await;
     let q = Query::new([QueryItem::new().types(["E"]).tags(["k"])]);
-    store.append(vec![support::event("E", &["k"])], None).await.unwrap(); // 1
-    store.append(vec![support::event("F", &["k"])], None).await.unwrap(); // 2
+    store
+        .append(vec![support::event("E", &["k"])], None)
+        .await
+        .unwrap(); // 1
+    store
+        .append(vec![support::event("F", &["k"])], None)
+        .await
+        .unwrap(); // 2
     let cond = |after| Some(AppendCondition::new(q.clone(), after));
-    assert!(matches!(store.append(vec![support::event("X", &[])], cond(None)).await, Err(Error::ConditionFailed { .. })));
-    assert!(matches!(store.append(vec![support::event("X", &[])], cond(Some(0))).await, Err(Error::ConditionFailed { .. })));
-    store.append(vec![support::event("X", &[])], cond(Some(1))).await.unwrap(); // 3
-    store.append(vec![support::event("X", &[])], cond(Some(2))).await.unwrap(); // 4
-    store.append(vec![support::event("X", &[])], cond(Some(1_000))).await.unwrap();
+    assert!(matches!(
+        store
+            .append(vec![support::event("X", &[])], cond(None))
+            .await,
+        Err(Error::ConditionFailed { .. })
+    ));
+    assert!(matches!(
+        store
+            .append(vec![support::event("X", &[])], cond(Some(0)))
+            .await,
+        Err(Error::ConditionFailed { .. })
+    ));
+    store
+        .append(vec![support::event("X", &[])], cond(Some(1)))
+        .await
+        .unwrap(); // 3
+    store
+        .append(vec![support::event("X", &[])], cond(Some(2)))
+        .await
+        .unwrap(); // 4
+    store
+        .append(vec![support::event("X", &[])], cond(Some(1_000)))
+        .await
+        .unwrap();
 }
 
 #[actix::test]
@@ -81,7 +150,11 @@ async fn only_one_of_many_conflicting_appends_in_one_batch_succeeds() {
     let stall = Stall::start(&store).await;
     let blocker = actix::spawn({
         let store = store.clone();
-        async move { store.append(vec![support::event("Blocker", &[])], None).await }
+        async move {
+            store
+                .append(vec![support::event("Blocker", &[])], None)
+                .await
+        }
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let seat = Query::new([QueryItem::new().types(["Seat"]).tags(["seat:1"])]);
@@ -90,7 +163,10 @@ async fn only_one_of_many_conflicting_appends_in_one_batch_succeeds() {
         let seat = seat.clone();
         actix::spawn(async move {
             store
-                .append(vec![support::event("Seat", &["seat:1"])], Some(AppendCondition::new(seat, None)))
+                .append(
+                    vec![support::event("Seat", &["seat:1"])],
+                    Some(AppendCondition::new(seat, None)),
+                )
                 .await
         })
     });
@@ -98,16 +174,27 @@ async fn only_one_of_many_conflicting_appends_in_one_batch_succeeds() {
     let free: Vec<_> = (0..5)
         .map(|_| {
             let store = store.clone();
-            actix::spawn(async move { store.append(vec![support::event("Free", &["free"])], None).await })
+            actix::spawn(async move {
+                store
+                    .append(vec![support::event("Free", &["free"])], None)
+                    .await
+            })
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
     stall.release().await;
 
     blocker.await.unwrap().unwrap();
-    let results: Vec<_> = join_all(conditional).await.into_iter().map(|r| r.unwrap()).collect();
+    let results: Vec<_> = join_all(conditional)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
     let won = results.iter().filter(|r| r.is_ok()).count();
-    let lost = results.iter().filter(|r| matches!(r, Err(Error::ConditionFailed { .. }))).count();
+    let lost = results
+        .iter()
+        .filter(|r| matches!(r, Err(Error::ConditionFailed { .. })))
+        .count();
     assert_eq!((won, lost), (1, 9), "{results:?}");
     for r in join_all(free).await {
         r.unwrap().unwrap();
@@ -116,17 +203,27 @@ async fn only_one_of_many_conflicting_appends_in_one_batch_succeeds() {
     assert_eq!(stored.events.len(), 1);
     let m = store.metrics().await.unwrap();
     assert_eq!(m.batches, 2, "the conflicting appends shared one batch");
-    assert!(m.deferred_rounds >= 1, "the batch needed a second round: {m:?}");
+    assert!(
+        m.deferred_rounds >= 1,
+        "the batch needed a second round: {m:?}"
+    );
 }
 
 #[actix::test]
 async fn an_append_conditioned_on_an_earlier_failed_append_of_its_batch_still_succeeds() {
     let store = support::store("intra_fail").await;
-    store.append(vec![support::event("Taken", &["t"])], None).await.unwrap();
+    store
+        .append(vec![support::event("Taken", &["t"])], None)
+        .await
+        .unwrap();
     let stall = Stall::start(&store).await;
     let blocker = actix::spawn({
         let store = store.clone();
-        async move { store.append(vec![support::event("Blocker", &[])], None).await }
+        async move {
+            store
+                .append(vec![support::event("Blocker", &[])], None)
+                .await
+        }
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     // First: fails (Taken exists). Second: conditioned on events like the first's.
@@ -134,31 +231,69 @@ async fn an_append_conditioned_on_an_earlier_failed_append_of_its_batch_still_su
         let store = store.clone();
         async move {
             let taken = Query::new([QueryItem::new().types(["Taken"])]);
-            store.append(vec![support::event("Claim", &["c"])], Some(AppendCondition::new(taken, None))).await
+            store
+                .append(
+                    vec![support::event("Claim", &["c"])],
+                    Some(AppendCondition::new(taken, None)),
+                )
+                .await
         }
     });
     let second = actix::spawn({
         let store = store.clone();
         async move {
             let claims = Query::new([QueryItem::new().types(["Claim"]).tags(["c"])]);
-            store.append(vec![support::event("Claim", &["c"])], Some(AppendCondition::new(claims, None))).await
+            store
+                .append(
+                    vec![support::event("Claim", &["c"])],
+                    Some(AppendCondition::new(claims, None)),
+                )
+                .await
         }
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     stall.release().await;
     blocker.await.unwrap().unwrap();
-    assert!(matches!(first.await.unwrap(), Err(Error::ConditionFailed { .. })));
-    second.await.unwrap().expect("the earlier claim was not written, so this one passes");
+    assert!(matches!(
+        first.await.unwrap(),
+        Err(Error::ConditionFailed { .. })
+    ));
+    second
+        .await
+        .unwrap()
+        .expect("the earlier claim was not written, so this one passes");
 }
 
 #[actix::test]
 async fn a_stored_event_id_cannot_be_appended_again() {
     let store = support::store("dup_id").await;
     let id = uuid::Uuid::new_v4();
-    store.append(vec![support::event("E", &[]).with_id(id)], None).await.unwrap();
-    let again = store.append(vec![support::event("E", &[]), support::event("E", &[]).with_id(id)], None).await;
-    assert!(matches!(again, Err(Error::DuplicateEventId { .. })), "{again:?}");
-    assert_eq!(store.read(&Query::all(), ReadOptions::default()).await.unwrap().events.len(), 1);
+    store
+        .append(vec![support::event("E", &[]).with_id(id)], None)
+        .await
+        .unwrap();
+    let again = store
+        .append(
+            vec![
+                support::event("E", &[]),
+                support::event("E", &[]).with_id(id),
+            ],
+            None,
+        )
+        .await;
+    assert!(
+        matches!(again, Err(Error::DuplicateEventId { .. })),
+        "{again:?}"
+    );
+    assert_eq!(
+        store
+            .read(&Query::all(), ReadOptions::default())
+            .await
+            .unwrap()
+            .events
+            .len(),
+        1
+    );
 }
 
 #[actix::test]

@@ -36,9 +36,15 @@ fn target_parts(config: &tokio_postgres::Config) -> Vec<String> {
 }
 
 async fn commits(admin: &tokio_postgres::Client, db: &str) -> i64 {
-    admin.batch_execute("SELECT pg_stat_clear_snapshot()").await.unwrap();
     admin
-        .query_one("SELECT xact_commit FROM pg_stat_database WHERE datname = $1", &[&db])
+        .batch_execute("SELECT pg_stat_clear_snapshot()")
+        .await
+        .unwrap();
+    admin
+        .query_one(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = $1",
+            &[&db],
+        )
         .await
         .unwrap()
         .get(0)
@@ -48,9 +54,14 @@ async fn commits(admin: &tokio_postgres::Client, db: &str) -> i64 {
 async fn five_hundred_concurrent_appends_cost_far_fewer_commits() {
     let admin = support::client().await;
     let db = support::unique_schema("commits");
-    admin.batch_execute(&format!("CREATE DATABASE {db}")).await.unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .await
+        .unwrap();
     let url = url_with_database(support::database_url(), &db);
-    let store = EventStore::connect(support::config("dcb").with_database_url(url)).await.unwrap();
+    let store = EventStore::connect(support::config("dcb").with_database_url(url))
+        .await
+        .unwrap();
     let calls: Vec<_> = (0..500)
         .map(|i| {
             let store = store.clone();
@@ -65,7 +76,15 @@ async fn five_hundred_concurrent_appends_cost_far_fewer_commits() {
     }
     let m = store.metrics().await.unwrap();
     assert_eq!(m.appends, 500);
-    assert_eq!(store.read(&Query::all(), ReadOptions::default()).await.unwrap().events.len(), 500);
+    assert_eq!(
+        store
+            .read(&Query::all(), ReadOptions::default())
+            .await
+            .unwrap()
+            .events
+            .len(),
+        500
+    );
     drop(store); // backends exit and flush their statistics
     let mut last = -1;
     let mut stable = 0;
@@ -83,7 +102,11 @@ async fn five_hundred_concurrent_appends_cost_far_fewer_commits() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Everything this database committed: the migration, the read above, the batches.
-    assert!(last > 0 && last < 100, "{last} commits for 500 appends in {} batches", m.batches);
+    assert!(
+        last > 0 && last < 100,
+        "{last} commits for 500 appends in {} batches",
+        m.batches
+    );
     assert!(m.batches < 100, "{} batches", m.batches);
 }
 
@@ -95,7 +118,9 @@ async fn parse_counting_proxy(target: (String, u16)) -> (u16, Arc<AtomicU64>) {
     let counter = parses.clone();
     actix::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
-            let server = TcpStream::connect((target.0.as_str(), target.1)).await.unwrap();
+            let server = TcpStream::connect((target.0.as_str(), target.1))
+                .await
+                .unwrap();
             let (mut client_read, mut client_write) = client.into_split();
             let (mut server_read, mut server_write) = server.into_split();
             actix::spawn(async move {
@@ -120,12 +145,15 @@ async fn parse_counting_proxy(target: (String, u16)) -> (u16, Arc<AtomicU64>) {
                     if header[0] == b'P' {
                         counter.fetch_add(1, Ordering::SeqCst);
                     }
-                    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+                    let len =
+                        u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
                     let mut body = vec![0u8; len - 4];
                     if client_read.read_exact(&mut body).await.is_err() {
                         return;
                     }
-                    if server_write.write_all(&header).await.is_err() || server_write.write_all(&body).await.is_err() {
+                    if server_write.write_all(&header).await.is_err()
+                        || server_write.write_all(&body).await.is_err()
+                    {
                         return;
                     }
                 }
@@ -158,18 +186,34 @@ async fn repeated_reads_and_appends_are_not_parsed_again_by_the_server() {
         .unwrap();
     let query = |i: usize| Query::new([QueryItem::new().types(["E"]).tags([format!("k:{i}")])]);
     // Warm up: the writer prepares at its first batch, each reader at its first read.
-    store.append(vec![support::event("E", &["k:0"])], None).await.unwrap();
+    store
+        .append(vec![support::event("E", &["k:0"])], None)
+        .await
+        .unwrap();
     for i in 0..4 {
         store.read(&query(i), ReadOptions::default()).await.unwrap();
     }
     let warm = parses.load(Ordering::SeqCst);
     assert!(warm > 0, "the proxy sees the store's traffic");
     for i in 0..100 {
-        store.append(vec![support::event("E", &[&format!("k:{i}")])], None).await.unwrap();
-        let r = store.read(&query(i), ReadOptions::default().after(i as u64)).await.unwrap();
+        store
+            .append(vec![support::event("E", &[&format!("k:{i}")])], None)
+            .await
+            .unwrap();
+        let r = store
+            .read(&query(i), ReadOptions::default().after(i as u64))
+            .await
+            .unwrap();
         assert!(!r.events.is_empty());
     }
-    assert_eq!(parses.load(Ordering::SeqCst), warm, "no statement was parsed again");
+    assert_eq!(
+        parses.load(Ordering::SeqCst),
+        warm,
+        "no statement was parsed again"
+    );
     let m = store.metrics().await.unwrap();
-    assert_eq!(m.statements_prepared, 2, "one read shape, prepared once on each of 2 readers");
+    assert_eq!(
+        m.statements_prepared, 2,
+        "one read shape, prepared once on each of 2 readers"
+    );
 }

@@ -23,8 +23,16 @@ async fn subscribe(store: &EventStore, course: usize, student: usize) -> Result<
     ]);
     loop {
         let read = store.read(&query, ReadOptions::default()).await?;
-        let in_course = read.events.iter().filter(|e| e.event.tags().contains(&ct)).count();
-        let of_student = read.events.iter().filter(|e| e.event.tags().contains(&st)).count();
+        let in_course = read
+            .events
+            .iter()
+            .filter(|e| e.event.tags().contains(&ct))
+            .count();
+        let of_student = read
+            .events
+            .iter()
+            .filter(|e| e.event.tags().contains(&st))
+            .count();
         let already = read
             .events
             .iter()
@@ -34,7 +42,13 @@ async fn subscribe(store: &EventStore, course: usize, student: usize) -> Result<
         }
         let e = Event::new("Subscribed", json!({"course": course, "student": student}))
             .with_tags([ct.clone(), st.clone()]);
-        match store.append(vec![e], Some(AppendCondition::new(query.clone(), read.head))).await {
+        match store
+            .append(
+                vec![e],
+                Some(AppendCondition::new(query.clone(), read.head)),
+            )
+            .await
+        {
             Ok(_) => return Ok(true),
             Err(Error::ConditionFailed { .. }) => continue,
             Err(e) => return Err(e),
@@ -62,23 +76,51 @@ async fn two_stores_with_dozens_of_deciders_never_break_the_invariants() {
                 accepted
             })
         });
-        let accepted: usize = join_all(deciders).await.into_iter().map(|r| r.unwrap()).sum();
+        let accepted: usize = join_all(deciders)
+            .await
+            .into_iter()
+            .map(|r| r.unwrap())
+            .sum();
 
-        let all = a.read(&Query::all(), ReadOptions::default()).await.unwrap().events;
-        assert_eq!(all.len(), accepted, "round {round}: every accepted decision is stored once");
+        let all = a
+            .read(&Query::all(), ReadOptions::default())
+            .await
+            .unwrap()
+            .events;
+        assert_eq!(
+            all.len(),
+            accepted,
+            "round {round}: every accepted decision is stored once"
+        );
         let mut per_course: HashMap<u64, usize> = HashMap::new();
         let mut per_student: HashMap<u64, usize> = HashMap::new();
         let mut pairs = HashSet::new();
         for e in &all {
             let d: serde_json::Value = e.event.data().unwrap();
-            let (c, s) = (d["course"].as_u64().unwrap(), d["student"].as_u64().unwrap());
+            let (c, s) = (
+                d["course"].as_u64().unwrap(),
+                d["student"].as_u64().unwrap(),
+            );
             *per_course.entry(c).or_default() += 1;
             *per_student.entry(s).or_default() += 1;
-            assert!(pairs.insert((c, s)), "round {round}: student {s} twice in course {c}");
+            assert!(
+                pairs.insert((c, s)),
+                "round {round}: student {s} twice in course {c}"
+            );
         }
-        assert!(per_course.values().all(|n| *n <= CAPACITY), "round {round}: {per_course:?}");
-        assert!(per_student.values().all(|n| *n <= MAX_COURSES), "round {round}: {per_student:?}");
+        assert!(
+            per_course.values().all(|n| *n <= CAPACITY),
+            "round {round}: {per_course:?}"
+        );
+        assert!(
+            per_student.values().all(|n| *n <= MAX_COURSES),
+            "round {round}: {per_student:?}"
+        );
         // Contention was real: the courses filled up.
-        assert_eq!(per_course.values().sum::<usize>(), COURSES * CAPACITY, "round {round}");
+        assert_eq!(
+            per_course.values().sum::<usize>(),
+            COURSES * CAPACITY,
+            "round {round}"
+        );
     }
 }

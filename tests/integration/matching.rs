@@ -2,7 +2,9 @@
 //! append conditions) with the in-memory meaning of the query, over a grid of queries.
 
 use chrono::{Duration, TimeZone, Utc};
-use dcb_store::{AppendCondition, Error, Event, EventStore, Query, QueryItem, ReadOptions, SequencedEvent};
+use dcb_store::{
+    AppendCondition, Error, Event, EventStore, Query, QueryItem, ReadOptions, SequencedEvent,
+};
 use serde_json::json;
 
 use crate::support;
@@ -29,7 +31,9 @@ async fn fill(store: &EventStore) {
         }
     }
     // Data that is not an object at all.
-    let odd = Event::from_json("A", "[1, \"k\"]").with_tags(["x"]).with_occurred_at(base);
+    let odd = Event::from_json("A", "[1, \"k\"]")
+        .with_tags(["x"])
+        .with_occurred_at(base);
     store.append(vec![odd], None).await.unwrap();
 }
 
@@ -38,14 +42,23 @@ fn item_grid() -> Vec<QueryItem> {
     let mut items = Vec::new();
     for types in [&[][..], &["A"], &["A", "B"], &["nope"]] {
         for tags in [&[][..], &["x"], &["x", "y"], &["y", "x", "z"], &["q"]] {
-            items.push(QueryItem::new().types(types.iter().copied()).tags(tags.iter().copied()));
+            items.push(
+                QueryItem::new()
+                    .types(types.iter().copied())
+                    .tags(tags.iter().copied()),
+            );
         }
     }
     items.push(QueryItem::new().data_all([("k", "v1")]));
     items.push(QueryItem::new().data_all([("k", "v1"), ("m", "w")]));
     items.push(QueryItem::new().data_all([("k", "v1"), ("k", "v2")]));
     items.push(QueryItem::new().data_any([("k", "v1"), ("k", "v2")]));
-    items.push(QueryItem::new().types(["A"]).tags(["x"]).data_any([("m", "w"), ("k", "v2")]));
+    items.push(
+        QueryItem::new()
+            .types(["A"])
+            .tags(["x"])
+            .data_any([("m", "w"), ("k", "v2")]),
+    );
     items.push(QueryItem::new().data_any([("k", "1")]));
     items.push(QueryItem::new().occurred_from(base + Duration::hours(5)));
     items.push(QueryItem::new().occurred_until(base + Duration::hours(5)));
@@ -78,7 +91,11 @@ fn positions(events: &[SequencedEvent]) -> Vec<u64> {
 async fn reads_return_exactly_the_events_the_query_matches_in_memory() {
     let store = support::store("match_read").await;
     fill(&store).await;
-    let all = store.read(&Query::all(), ReadOptions::default()).await.unwrap().events;
+    let all = store
+        .read(&Query::all(), ReadOptions::default())
+        .await
+        .unwrap()
+        .events;
     assert_eq!(all.len(), 19);
     for query in queries() {
         let expected: Vec<u64> = all
@@ -88,10 +105,17 @@ async fn reads_return_exactly_the_events_the_query_matches_in_memory() {
             .collect();
         let got = store.read(&query, ReadOptions::default()).await.unwrap();
         assert_eq!(positions(&got.events), expected, "query {query:?}");
-        let backwards = store.read(&query, ReadOptions::default().backwards()).await.unwrap();
+        let backwards = store
+            .read(&query, ReadOptions::default().backwards())
+            .await
+            .unwrap();
         let mut reversed = expected.clone();
         reversed.reverse();
-        assert_eq!(positions(&backwards.events), reversed, "backwards {query:?}");
+        assert_eq!(
+            positions(&backwards.events),
+            reversed,
+            "backwards {query:?}"
+        );
     }
 }
 
@@ -100,7 +124,11 @@ async fn append_conditions_fail_exactly_when_the_query_matches_after_the_positio
     let store = support::store("match_cond").await;
     fill(&store).await;
     for (i, query) in queries().into_iter().enumerate() {
-        let all = store.read(&Query::all(), ReadOptions::default()).await.unwrap().events;
+        let all = store
+            .read(&Query::all(), ReadOptions::default())
+            .await
+            .unwrap()
+            .events;
         let head = all.last().map(|e| e.position).unwrap();
         for after in [None, Some(0), Some(7), Some(head - 1), Some(head)] {
             let violated = all.iter().any(|e| {
@@ -109,13 +137,22 @@ async fn append_conditions_fail_exactly_when_the_query_matches_after_the_positio
             // A probe that no query of the grid can match by tag or type only.
             let probe = Event::new("Probe", json!({})).with_tags([format!("probe:{i}")]);
             let result = store
-                .append(vec![probe], Some(AppendCondition::new(query.clone(), after)))
+                .append(
+                    vec![probe],
+                    Some(AppendCondition::new(query.clone(), after)),
+                )
                 .await;
             match result {
                 Err(Error::ConditionFailed { .. }) => {
-                    assert!(violated, "condition failed but nothing matches: {query:?} after {after:?}")
+                    assert!(
+                        violated,
+                        "condition failed but nothing matches: {query:?} after {after:?}"
+                    )
                 }
-                Ok(_) => assert!(!violated, "condition passed but an event matches: {query:?} after {after:?}"),
+                Ok(_) => assert!(
+                    !violated,
+                    "condition passed but an event matches: {query:?} after {after:?}"
+                ),
                 Err(e) => panic!("unexpected error {e}"),
             }
             if !violated {
@@ -129,20 +166,44 @@ async fn append_conditions_fail_exactly_when_the_query_matches_after_the_positio
 #[actix::test]
 async fn an_item_with_tags_needs_all_of_them_and_items_are_ored() {
     let store = support::store("match_rules").await;
-    let p1 = store.append(vec![support::event("T", &["a", "b"])], None).await.unwrap();
-    let p2 = store.append(vec![support::event("T", &["a"])], None).await.unwrap();
-    let p3 = store.append(vec![support::event("U", &["b"])], None).await.unwrap();
+    let p1 = store
+        .append(vec![support::event("T", &["a", "b"])], None)
+        .await
+        .unwrap();
+    let p2 = store
+        .append(vec![support::event("T", &["a"])], None)
+        .await
+        .unwrap();
+    let p3 = store
+        .append(vec![support::event("U", &["b"])], None)
+        .await
+        .unwrap();
     let read = |q: Query| {
         let store = store.clone();
         async move { positions(&store.read(&q, ReadOptions::default()).await.unwrap().events) }
     };
-    assert_eq!(read(Query::new([QueryItem::new().tags(["a", "b"])])).await, [p1.first_position]);
-    assert_eq!(read(Query::new([QueryItem::new().tags(["a"])])).await, [p1.first_position, p2.first_position]);
     assert_eq!(
-        read(Query::new([QueryItem::new().types(["U"]), QueryItem::new().tags(["a", "b"])])).await,
+        read(Query::new([QueryItem::new().tags(["a", "b"])])).await,
+        [p1.first_position]
+    );
+    assert_eq!(
+        read(Query::new([QueryItem::new().tags(["a"])])).await,
+        [p1.first_position, p2.first_position]
+    );
+    assert_eq!(
+        read(Query::new([
+            QueryItem::new().types(["U"]),
+            QueryItem::new().tags(["a", "b"])
+        ]))
+        .await,
         [p1.first_position, p3.first_position]
     );
-    assert_eq!(read(Query::new([QueryItem::new().types(["T", "U"]).tags(["b"])])).await, [p1.first_position, p3.first_position]);
-    assert!(read(Query::new([QueryItem::new().types(["V"])])).await.is_empty());
+    assert_eq!(
+        read(Query::new([QueryItem::new().types(["T", "U"]).tags(["b"])])).await,
+        [p1.first_position, p3.first_position]
+    );
+    assert!(read(Query::new([QueryItem::new().types(["V"])]))
+        .await
+        .is_empty());
     assert_eq!(read(Query::all()).await.len(), 3);
 }

@@ -9,12 +9,20 @@ async fn metrics_count_appends_events_reads_conflicts_and_bad_input() {
     let store = support::store("metrics").await;
     for _ in 0..3 {
         store
-            .append(vec![support::event("E", &["m"]), support::event("E", &["m"])], None)
+            .append(
+                vec![support::event("E", &["m"]), support::event("E", &["m"])],
+                None,
+            )
             .await
             .unwrap();
     }
     let q = Query::new([QueryItem::new().tags(["m"])]);
-    let failed = store.append(vec![support::event("E", &[])], Some(AppendCondition::new(q.clone(), None))).await;
+    let failed = store
+        .append(
+            vec![support::event("E", &[])],
+            Some(AppendCondition::new(q.clone(), None)),
+        )
+        .await;
     assert!(matches!(failed, Err(Error::ConditionFailed { .. })));
     let bad = store.append(vec![], None).await;
     assert!(matches!(bad, Err(Error::InvalidInput { .. })));
@@ -28,13 +36,21 @@ async fn metrics_count_appends_events_reads_conflicts_and_bad_input() {
     assert_eq!(m.conditions_failed, 1);
     assert_eq!(m.invalid_inputs, 1);
     assert_eq!(m.reads, 5);
-    assert_eq!(m.batches, 4, "three writes and the failed condition's transaction");
+    assert_eq!(
+        m.batches, 4,
+        "three writes and the failed condition's transaction"
+    );
     assert_eq!(m.dropped_records, 0);
     assert_eq!(m.methods["append"].count, 5);
     assert_eq!(m.methods["read"].count, 5);
     assert_eq!(m.statements["read"].count, 5);
     assert_eq!(m.statements["commit"].count, 4);
-    for component in ["read.query_building", "read.sql_execution", "read.result_processing", "append.sql_execution"] {
+    for component in [
+        "read.query_building",
+        "read.sql_execution",
+        "read.result_processing",
+        "append.sql_execution",
+    ] {
         assert!(m.components[component].count > 0, "{component}");
     }
     let text = m.to_prometheus();

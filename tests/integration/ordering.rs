@@ -31,7 +31,10 @@ async fn a_follower_never_sees_positions_out_of_order_and_misses_nothing() {
     let mut last = 0u64;
     let mut idle_rounds = 0;
     loop {
-        let page = b.read(&Query::all(), ReadOptions::default().after(last).limit(37)).await.unwrap();
+        let page = b
+            .read(&Query::all(), ReadOptions::default().after(last).limit(37))
+            .await
+            .unwrap();
         for e in &page.events {
             assert!(e.position > last, "saw {} after {last}", e.position);
             last = e.position;

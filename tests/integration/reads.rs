@@ -14,8 +14,15 @@ fn positions(r: &dcb_store::ReadResult) -> Vec<u64> {
 async fn store_with(n: usize) -> EventStore {
     let store = support::store("reads").await;
     for i in 0..n {
-        let tags = if i % 2 == 0 { vec!["even"] } else { vec!["odd"] };
-        store.append(vec![support::event("E", &tags)], None).await.unwrap();
+        let tags = if i % 2 == 0 {
+            vec!["even"]
+        } else {
+            vec!["odd"]
+        };
+        store
+            .append(vec![support::event("E", &tags)], None)
+            .await
+            .unwrap();
     }
     store
 }
@@ -28,10 +35,15 @@ async fn the_head_of_an_empty_store_is_none_and_conditions_built_from_it_are_exa
     assert!(r.events.is_empty());
     assert_eq!(r.head, None);
     let cond = dcb_store::AppendCondition::new(q.clone(), r.head);
-    store.append(vec![support::event("E", &["t"])], Some(cond.clone())).await.unwrap();
+    store
+        .append(vec![support::event("E", &["t"])], Some(cond.clone()))
+        .await
+        .unwrap();
     // The same decision again must now fail: the event it did not see exists.
     assert!(matches!(
-        store.append(vec![support::event("E", &["t"])], Some(cond)).await,
+        store
+            .append(vec![support::event("E", &["t"])], Some(cond))
+            .await,
         Err(dcb_store::Error::ConditionFailed { .. })
     ));
 }
@@ -53,18 +65,33 @@ async fn the_head_is_the_store_head_also_when_nothing_matched() {
 async fn after_and_before_are_exclusive() {
     let store = store_with(6).await;
     let all = Query::all();
-    let r = store.read(&all, ReadOptions::default().after(2)).await.unwrap();
+    let r = store
+        .read(&all, ReadOptions::default().after(2))
+        .await
+        .unwrap();
     assert_eq!(positions(&r), [3, 4, 5, 6]);
-    let r = store.read(&all, ReadOptions::default().after(6)).await.unwrap();
+    let r = store
+        .read(&all, ReadOptions::default().after(6))
+        .await
+        .unwrap();
     assert!(r.events.is_empty());
     assert_eq!(r.head, Some(6));
-    let r = store.read(&all, ReadOptions::default().after(0)).await.unwrap();
+    let r = store
+        .read(&all, ReadOptions::default().after(0))
+        .await
+        .unwrap();
     assert_eq!(positions(&r).len(), 6);
-    let r = store.read(&all, ReadOptions::default().after(1).before(4)).await.unwrap();
+    let r = store
+        .read(&all, ReadOptions::default().after(1).before(4))
+        .await
+        .unwrap();
     assert_eq!(positions(&r), [2, 3]);
     assert_eq!(r.head, Some(3), "the head is capped below `before`");
     let even = Query::new([QueryItem::new().tags(["even"])]);
-    let r = store.read(&even, ReadOptions::default().after(1)).await.unwrap();
+    let r = store
+        .read(&even, ReadOptions::default().after(1))
+        .await
+        .unwrap();
     assert_eq!(positions(&r), [3, 5]);
 }
 
@@ -72,20 +99,41 @@ async fn after_and_before_are_exclusive() {
 async fn limits_cut_forward_and_backward_reads_and_move_the_head() {
     let store = store_with(6).await;
     let all = Query::all();
-    let r = store.read(&all, ReadOptions::default().limit(2)).await.unwrap();
+    let r = store
+        .read(&all, ReadOptions::default().limit(2))
+        .await
+        .unwrap();
     assert_eq!(positions(&r), [1, 2]);
     assert_eq!(r.head, Some(2), "events after the limit were not seen");
-    let r = store.read(&all, ReadOptions::default().limit(2).backwards()).await.unwrap();
+    let r = store
+        .read(&all, ReadOptions::default().limit(2).backwards())
+        .await
+        .unwrap();
     assert_eq!(positions(&r), [6, 5]);
     assert_eq!(r.head, Some(6));
-    let r = store.read(&all, ReadOptions::default().backwards().before(5).limit(10)).await.unwrap();
+    let r = store
+        .read(&all, ReadOptions::default().backwards().before(5).limit(10))
+        .await
+        .unwrap();
     assert_eq!(positions(&r), [4, 3, 2, 1]);
-    let r = store.read(&all, ReadOptions::default().limit(0)).await.unwrap();
+    let r = store
+        .read(&all, ReadOptions::default().limit(0))
+        .await
+        .unwrap();
     assert!(r.events.is_empty());
-    let two_items = Query::new([QueryItem::new().tags(["even"]), QueryItem::new().tags(["odd"])]);
-    let r = store.read(&two_items, ReadOptions::default().after(1).limit(3)).await.unwrap();
+    let two_items = Query::new([
+        QueryItem::new().tags(["even"]),
+        QueryItem::new().tags(["odd"]),
+    ]);
+    let r = store
+        .read(&two_items, ReadOptions::default().after(1).limit(3))
+        .await
+        .unwrap();
     assert_eq!(positions(&r), [2, 3, 4]);
-    let r = store.read(&two_items, ReadOptions::default().backwards().limit(3)).await.unwrap();
+    let r = store
+        .read(&two_items, ReadOptions::default().backwards().limit(3))
+        .await
+        .unwrap();
     assert_eq!(positions(&r), [6, 5, 4]);
 }
 
@@ -132,7 +180,10 @@ async fn events_come_back_exactly_as_appended() {
         .with_id(id)
         .with_occurred_at(at);
     let appended = store.append(vec![e], None).await.unwrap();
-    let r = store.read(&Query::all(), ReadOptions::default()).await.unwrap();
+    let r = store
+        .read(&Query::all(), ReadOptions::default())
+        .await
+        .unwrap();
     let back = &r.events[0];
     assert_eq!(back.position, appended.first_position);
     assert_eq!(back.event.id(), id);
@@ -146,15 +197,31 @@ async fn events_come_back_exactly_as_appended() {
     assert_eq!(back.event.occurred_at(), Some(at));
     // Deep nesting within the limit is stored and read back exactly.
     let deep = format!("{}\"bottom\"{}", "[".repeat(300), "]".repeat(300));
-    store.append(vec![Event::from_json("Deep", deep.clone())], None).await.unwrap();
+    store
+        .append(vec![Event::from_json("Deep", deep.clone())], None)
+        .await
+        .unwrap();
     let q = Query::new([QueryItem::new().types(["Deep"])]);
     let r = store.read(&q, ReadOptions::default()).await.unwrap();
     assert_eq!(r.events[0].event.data_json(), deep);
     // Tags with SQL metacharacters are matched literally.
     let q = Query::new([QueryItem::new().tags(["%_"])]);
-    assert_eq!(store.read(&q, ReadOptions::default()).await.unwrap().events.len(), 1);
+    assert_eq!(
+        store
+            .read(&q, ReadOptions::default())
+            .await
+            .unwrap()
+            .events
+            .len(),
+        1
+    );
     let q = Query::new([QueryItem::new().tags(["%"])]);
-    assert!(store.read(&q, ReadOptions::default()).await.unwrap().events.is_empty());
+    assert!(store
+        .read(&q, ReadOptions::default())
+        .await
+        .unwrap()
+        .events
+        .is_empty());
 }
 
 #[actix::test]

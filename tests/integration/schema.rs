@@ -15,25 +15,47 @@ async fn stores_connecting_at_once_create_the_schema_exactly_once() {
         .into_iter()
         .map(|s| s.unwrap())
         .collect();
-    stores[0].append(vec![support::event("E", &["t"])], None).await.unwrap();
+    stores[0]
+        .append(vec![support::event("E", &["t"])], None)
+        .await
+        .unwrap();
     // Connecting again later changes nothing.
     let again = EventStore::connect(support::config(&schema)).await.unwrap();
-    assert_eq!(again.read(&Query::all(), ReadOptions::default()).await.unwrap().events.len(), 1);
-    let applied = EventStore::migrate(&support::config(&schema)).await.unwrap();
+    assert_eq!(
+        again
+            .read(&Query::all(), ReadOptions::default())
+            .await
+            .unwrap()
+            .events
+            .len(),
+        1
+    );
+    let applied = EventStore::migrate(&support::config(&schema))
+        .await
+        .unwrap();
     assert!(applied.is_empty());
     let admin = support::client().await;
     let rows = admin
-        .query(&format!("SELECT version FROM \"{schema}\".schema_migrations ORDER BY version"), &[])
+        .query(
+            &format!("SELECT version FROM \"{schema}\".schema_migrations ORDER BY version"),
+            &[],
+        )
         .await
         .unwrap();
     let versions: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
-    assert_eq!(versions, (1..=dcb_store::SCHEMA_VERSION).collect::<Vec<_>>());
+    assert_eq!(
+        versions,
+        (1..=dcb_store::SCHEMA_VERSION).collect::<Vec<_>>()
+    );
 }
 
 #[actix::test]
 async fn stored_events_cannot_be_updated_deleted_or_truncated() {
     let store = support::store("immutable").await;
-    store.append(vec![support::event("E", &["t"])], None).await.unwrap();
+    store
+        .append(vec![support::event("E", &["t"])], None)
+        .await
+        .unwrap();
     let s = store.config().schema().to_owned();
     let admin = support::client().await;
     for sql in [
@@ -44,9 +66,21 @@ async fn stored_events_cannot_be_updated_deleted_or_truncated() {
         format!("DELETE FROM \"{s}\".event_tags"),
     ] {
         let err = admin.batch_execute(&sql).await.expect_err(&sql);
-        assert_eq!(err.code(), Some(&SqlState::RESTRICT_VIOLATION), "{sql}: {err}");
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::RESTRICT_VIOLATION),
+            "{sql}: {err}"
+        );
     }
-    assert_eq!(store.read(&Query::all(), ReadOptions::default()).await.unwrap().events.len(), 1);
+    assert_eq!(
+        store
+            .read(&Query::all(), ReadOptions::default())
+            .await
+            .unwrap()
+            .events
+            .len(),
+        1
+    );
 }
 
 #[actix::test]

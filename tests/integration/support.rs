@@ -21,7 +21,10 @@ pub fn database_url() -> &'static str {
             let configured = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty());
             if let Some(url) = configured {
                 if reachable(&url) {
-                    return Server { url, _embedded: None };
+                    return Server {
+                        url,
+                        _embedded: None,
+                    };
                 }
                 eprintln!("DATABASE_URL is not reachable; starting an embedded PostgreSQL");
             }
@@ -103,5 +106,6 @@ pub async fn client_for(url: &str) -> tokio_postgres::Client {
 
 /// An event of `event_type` with `tags` and small data.
 pub fn event(event_type: &str, tags: &[&str]) -> Event {
-    Event::new(event_type, serde_json::json!({ "type": event_type })).with_tags(tags.iter().copied())
+    Event::new(event_type, serde_json::json!({ "type": event_type }))
+        .with_tags(tags.iter().copied())
 }

@@ -21,34 +21,91 @@ fn bad_appends() -> Vec<(&'static str, Vec<Event>, Option<AppendCondition>)> {
         ("NUL in type", vec![Event::new("a\0b", json!({}))], None),
         ("empty tag", vec![ok().with_tags([""])], None),
         ("NUL in tag", vec![ok().with_tags(["x\0"])], None),
-        ("NUL in data", vec![Event::new("E", json!({"s": "a\u{0}b"}))], None),
-        ("NUL in a data key", vec![Event::new("E", json!({"a\u{0}": 1}))], None),
-        ("invalid JSON", vec![Event::from_json("E", "{not json")], None),
-        ("trailing garbage", vec![Event::from_json("E", "{} {}")], None),
-        ("unpaired surrogate", vec![Event::from_json("E", r#"{"s":"\ud800"}"#)], None),
-        ("escaped NUL", vec![Event::from_json("E", r#"{"s":"\u0000"}"#)], None),
-        ("non-object metadata", vec![ok().with_metadata(json!([1, 2]))], None),
-        ("invalid metadata", vec![ok().with_metadata_json("nope")], None),
+        (
+            "NUL in data",
+            vec![Event::new("E", json!({"s": "a\u{0}b"}))],
+            None,
+        ),
+        (
+            "NUL in a data key",
+            vec![Event::new("E", json!({"a\u{0}": 1}))],
+            None,
+        ),
+        (
+            "invalid JSON",
+            vec![Event::from_json("E", "{not json")],
+            None,
+        ),
+        (
+            "trailing garbage",
+            vec![Event::from_json("E", "{} {}")],
+            None,
+        ),
+        (
+            "unpaired surrogate",
+            vec![Event::from_json("E", r#"{"s":"\ud800"}"#)],
+            None,
+        ),
+        (
+            "escaped NUL",
+            vec![Event::from_json("E", r#"{"s":"\u0000"}"#)],
+            None,
+        ),
+        (
+            "non-object metadata",
+            vec![ok().with_metadata(json!([1, 2]))],
+            None,
+        ),
+        (
+            "invalid metadata",
+            vec![ok().with_metadata_json("nope")],
+            None,
+        ),
         ("too deep", vec![Event::from_json("E", deep)], None),
-        ("too large", vec![Event::new("E", json!({"s": "x".repeat(5_000)}))], None),
-        ("too many tags", vec![ok().with_tags((0..300).map(|i| format!("t{i}")))], None),
+        (
+            "too large",
+            vec![Event::new("E", json!({"s": "x".repeat(5_000)}))],
+            None,
+        ),
+        (
+            "too many tags",
+            vec![ok().with_tags((0..300).map(|i| format!("t{i}")))],
+            None,
+        ),
         ("huge tag", vec![ok().with_tags(["x".repeat(2_000)])], None),
-        ("same id twice", vec![ok().with_id(dup), ok().with_id(dup)], None),
-        ("condition without items", vec![ok()], Some(AppendCondition::new(Query::new([]), None))),
+        (
+            "same id twice",
+            vec![ok().with_id(dup), ok().with_id(dup)],
+            None,
+        ),
+        (
+            "condition without items",
+            vec![ok()],
+            Some(AppendCondition::new(Query::new([]), None)),
+        ),
         (
             "condition with an empty tag",
             vec![ok()],
-            Some(AppendCondition::new(Query::new([QueryItem::new().tags([""])]), None)),
+            Some(AppendCondition::new(
+                Query::new([QueryItem::new().tags([""])]),
+                None,
+            )),
         ),
         (
             "condition with NUL in a type",
             vec![ok()],
-            Some(AppendCondition::new(Query::new([QueryItem::new().types(["\0"])]), None)),
+            Some(AppendCondition::new(
+                Query::new([QueryItem::new().types(["\0"])]),
+                None,
+            )),
         ),
         (
             "condition with an empty data key",
             vec![ok()],
-            Some(AppendCondition::new(Query::new([QueryItem::new().data_all([("", "v")])]), None)),
+            Some(AppendCondition::new(
+                Query::new([QueryItem::new().data_all([("", "v")])]),
+                None,
+            )),
         ),
         (
             "condition after beyond i64",
@@ -69,7 +126,11 @@ async fn every_kind_of_bad_append_is_refused_and_the_good_ones_alongside_succeed
         let good = {
             let store = store.clone();
             let tag = format!("good:{i}");
-            actix::spawn(async move { store.append(vec![support::event("Good", &[&tag])], None).await })
+            actix::spawn(async move {
+                store
+                    .append(vec![support::event("Good", &[&tag])], None)
+                    .await
+            })
         };
         let bad = {
             let store = store.clone();
@@ -79,13 +140,18 @@ async fn every_kind_of_bad_append_is_refused_and_the_good_ones_alongside_succeed
     }
     let count = calls.len();
     for (what, good, bad) in calls {
-        good.await.unwrap().unwrap_or_else(|e| panic!("good append beside {what}: {e}"));
+        good.await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("good append beside {what}: {e}"));
         match bad.await.unwrap() {
             Err(Error::InvalidInput { reason }) => assert!(!reason.is_empty()),
             other => panic!("{what}: expected InvalidInput, got {other:?}"),
         }
     }
-    let all = store.read(&Query::all(), ReadOptions::default()).await.unwrap();
+    let all = store
+        .read(&Query::all(), ReadOptions::default())
+        .await
+        .unwrap();
     assert_eq!(all.events.len(), count, "only the good appends are stored");
     assert!(all.events.iter().all(|e| e.event.event_type() == "Good"));
     let m = store.metrics().await.unwrap();
@@ -97,9 +163,18 @@ async fn bad_reads_are_refused_with_invalid_input() {
     let store = support::store("bad_read").await;
     let bad: Vec<(Query, ReadOptions)> = vec![
         (Query::new([]), ReadOptions::default()),
-        (Query::new([QueryItem::new().tags(["a\0"])]), ReadOptions::default()),
-        (Query::new([QueryItem::new().types([""])]), ReadOptions::default()),
-        (Query::new([QueryItem::new().data_any([("k", "v\0")])]), ReadOptions::default()),
+        (
+            Query::new([QueryItem::new().tags(["a\0"])]),
+            ReadOptions::default(),
+        ),
+        (
+            Query::new([QueryItem::new().types([""])]),
+            ReadOptions::default(),
+        ),
+        (
+            Query::new([QueryItem::new().data_any([("k", "v\0")])]),
+            ReadOptions::default(),
+        ),
         (Query::all(), ReadOptions::default().after(u64::MAX)),
         (Query::all(), ReadOptions::default().limit(u64::MAX)),
         (
@@ -111,10 +186,20 @@ async fn bad_reads_are_refused_with_invalid_input() {
     ];
     for (query, options) in bad {
         let result = store.read(&query, options).await;
-        assert!(matches!(result, Err(Error::InvalidInput { .. })), "{query:?} {options:?}: {result:?}");
+        assert!(
+            matches!(result, Err(Error::InvalidInput { .. })),
+            "{query:?} {options:?}: {result:?}"
+        );
     }
     // The store still serves reads.
-    assert_eq!(store.read(&Query::all(), ReadOptions::default()).await.unwrap().head, None);
+    assert_eq!(
+        store
+            .read(&Query::all(), ReadOptions::default())
+            .await
+            .unwrap()
+            .head,
+        None
+    );
 }
 
 #[actix::test]
@@ -134,30 +219,53 @@ async fn an_append_the_database_refuses_fails_alone_and_its_batch_commits() {
     let stall = Stall::start(&store).await;
     let blocker = actix::spawn({
         let store = store.clone();
-        async move { store.append(vec![support::event("Blocker", &[])], None).await }
+        async move {
+            store
+                .append(vec![support::event("Blocker", &[])], None)
+                .await
+        }
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut calls = Vec::new();
     for i in 0..9 {
         let store = store.clone();
         let kind = if i == 4 { "Poison" } else { "Good" };
-        calls.push(actix::spawn(async move { store.append(vec![support::event(kind, &["p"])], None).await }));
+        calls.push(actix::spawn(async move {
+            store.append(vec![support::event(kind, &["p"])], None).await
+        }));
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     stall.release().await;
     blocker.await.unwrap().unwrap();
-    let results: Vec<_> = join_all(calls).await.into_iter().map(|r| r.unwrap()).collect();
+    let results: Vec<_> = join_all(calls)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
     for (i, r) in results.iter().enumerate() {
         if i == 4 {
             let err = r.as_ref().unwrap_err();
-            assert_eq!(err.sql_state(), Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION), "{err}");
+            assert_eq!(
+                err.sql_state(),
+                Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION),
+                "{err}"
+            );
             assert!(!err.may_have_been_written());
         } else {
             assert!(r.is_ok(), "append {i}: {r:?}");
         }
     }
-    let stored = store.read(&Query::new([QueryItem::new().tags(["p"])]), ReadOptions::default()).await.unwrap();
+    let stored = store
+        .read(
+            &Query::new([QueryItem::new().tags(["p"])]),
+            ReadOptions::default(),
+        )
+        .await
+        .unwrap();
     assert_eq!(stored.events.len(), 8);
     let m = store.metrics().await.unwrap();
-    assert!(m.database_errors.get("23").copied().unwrap_or(0) >= 1, "{m:?}");
+    assert!(
+        m.database_errors.get("23").copied().unwrap_or(0) >= 1,
+        "{m:?}"
+    );
 }

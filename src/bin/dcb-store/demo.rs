@@ -112,7 +112,9 @@ pub async fn run(config: Config, args: DemoArgs) -> Result<ExitCode, Error> {
         task.await.map_err(|_| Error::Closed)??;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let tally = Rc::try_unwrap(tally).map_err(|_| Error::Closed)?.into_inner();
+    let tally = Rc::try_unwrap(tally)
+        .map_err(|_| Error::Closed)?
+        .into_inner();
     let t = &tally;
     let decisions = t.accepted + t.rejected;
     let h = t.latency_us.as_ref().expect("histogram is set above");
