@@ -30,6 +30,7 @@ pub struct Config {
     pool_size: u32,
     max_batch_events: usize,
     max_batch_bytes: usize,
+    batching: bool,
     writer_mailbox: usize,
     reader_mailbox: usize,
     reader_max_in_flight: usize,
@@ -41,6 +42,7 @@ pub struct Config {
     max_name_bytes: usize,
     read_page_size: usize,
     metrics_channel_capacity: usize,
+    metrics: bool,
 }
 
 impl Default for Config {
@@ -52,7 +54,8 @@ impl Default for Config {
             pool_size: 4,
             max_batch_events: 2_000,
             max_batch_bytes: 8 << 20,
-            writer_mailbox: 2_048,
+            batching: true,
+            writer_mailbox: 1_024,
             reader_mailbox: 256,
             reader_max_in_flight: 32,
             statement_cache_size: 64,
@@ -63,6 +66,7 @@ impl Default for Config {
             max_name_bytes: 1_024,
             read_page_size: 1_000,
             metrics_channel_capacity: 65_536,
+            metrics: true,
         }
     }
 }
@@ -159,7 +163,23 @@ impl Config {
         self
     }
 
-    /// Appends the writer's mailbox holds before callers wait. Defaults to 2048.
+    /// Whether the writer gathers concurrent appends into one transaction. Defaults to
+    /// true; false writes one append per transaction (a benchmark baseline).
+    #[must_use]
+    pub fn with_batching(mut self, batching: bool) -> Self {
+        self.batching = batching;
+        self
+    }
+
+    /// Whether operations send instrumentation records to the metrics actor. Defaults
+    /// to true; false is a benchmark baseline (snapshots then stay empty).
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: bool) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Appends the writer's mailbox holds before callers wait. Defaults to 1024.
     #[must_use]
     pub fn with_writer_mailbox(mut self, appends: usize) -> Self {
         self.writer_mailbox = appends;
@@ -217,6 +237,12 @@ impl Config {
     pub(crate) fn max_batch_bytes(&self) -> usize {
         self.max_batch_bytes
     }
+    pub(crate) fn batching(&self) -> bool {
+        self.batching
+    }
+    pub(crate) fn metrics_enabled(&self) -> bool {
+        self.metrics
+    }
     pub(crate) fn writer_mailbox(&self) -> usize {
         self.writer_mailbox
     }
@@ -262,6 +288,7 @@ impl fmt::Debug for Config {
             .field("pool_size", &self.pool_size)
             .field("max_batch_events", &self.max_batch_events)
             .field("max_batch_bytes", &self.max_batch_bytes)
+            .field("batching", &self.batching)
             .field("writer_mailbox", &self.writer_mailbox)
             .field("reader_mailbox", &self.reader_mailbox)
             .field("reader_max_in_flight", &self.reader_max_in_flight)
@@ -273,6 +300,7 @@ impl fmt::Debug for Config {
             .field("max_name_bytes", &self.max_name_bytes)
             .field("read_page_size", &self.read_page_size)
             .field("metrics_channel_capacity", &self.metrics_channel_capacity)
+            .field("metrics", &self.metrics)
             .finish()
     }
 }

@@ -79,18 +79,24 @@ pub(crate) enum Record {
 /// The hot path's handle: cloneable, never blocks.
 #[derive(Clone)]
 pub(crate) struct MetricsSink {
-    sender: Sender<Record>,
+    /// `None` when metrics are turned off (a benchmark baseline): records are dropped
+    /// before they are built into a message.
+    sender: Option<Sender<Record>>,
     dropped: Arc<AtomicU64>,
 }
 
 impl MetricsSink {
     pub(crate) fn record(&self, record: Record) {
-        if let Err(TrySendError::Full(_)) = self.sender.try_send(record) {
+        let Some(sender) = &self.sender else { return };
+        if let Err(TrySendError::Full(_)) = sender.try_send(record) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     pub(crate) fn database_error(&self, error: &tokio_postgres::Error) {
+        if self.sender.is_none() {
+            return;
+        }
         let class = error
             .code()
             .and_then(|c| c.code().as_bytes().get(..2).map(|b| [b[0], b[1]]))
@@ -213,7 +219,7 @@ const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
 
 impl MetricsActor {
     /// The actor and the sink the hot path records into.
-    pub(crate) fn new(capacity: usize) -> (Self, MetricsSink) {
+    pub(crate) fn new(capacity: usize, enabled: bool) -> (Self, MetricsSink) {
         let (sender, receiver) = crossbeam_channel::bounded(capacity);
         let dropped = Arc::new(AtomicU64::new(0));
         let actor = MetricsActor {
@@ -227,6 +233,7 @@ impl MetricsActor {
             counters: Counters::default(),
             database_errors: BTreeMap::new(),
         };
+        let sender = enabled.then_some(sender);
         (actor, MetricsSink { sender, dropped })
     }
 

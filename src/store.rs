@@ -81,7 +81,8 @@ impl EventStore {
         schema::migrate(&mut client, config.schema()).await?;
         drop(client);
 
-        let (metrics_actor, metrics) = MetricsActor::new(config.metrics_channel_capacity());
+        let (metrics_actor, metrics) =
+            MetricsActor::new(config.metrics_channel_capacity(), config.metrics_enabled());
         let writer_arbiter = Arbiter::new();
         let reader_arbiter = Arbiter::new();
         let metrics_actor =
@@ -95,6 +96,7 @@ impl EventStore {
                 limits: config.limits(),
                 max_batch_events: config.max_batch_events(),
                 max_batch_bytes: config.max_batch_bytes(),
+                batching: config.batching(),
                 timeout: config.operation_timeout(),
             };
             let mailbox = config.writer_mailbox();

@@ -62,6 +62,8 @@ pub(crate) struct WriterSettings {
     pub limits: Limits,
     pub max_batch_events: usize,
     pub max_batch_bytes: usize,
+    /// `false`: one append per transaction (a benchmark baseline).
+    pub batching: bool,
     pub timeout: Duration,
 }
 
@@ -152,6 +154,9 @@ impl Writer {
             events += e;
             bytes += b;
             batch.extend(self.pending.pop_front());
+            if !self.settings.batching {
+                break;
+            }
         }
         batch
     }

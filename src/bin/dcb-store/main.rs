@@ -2,6 +2,7 @@
 //! real store and checks its invariants; `migrate` creates or upgrades a schema.
 
 mod demo;
+mod enrolment;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,0 +1,186 @@
+//! The course-subscription scenario from dcb.events, shared by `demo` and `bench
+//! enrolment`: courses with a capacity, students subscribing, at most N courses per
+//! student. A decision reads one two-item query, decides, and appends with the
+//! condition built from the read's head, reading again and retrying on conflict.
+
+use std::collections::{HashMap, HashSet};
+
+use dcb_store::{AppendCondition, Error, Event, EventStore, Query, QueryItem, ReadOptions};
+use futures_util::future::join_all;
+use futures_util::StreamExt;
+use serde_json::json;
+
+const COURSE_DEFINED: &str = "CourseDefined";
+const SUBSCRIBED: &str = "StudentSubscribedToCourse";
+
+/// The size of the world.
+#[derive(Clone, Copy, Debug)]
+pub struct Scenario {
+    pub courses: usize,
+    pub capacity: u64,
+    pub students: usize,
+    pub max_courses_per_student: u64,
+}
+
+/// What one decision did.
+pub struct Outcome {
+    pub accepted: bool,
+    /// Appends refused by their condition before the decision settled.
+    pub conflicts: u64,
+}
+
+fn course_tag(c: usize) -> String {
+    format!("course:{c}")
+}
+
+fn student_tag(s: usize) -> String {
+    format!("student:{s}")
+}
+
+impl Scenario {
+    /// Defines every course (uniquely: the condition refuses a second definition),
+    /// 64 at a time.
+    pub async fn define_courses(&self, store: &EventStore) -> Result<(), Error> {
+        let courses: Vec<usize> = (0..self.courses).collect();
+        for chunk in courses.chunks(64) {
+            let calls = chunk.iter().map(|&c| {
+                let tag = course_tag(c);
+                let unique =
+                    Query::new([QueryItem::new().types([COURSE_DEFINED]).tags([tag.clone()])]);
+                let event = Event::new(
+                    COURSE_DEFINED,
+                    json!({"courseId": c, "capacity": self.capacity}),
+                )
+                .with_tags([tag]);
+                store.append(vec![event], Some(AppendCondition::new(unique, None)))
+            });
+            for result in join_all(calls).await {
+                match result {
+                    Ok(_) | Err(Error::ConditionFailed { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One decision: subscribe `student` to `course` if the rules allow it.
+    pub async fn subscribe(
+        &self,
+        store: &EventStore,
+        course: usize,
+        student: usize,
+    ) -> Result<Outcome, Error> {
+        let (course_tag, student_tag) = (course_tag(course), student_tag(student));
+        let query = Query::new([
+            QueryItem::new()
+                .types([COURSE_DEFINED, SUBSCRIBED])
+                .tags([course_tag.clone()]),
+            QueryItem::new()
+                .types([SUBSCRIBED])
+                .tags([student_tag.clone()]),
+        ]);
+        let mut conflicts = 0;
+        loop {
+            let read = store.read(&query, ReadOptions::default()).await?;
+            let (mut defined, mut seats_taken, mut student_courses, mut already) =
+                (false, 0, 0, false);
+            for e in &read.events {
+                let tags = e.event.tags();
+                let has_course = tags.contains(&course_tag);
+                let has_student = tags.contains(&student_tag);
+                match e.event.event_type() {
+                    COURSE_DEFINED if has_course => defined = true,
+                    SUBSCRIBED => {
+                        seats_taken += u64::from(has_course);
+                        student_courses += u64::from(has_student);
+                        already |= has_course && has_student;
+                    }
+                    _ => {}
+                }
+            }
+            if !defined
+                || already
+                || seats_taken >= self.capacity
+                || student_courses >= self.max_courses_per_student
+            {
+                return Ok(Outcome {
+                    accepted: false,
+                    conflicts,
+                });
+            }
+            let event = Event::new(
+                SUBSCRIBED,
+                json!({"courseId": course, "studentId": student}),
+            )
+            .with_tags([course_tag.clone(), student_tag.clone()]);
+            match store
+                .append(
+                    vec![event],
+                    Some(AppendCondition::new(query.clone(), read.head)),
+                )
+                .await
+            {
+                Ok(_) => {
+                    return Ok(Outcome {
+                        accepted: true,
+                        conflicts,
+                    })
+                }
+                Err(Error::ConditionFailed { .. }) => conflicts += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Reads every subscription back and lists what breaks an invariant: a course
+    /// over capacity, a double subscription, a student over the limit, or a count of
+    /// stored subscriptions different from the `accepted` decisions.
+    pub async fn violations(
+        &self,
+        store: &EventStore,
+        accepted: u64,
+    ) -> Result<Vec<String>, Error> {
+        let mut per_course: HashMap<u64, u64> = HashMap::new();
+        let mut per_student: HashMap<u64, u64> = HashMap::new();
+        let mut pairs = HashSet::new();
+        let mut violations = Vec::new();
+        let mut subscriptions = 0;
+        let query = Query::new([QueryItem::new().types([SUBSCRIBED])]);
+        let mut events = store.read_stream(query, ReadOptions::default());
+        while let Some(event) = events.next().await {
+            let event = event?;
+            let data: serde_json::Value = event.event.data()?;
+            let field = |name: &str| data[name].as_u64().unwrap_or(u64::MAX);
+            let (c, s) = (field("courseId"), field("studentId"));
+            subscriptions += 1;
+            *per_course.entry(c).or_default() += 1;
+            *per_student.entry(s).or_default() += 1;
+            if !pairs.insert((c, s)) {
+                violations.push(format!("student {s} subscribed twice to course {c}"));
+            }
+        }
+        for (c, n) in &per_course {
+            if *n > self.capacity {
+                violations.push(format!(
+                    "course {c} has {n} students, capacity {}",
+                    self.capacity
+                ));
+            }
+        }
+        for (s, n) in &per_student {
+            if *n > self.max_courses_per_student {
+                violations.push(format!(
+                    "student {s} has {n} courses, limit {}",
+                    self.max_courses_per_student
+                ));
+            }
+        }
+        if subscriptions != accepted {
+            violations.push(format!(
+                "{accepted} subscriptions were accepted but {subscriptions} are stored"
+            ));
+        }
+        Ok(violations)
+    }
+}
