@@ -12,7 +12,7 @@ use bb8_postgres::PostgresConnectionManager;
 use tokio_postgres::{Client, NoTls};
 
 use crate::config::redact_password;
-use crate::error::{Error, Result};
+use crate::error::{with_causes, Error, Result};
 
 type Manager = PostgresConnectionManager<NoTls>;
 
@@ -39,7 +39,7 @@ impl Connector {
             .connection_timeout(connect_timeout)
             .build(PostgresConnectionManager::new(config, NoTls))
             .await
-            .map_err(|e| Error::Connect(e.to_string()))?;
+            .map_err(|e| Error::Connect(with_causes(&e)))?;
         Ok(Connector { pool })
     }
 
@@ -48,6 +48,6 @@ impl Connector {
         self.pool
             .dedicated_connection()
             .await
-            .map_err(|e| Error::Connect(e.to_string()))
+            .map_err(|e| Error::Connect(with_causes(&e)))
     }
 }

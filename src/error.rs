@@ -57,7 +57,7 @@ pub enum Error {
     ///
     /// `may_have_been_written` is true only when the connection failed while a commit
     /// was in flight, so the outcome is unknown.
-    #[error("database error{}: {source}", if *.may_have_been_written { " (the append may have been written)" } else { "" })]
+    #[error("database error{}: {}", if *.may_have_been_written { " (the append may have been written)" } else { "" }, with_causes(.source.as_ref()))]
     Database {
         /// The driver's error, with SQLSTATE when the server sent one.
         #[source]
@@ -118,6 +118,26 @@ impl Error {
             }
         )
     }
+}
+
+impl From<tokio_postgres::Error> for Error {
+    /// A database error that is known not to have written anything.
+    fn from(e: tokio_postgres::Error) -> Self {
+        Error::db(e)
+    }
+}
+
+/// `error` and its causes, joined with `: ` (tokio-postgres puts the server's message
+/// in the source, not in `Display`).
+pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 impl From<serde_json::Error> for Error {

@@ -32,6 +32,8 @@
 //!
 //! See `ARCHITECTURE.md` for the actors, their messages and the invariants.
 
+#[doc(hidden)]
+pub mod bench_support;
 mod config;
 mod connect;
 mod embedded;

@@ -224,7 +224,7 @@ impl Shared {
 }
 
 /// Turns the rows of a read statement into events and the read's head.
-fn decode(rows: &[Row], options: &ReadOptions) -> Result<ReadResult> {
+pub(crate) fn decode(rows: &[Row], options: &ReadOptions) -> Result<ReadResult> {
     let store_head = rows.first().map_or(0, |r| r.get::<_, i64>(col::HEAD)) as u64;
     let mut events = Vec::with_capacity(rows.len());
     for row in rows {

@@ -90,7 +90,10 @@ failed AS (
     END
 ),
 dup AS (
-    SELECT DISTINCT ev.append_idx FROM ev JOIN {s}.events e ON e.event_id = ev.event_id
+    -- LATERAL ... LIMIT 1 keeps this a unique-index probe per event: as a join, the
+    -- generic plan (which guesses 10 input rows) may hash it against a scan of events.
+    SELECT DISTINCT ev.append_idx FROM ev
+    CROSS JOIN LATERAL (SELECT 1 FROM {s}.events e WHERE e.event_id = ev.event_id LIMIT 1) stored
 ),
 accepted AS (
     SELECT ev.*, row_number() OVER (ORDER BY ev.n) AS rn FROM ev

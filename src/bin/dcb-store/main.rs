@@ -1,8 +1,11 @@
 //! The `dcb-store` command: `demo` runs the course-subscription scenario against the
 //! real store and checks its invariants; `migrate` creates or upgrades a schema.
 
+mod bench;
+mod chart;
 mod demo;
 mod enrolment;
+mod prefill;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +28,8 @@ enum Command {
     /// Many concurrent deciders subscribe students to courses; prints throughput and
     /// latency, then checks the invariants and says PASS or FAIL.
     Demo(demo::DemoArgs),
+    /// Measures a workload (append, enrolment, read) in one or more modes.
+    Bench(bench::BenchArgs),
     /// Creates or migrates the configured schema.
     Migrate,
 }
@@ -51,6 +56,7 @@ async fn run(cli: Cli) -> Result<ExitCode, dcb_store::Error> {
     let config = Config::load(&cli.config)?;
     match cli.command {
         Command::Demo(args) => demo::run(config, args).await,
+        Command::Bench(args) => bench::run(config, args).await,
         Command::Migrate => {
             let applied = EventStore::migrate(&config).await?;
             println!(

@@ -1,0 +1,153 @@
+//! Micro-benchmarks of the hot path's pieces, against the real server where SQL is
+//! involved (`DATABASE_URL`, or an embedded throwaway server):
+//! - encoding a round of 100 appends into bind parameters;
+//! - computing a read's shape and looking it up in the statement cache;
+//! - decoding 1,000 rows into events;
+//! - a read through the actors next to the same prepared statement on raw tokio-postgres
+//!   (the actor overhead).
+
+use std::time::{Duration, Instant};
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use dcb_store::bench_support::{self, ShapeCache};
+use dcb_store::{
+    AppendCondition, Config, EmbeddedPostgres, Event, EventStore, Query, QueryItem, ReadOptions,
+};
+
+fn event(i: usize) -> Event {
+    Event::new(
+        "BenchAppended",
+        serde_json::json!({"stream": i, "payload": "x".repeat(150)}),
+    )
+    .with_tags([format!("stream:{i}"), format!("client:{}", i % 64)])
+}
+
+fn encode(c: &mut Criterion) {
+    let appends: Vec<(Vec<Event>, Option<AppendCondition>)> = (0..100)
+        .map(|i| {
+            let condition = (i % 2 == 0).then(|| {
+                AppendCondition::new(
+                    Query::new([QueryItem::new()
+                        .types(["BenchAppended"])
+                        .tags([format!("stream:{i}")])]),
+                    Some(i as u64),
+                )
+            });
+            (vec![event(i)], condition)
+        })
+        .collect();
+    c.bench_function("encode a round of 100 appends", |b| {
+        b.iter(|| black_box(bench_support::encode_append_round(black_box(&appends))))
+    });
+}
+
+fn shape_lookup(c: &mut Criterion) {
+    let mut cache = ShapeCache::new(64);
+    let query = Query::new([
+        QueryItem::new()
+            .types(["CourseDefined", "StudentSubscribed"])
+            .tags(["course:c1"]),
+        QueryItem::new()
+            .types(["StudentSubscribed"])
+            .tags(["student:s1"]),
+    ]);
+    let options = ReadOptions::default();
+    cache.lookup(&query, &options);
+    c.bench_function("query shape + statement cache lookup", |b| {
+        b.iter(|| black_box(cache.lookup(black_box(&query), &options)))
+    });
+}
+
+/// The server URL and, when embedded, the server (kept alive for the benchmarks).
+fn server() -> (String, Option<EmbeddedPostgres>) {
+    match std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) {
+        Some(url) => (url, None),
+        None => {
+            let pg = EmbeddedPostgres::start().expect("embedded PostgreSQL");
+            (pg.url(), Some(pg))
+        }
+    }
+}
+
+fn with_store(c: &mut Criterion) {
+    let (url, _embedded) = server();
+    let system = actix::System::new();
+    let schema = format!("bench_micro_{}", std::process::id());
+    let query = Query::new([QueryItem::new().tags(["bulk"])]);
+    let point = Query::new([QueryItem::new().types(["BenchAppended"]).tags(["stream:7"])]);
+    let options = ReadOptions::default();
+    let (store, client, bulk_statement, point_statement) = system.block_on(async {
+        let store = EventStore::connect(
+            Config::default()
+                .with_database_url(&url)
+                .with_schema(&schema),
+        )
+        .await
+        .expect("connect");
+        let events: Vec<Event> = (0..1_000).map(|i| event(i).with_tags(["bulk"])).collect();
+        store.append(events, None).await.expect("fill");
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("raw connect");
+        actix::spawn(async move {
+            let _ = connection.await;
+        });
+        let bulk = client
+            .prepare(&bench_support::read_statement(&schema, &query, &options))
+            .await
+            .expect("prepare");
+        let point_statement = client
+            .prepare(&bench_support::read_statement(&schema, &point, &options))
+            .await
+            .expect("prepare");
+        (store, client, bulk, point_statement)
+    });
+
+    let rows = system
+        .block_on(bench_support::raw_read(
+            &client,
+            &bulk_statement,
+            &query,
+            &options,
+        ))
+        .expect("rows");
+    assert_eq!(rows.len(), 1_000);
+    c.bench_function("decode 1000 rows into events", |b| {
+        b.iter(|| {
+            black_box(bench_support::decode_rows(black_box(&rows), &options).expect("decode"))
+        })
+    });
+
+    let mut group = c.benchmark_group("point read round trip");
+    group.measurement_time(Duration::from_secs(5));
+    group.bench_function("raw tokio-postgres, same prepared statement", |b| {
+        b.iter_custom(|iters| {
+            system.block_on(async {
+                let started = Instant::now();
+                for _ in 0..iters {
+                    black_box(
+                        bench_support::raw_read(&client, &point_statement, &point, &options)
+                            .await
+                            .expect("read"),
+                    );
+                }
+                started.elapsed()
+            })
+        })
+    });
+    group.bench_function("EventStore::read through the reader actor", |b| {
+        b.iter_custom(|iters| {
+            system.block_on(async {
+                let started = Instant::now();
+                for _ in 0..iters {
+                    black_box(store.read(&point, options).await.expect("read"));
+                }
+                started.elapsed()
+            })
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, encode, shape_lookup, with_store);
+criterion_main!(benches);

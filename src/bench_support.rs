@@ -1,0 +1,60 @@
+//! Internals exposed for the criterion benchmarks in `benches/` only. Not part of the
+//! public API: hidden from the docs and free to change.
+
+use std::num::NonZeroUsize;
+
+use tokio_postgres::{Client, Row};
+
+use crate::error::Result;
+use crate::model::{AppendCondition, Event, Query, ReadOptions, ReadResult};
+use crate::sql::{self, AppendParams, ReadParams, ReadShape};
+
+/// Encodes appends into the append statement's bind parameters, as the writer does
+/// for one round; returns the number of parameters (to keep the work observable).
+pub fn encode_append_round(appends: &[(Vec<Event>, Option<AppendCondition>)]) -> usize {
+    let mut params = AppendParams::default();
+    for (events, condition) in appends {
+        params.push(events, condition.as_ref());
+    }
+    params.as_params().len()
+}
+
+/// A reader's statement cache keyed by query shape, holding a stand-in value.
+pub struct ShapeCache(lru::LruCache<ReadShape, u32>);
+
+impl ShapeCache {
+    /// A cache of `capacity` shapes.
+    pub fn new(capacity: usize) -> Self {
+        ShapeCache(lru::LruCache::new(
+            NonZeroUsize::new(capacity.max(1)).unwrap_or(NonZeroUsize::MIN),
+        ))
+    }
+
+    /// Computes the shape of a read and looks it up, inserting it when missing.
+    pub fn lookup(&mut self, query: &Query, options: &ReadOptions) -> u32 {
+        let shape = ReadShape::of(query, options);
+        let next = self.0.len() as u32;
+        *self.0.get_or_insert(shape, || next)
+    }
+}
+
+/// The read statement's text for this query's shape in `schema`.
+pub fn read_statement(schema: &str, query: &Query, options: &ReadOptions) -> String {
+    sql::read_statement(schema, &ReadShape::of(query, options))
+}
+
+/// Runs a prepared read statement on a raw client with the read's parameters.
+pub async fn raw_read(
+    client: &Client,
+    statement: &tokio_postgres::Statement,
+    query: &Query,
+    options: &ReadOptions,
+) -> Result<Vec<Row>> {
+    let params = ReadParams::new(query, options);
+    Ok(client.query(statement, &params.as_params()).await?)
+}
+
+/// Decodes read rows into events and the head, as a reader does.
+pub fn decode_rows(rows: &[Row], options: &ReadOptions) -> Result<ReadResult> {
+    crate::reader::decode(rows, options)
+}

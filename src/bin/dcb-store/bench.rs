@@ -1,0 +1,462 @@
+//! `dcb-store bench WORKLOAD`: closed-loop load against the real store, in several
+//! modes in one run, with a table, `--json` lines and an optional SVG chart.
+//!
+//! Workloads: `append` (one ~200-byte event, 2 tags, no condition, per call),
+//! `enrolment` (the course-subscription decision, invariants checked after each run),
+//! `read` (point reads of one tag, and of one type + tag, on a store pre-filled with
+//! `--prefill N` events by binary COPY). Modes are the baselines the design is measured
+//! against: `normal`, `no-batching` (one append per transaction), `no-cache`
+//! (statements prepared per read), `no-metrics`.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+use dcb_store::{Config, Error, Event, EventStore, Query, QueryItem, ReadOptions};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::Rng;
+use serde::Serialize;
+
+use crate::enrolment::Scenario;
+use crate::prefill;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Workload {
+    Append,
+    Enrolment,
+    Read,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    Normal,
+    NoBatching,
+    NoCache,
+    NoMetrics,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// What to measure.
+    workload: Workload,
+    /// Concurrent callers; one measurement per value.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32,64")]
+    clients: Vec<usize>,
+    /// Store modes to measure in this run.
+    #[arg(long, value_delimiter = ',', default_value = "normal")]
+    mode: Vec<Mode>,
+    /// Measured seconds per measurement.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Warm-up seconds before each measurement (not counted).
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// For `read`: store sizes (events) to measure at.
+    #[arg(long, value_delimiter = ',', default_value = "100000")]
+    prefill: Vec<u64>,
+    /// Repeat every measurement this many times (for medians and spread).
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+    /// Print one JSON object per measurement on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Draw throughput and p99 against clients into this SVG file.
+    #[arg(long)]
+    chart: Option<PathBuf>,
+}
+
+/// One measured run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Measurement {
+    pub workload: String,
+    pub mode: Mode,
+    pub clients: usize,
+    pub prefill: Option<u64>,
+    pub seconds: f64,
+    pub ops: u64,
+    pub ops_per_s: f64,
+    pub events_per_s: f64,
+    pub conflicts: u64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub cpu_s: f64,
+    pub peak_rss_mib: f64,
+    pub invariants: Option<bool>,
+    /// Mean appends per writer batch over the whole run (0 with metrics off).
+    pub batch_mean: f64,
+}
+
+/// What one operation did.
+#[derive(Clone, Copy, Default)]
+struct OpOutcome {
+    events: u64,
+    conflicts: u64,
+}
+
+pub async fn run(config: Config, args: BenchArgs) -> Result<std::process::ExitCode, Error> {
+    let mut results = Vec::new();
+    let sizes: Vec<Option<u64>> = if args.workload == Workload::Read {
+        args.prefill.iter().copied().map(Some).collect()
+    } else {
+        vec![None]
+    };
+    let queries: &[&str] = if args.workload == Workload::Read {
+        &["tag", "type+tag"]
+    } else {
+        &[""]
+    };
+    let mut invariants_ok = true;
+    for size in sizes {
+        if let Some(n) = size {
+            prefill::ensure(&config, n).await?;
+        }
+        for &query in queries {
+            for &clients in &args.clients {
+                for &mode in &args.mode {
+                    for _ in 0..args.repeat {
+                        let m = measure(&config, &args, mode, clients, size, query).await?;
+                        invariants_ok &= m.invariants != Some(false);
+                        if args.json {
+                            println!("{}", serde_json::to_string(&m).unwrap_or_default());
+                        }
+                        results.push(m);
+                    }
+                }
+            }
+        }
+    }
+    if !args.json {
+        print_table(&results);
+    }
+    if let Some(path) = &args.chart {
+        crate::chart::draw(path, &results).map_err(Error::Config)?;
+        eprintln!("chart written to {}", path.display());
+    }
+    Ok(if invariants_ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
+}
+
+fn mode_config(config: &Config, mode: Mode, schema: &str) -> Config {
+    config
+        .clone()
+        .with_schema(schema)
+        .with_batching(mode != Mode::NoBatching)
+        .with_metrics(mode != Mode::NoMetrics)
+        .with_statement_cache_size(if mode == Mode::NoCache { 0 } else { 64 })
+}
+
+fn fresh_schema(workload: &str) -> String {
+    format!(
+        "bench_{}_{}",
+        workload.replace(['+', ':'], "_"),
+        chrono::Utc::now().format("%Y%m%d_%H%M%S_%6f")
+    )
+}
+
+async fn measure(
+    config: &Config,
+    args: &BenchArgs,
+    mode: Mode,
+    clients: usize,
+    prefill: Option<u64>,
+    query: &str,
+) -> Result<Measurement, Error> {
+    let label = match args.workload {
+        Workload::Append => "append".to_owned(),
+        Workload::Enrolment => "enrolment".to_owned(),
+        Workload::Read => format!("read:{query}"),
+    };
+    let schema = match prefill {
+        Some(n) => prefill::schema_name(n),
+        None => fresh_schema(&label),
+    };
+    let store = EventStore::connect(mode_config(config, mode, &schema)).await?;
+    let store_metrics = store.clone();
+    let progress = ProgressBar::new(((args.warmup + args.seconds) * 10.0) as u64);
+    progress.set_style(
+        ProgressStyle::with_template("{msg:40} [{bar:30}] {elapsed:>4}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    progress.set_message(format!("{label} {mode:?} x{clients}"));
+    let timing = Timing {
+        warmup: Duration::from_secs_f64(args.warmup),
+        measured: Duration::from_secs_f64(args.seconds),
+    };
+    let ticker = {
+        let progress = progress.clone();
+        actix::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                progress.inc(1);
+            }
+        })
+    };
+    let (window, invariants) = match args.workload {
+        Workload::Append => {
+            let payload = "x".repeat(150);
+            let window = drive(clients, timing, move |client| {
+                let store = store.clone();
+                let payload = payload.clone();
+                async move {
+                    let stream = rand::thread_rng().gen_range(0..100_000u32);
+                    let event = Event::new(
+                        "BenchAppended",
+                        serde_json::json!({"stream": stream, "client": client, "payload": payload}),
+                    )
+                    .with_tags([format!("stream:{stream}"), format!("client:{client}")]);
+                    store.append(vec![event], None).await?;
+                    Ok(OpOutcome {
+                        events: 1,
+                        conflicts: 0,
+                    })
+                }
+            })
+            .await?;
+            (window, None)
+        }
+        Workload::Enrolment => {
+            let scenario = Scenario {
+                courses: 5_000,
+                capacity: 10,
+                students: 25_000,
+                max_courses_per_student: 5,
+            };
+            scenario.define_courses(&store).await?;
+            let accepted = Rc::new(RefCell::new(0u64));
+            let counted = accepted.clone();
+            let decider_store = store.clone();
+            let window = drive(clients, timing, move |_| {
+                let store = decider_store.clone();
+                let accepted = counted.clone();
+                async move {
+                    let (course, student) = {
+                        let mut rng = rand::thread_rng();
+                        (
+                            rng.gen_range(0..scenario.courses),
+                            rng.gen_range(0..scenario.students),
+                        )
+                    };
+                    let outcome = scenario.subscribe(&store, course, student).await?;
+                    *accepted.borrow_mut() += u64::from(outcome.accepted);
+                    Ok(OpOutcome {
+                        events: u64::from(outcome.accepted),
+                        conflicts: outcome.conflicts,
+                    })
+                }
+            })
+            .await?;
+            let accepted = *accepted.borrow();
+            let violations = scenario.violations(&store, accepted).await?;
+            for v in &violations {
+                eprintln!("invariant violated: {v}");
+            }
+            (window, Some(violations.is_empty()))
+        }
+        Workload::Read => {
+            let n = prefill.unwrap_or(1);
+            let typed = query == "type+tag";
+            let window = drive(clients, timing, move |_| {
+                let store = store.clone();
+                async move {
+                    let i = rand::thread_rng().gen_range(1..=n);
+                    let mut item = QueryItem::new().tags([prefill::entity_tag(i)]);
+                    if typed {
+                        item = item.types([prefill::event_type(i)]);
+                    }
+                    let r = store
+                        .read(&Query::new([item]), ReadOptions::default())
+                        .await?;
+                    Ok(OpOutcome {
+                        events: r.events.len() as u64,
+                        conflicts: 0,
+                    })
+                }
+            })
+            .await?;
+            (window, None)
+        }
+    };
+    ticker.abort();
+    progress.finish_and_clear();
+    let batch_mean = store_metrics
+        .metrics()
+        .await
+        .map_or(0.0, |m| m.batch_appends.mean);
+    let ms = |q: f64| window.latency_us.value_at_quantile(q) as f64 / 1000.0;
+    let secs = window.elapsed.as_secs_f64();
+    Ok(Measurement {
+        workload: label,
+        mode,
+        clients,
+        prefill,
+        seconds: secs,
+        ops: window.ops,
+        ops_per_s: window.ops as f64 / secs,
+        events_per_s: window.events as f64 / secs,
+        conflicts: window.conflicts,
+        p50_ms: ms(0.5),
+        p90_ms: ms(0.9),
+        p99_ms: ms(0.99),
+        cpu_s: window.cpu_s,
+        peak_rss_mib: window.peak_rss_mib,
+        invariants,
+        batch_mean,
+    })
+}
+
+#[derive(Clone, Copy)]
+struct Timing {
+    warmup: Duration,
+    measured: Duration,
+}
+
+/// What happened inside the measurement window.
+struct Window {
+    ops: u64,
+    events: u64,
+    conflicts: u64,
+    latency_us: Histogram<u64>,
+    elapsed: Duration,
+    cpu_s: f64,
+    peak_rss_mib: f64,
+}
+
+/// Runs `clients` callers in a closed loop (each starts its next operation when the
+/// last one ends) for warm-up plus the measured time; counts what completes inside
+/// the window.
+async fn drive<F, Fut>(clients: usize, timing: Timing, op: F) -> Result<Window, Error>
+where
+    F: Fn(usize) -> Fut + Clone + 'static,
+    Fut: Future<Output = Result<OpOutcome, Error>> + 'static,
+{
+    let start = Instant::now();
+    let window_start = start + timing.warmup;
+    let window_end = window_start + timing.measured;
+    let stats = Rc::new(RefCell::new(Window {
+        ops: 0,
+        events: 0,
+        conflicts: 0,
+        latency_us: Histogram::new(3).map_err(|e| Error::Config(e.to_string()))?,
+        elapsed: timing.measured,
+        cpu_s: 0.0,
+        peak_rss_mib: 0.0,
+    }));
+    let cpu_at_start = Rc::new(RefCell::new(None));
+    let tasks: Vec<_> = (0..clients)
+        .map(|client| {
+            let (op, stats, cpu_at_start) = (op.clone(), stats.clone(), cpu_at_start.clone());
+            actix::spawn(async move {
+                loop {
+                    let began = Instant::now();
+                    if began >= window_end {
+                        return Ok::<(), Error>(());
+                    }
+                    if began >= window_start && cpu_at_start.borrow().is_none() {
+                        reset_peak_rss();
+                        *cpu_at_start.borrow_mut() = Some(cpu_seconds());
+                    }
+                    let outcome = op(client).await?;
+                    let done = Instant::now();
+                    if done >= window_start && done < window_end {
+                        let mut s = stats.borrow_mut();
+                        s.ops += 1;
+                        s.events += outcome.events;
+                        s.conflicts += outcome.conflicts;
+                        let _ = s.latency_us.record((done - began).as_micros() as u64);
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.map_err(|_| Error::Closed)??;
+    }
+    let cpu_start = cpu_at_start.borrow().unwrap_or_else(cpu_seconds);
+    let mut window = Rc::try_unwrap(stats)
+        .map_err(|_| Error::Closed)?
+        .into_inner();
+    window.cpu_s = cpu_seconds() - cpu_start;
+    window.peak_rss_mib = peak_rss_mib();
+    Ok(window)
+}
+
+/// User plus system CPU time of this process (all threads), in seconds.
+fn cpu_seconds() -> f64 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    getrusage(UsageWho::RUSAGE_SELF).map_or(0.0, |u| {
+        let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+        t(u.user_time()) + t(u.system_time())
+    })
+}
+
+/// Resets the kernel's peak-RSS mark, so each measurement reports its own peak.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Peak resident set size since the last reset (`VmHWM`), in MiB.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn print_table(results: &[Measurement]) {
+    println!(
+        "{:<15} {:<11} {:>7} {:>9} {:>10} {:>10} {:>9} {:>8} {:>8} {:>8} {:>7} {:>8} {:>6} {:>4}",
+        "workload",
+        "mode",
+        "clients",
+        "prefill",
+        "ops/s",
+        "events/s",
+        "conflicts",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "cpu s",
+        "rss MiB",
+        "batch",
+        "inv"
+    );
+    for m in results {
+        println!(
+            "{:<15} {:<11} {:>7} {:>9} {:>10.0} {:>10.0} {:>9} {:>8.2} {:>8.2} {:>8.2} {:>7.2} {:>8.1} {:>6.1} {:>4}",
+            m.workload,
+            format!("{:?}", m.mode).to_lowercase(),
+            m.clients,
+            m.prefill.map_or("-".to_owned(), |n| n.to_string()),
+            m.ops_per_s,
+            m.events_per_s,
+            m.conflicts,
+            m.p50_ms,
+            m.p90_ms,
+            m.p99_ms,
+            m.cpu_s,
+            m.peak_rss_mib,
+            m.batch_mean,
+            match m.invariants {
+                Some(true) => "PASS",
+                Some(false) => "FAIL",
+                None => "-",
+            }
+        );
+    }
+}

@@ -1,0 +1,144 @@
+//! Fills a schema with N events fast (binary COPY), for the read benchmark, and keeps
+//! it: a later run with the same N reuses it.
+//!
+//! Event i (1-based) has type `Type{i % 4}`, tags `entity:{i / 10}` (10 events per
+//! entity) and `kind:{i % 7}`, and about 200 bytes of data.
+
+use std::str::FromStr;
+
+use dcb_store::{Config, Error, EventStore};
+use futures_util::pin_mut;
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::Type;
+
+pub fn schema_name(n: u64) -> String {
+    format!("bench_read_{n}")
+}
+
+pub fn entity_tag(i: u64) -> String {
+    format!("entity:{}", i / 10)
+}
+
+pub fn event_type(i: u64) -> String {
+    format!("Type{}", i % 4)
+}
+
+const CHUNK: u64 = 50_000;
+
+/// Makes sure `bench_read_<n>` holds exactly events 1..=n.
+pub async fn ensure(config: &Config, n: u64) -> Result<(), Error> {
+    let schema = schema_name(n);
+    let url = config.database_url().ok_or_else(|| {
+        Error::Config("bench read needs DATABASE_URL (the prefilled store is kept)".into())
+    })?;
+    // Creates the schema and tables when missing.
+    drop(EventStore::connect(config.clone().with_schema(&schema)).await?);
+    let pg = tokio_postgres::Config::from_str(url).map_err(|e| Error::Config(e.to_string()))?;
+    let (client, connection) = pg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| Error::Connect(e.to_string()))?;
+    actix::spawn(async move {
+        let _ = connection.await;
+    });
+    let db = Error::from;
+    let have: i64 = client
+        .query_one(
+            &format!("SELECT coalesce(max(position), 0) FROM \"{schema}\".events"),
+            &[],
+        )
+        .await
+        .map_err(db)?
+        .get(0);
+    if have as u64 == n {
+        return Ok(());
+    }
+    if have != 0 {
+        return Err(Error::Config(format!(
+            "schema {schema} holds {have} events, not {n}; drop it (DROP SCHEMA {schema} CASCADE) to refill"
+        )));
+    }
+    let progress = ProgressBar::new(n);
+    progress.set_style(
+        ProgressStyle::with_template("prefill {msg} [{bar:30}] {pos}/{len} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    progress.set_message(schema.clone());
+    let payload = "x".repeat(150);
+    let now = chrono::Utc::now();
+    let mut start = 1;
+    while start <= n {
+        let end = (start + CHUNK - 1).min(n);
+        let sink = client
+            .copy_in(&format!(
+                "COPY \"{schema}\".events (position, event_id, event_type, tags, data, metadata, occurred_at) FROM STDIN BINARY"
+            ))
+            .await
+            .map_err(db)?;
+        let writer = BinaryCopyInWriter::new(
+            sink,
+            &[
+                Type::INT8,
+                Type::UUID,
+                Type::TEXT,
+                Type::TEXT_ARRAY,
+                Type::JSONB,
+                Type::JSONB,
+                Type::TIMESTAMPTZ,
+            ],
+        );
+        pin_mut!(writer);
+        let empty = serde_json::json!({});
+        for i in start..=end {
+            let data = serde_json::json!({"entity": i / 10, "seq": i, "payload": payload});
+            let tags = vec![entity_tag(i), format!("kind:{}", i % 7)];
+            writer
+                .as_mut()
+                .write(&[
+                    &(i as i64),
+                    &uuid::Uuid::new_v4(),
+                    &event_type(i),
+                    &tags,
+                    &data,
+                    &empty,
+                    &now,
+                ])
+                .await
+                .map_err(db)?;
+        }
+        writer.finish().await.map_err(db)?;
+        let sink = client
+            .copy_in(&format!(
+                "COPY \"{schema}\".event_tags (tag, position) FROM STDIN BINARY"
+            ))
+            .await
+            .map_err(db)?;
+        let writer = BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::INT8]);
+        pin_mut!(writer);
+        for i in start..=end {
+            writer
+                .as_mut()
+                .write(&[&entity_tag(i), &(i as i64)])
+                .await
+                .map_err(db)?;
+            writer
+                .as_mut()
+                .write(&[&format!("kind:{}", i % 7), &(i as i64)])
+                .await
+                .map_err(db)?;
+        }
+        writer.finish().await.map_err(db)?;
+        progress.set_position(end);
+        start = end + 1;
+    }
+    progress.finish_and_clear();
+    // Sets the visibility map (index-only scans) and statistics, as autovacuum would.
+    for table in ["events", "event_tags"] {
+        client
+            .batch_execute(&format!("VACUUM ANALYZE \"{schema}\".{table}"))
+            .await
+            .map_err(db)?;
+    }
+    Ok(())
+}
