@@ -1,4 +1,5 @@
-//! Draws throughput and p99 latency against clients, one line per workload and mode.
+//! Draws throughput and p99 latency against clients, one line per workload and mode
+//! (the median of repeated runs).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -21,8 +22,19 @@ pub fn draw(path: &Path, results: &[Measurement]) -> Result<(), String> {
             .or_default()
             .push((m.clients, m.ops_per_s, m.p99_ms));
     }
+    // Repeated runs: one point per client count, the median of each value.
     for points in series.values_mut() {
         points.sort_by_key(|p| p.0);
+        let mut medians = Vec::new();
+        for group in points.chunk_by(|a, b| a.0 == b.0) {
+            let median = |f: fn(&(usize, f64, f64)) -> f64| {
+                let mut v: Vec<f64> = group.iter().map(f).collect();
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            medians.push((group[0].0, median(|p| p.1), median(|p| p.2)));
+        }
+        *points = medians;
     }
     let max_clients = results.iter().map(|m| m.clients).max().unwrap_or(1).max(2);
     let max_ops = results.iter().map(|m| m.ops_per_s).fold(1.0, f64::max) * 1.1;
