@@ -105,6 +105,24 @@ impl EmbeddedPostgres {
         self.port
     }
 
+    /// Restarts the server (fast shutdown, then start), as an operator would; clients
+    /// lose their connections. Blocks until the server accepts connections again.
+    pub fn restart(&self) -> Result<()> {
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data_dir(),
+                "-m",
+                "fast",
+                "-w",
+                "-t",
+                "60",
+                "restart",
+            ],
+        )
+    }
+
     fn data_dir(&self) -> String {
         self.dir.path().join("data").display().to_string()
     }

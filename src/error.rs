@@ -30,8 +30,10 @@ pub enum Error {
         after: Option<u64>,
     },
 
-    /// An event id of this append is already stored; nothing of this append was written.
-    #[error("duplicate event id {id}: an event with this id is already stored")]
+    /// An event id of this append is already stored with other content (type, tags,
+    /// data or metadata); nothing of this append was written. (An append whose events
+    /// are all stored unchanged is a retry and returns the original positions.)
+    #[error("duplicate event id {id}: an event with this id is already stored with other content")]
     DuplicateEventId {
         /// The first id of the append found in the store.
         id: Uuid,
@@ -48,6 +50,12 @@ pub enum Error {
         /// Whether the append may still have been (or be) committed.
         may_have_been_written: bool,
     },
+
+    /// The writer's mailbox is full: the store is taking appends as fast as it can.
+    /// Returned by [`EventStore::try_append`](crate::EventStore::try_append); nothing
+    /// was queued. Back off and retry, or use `append`, which waits for room.
+    #[error("the store is overloaded: the writer's mailbox is full")]
+    Overloaded,
 
     /// The store is shutting down or its actors have stopped.
     #[error("the event store is closed")]

@@ -37,12 +37,61 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
 /// Serialises migrations of all schemas in one database (a constant key).
 const MIGRATION_LOCK_KEY: i64 = 0x6463_625f_6d69_6772; // "dcb_migr"
 
+/// Lets `role` use the store in `schema` and nothing more: read and append events, no
+/// update, delete or DDL (the immutability triggers hold even for the owner).
+pub(crate) async fn grant_application_role(
+    client: &Client,
+    schema: &str,
+    role: &str,
+) -> Result<()> {
+    let s = quote_schema(schema);
+    let role = quote_role(role)?;
+    client
+        .batch_execute(&format!(
+            "REVOKE ALL ON ALL TABLES IN SCHEMA {s} FROM {role};
+             GRANT USAGE ON SCHEMA {s} TO {role};
+             GRANT SELECT, INSERT ON {s}.events, {s}.event_tags TO {role};
+             GRANT SELECT ON {s}.schema_migrations TO {role};"
+        ))
+        .await
+        .map_err(Error::db)
+}
+
+/// Role names are identifiers (no bind parameters in GRANT); checked like schema names.
+fn quote_role(role: &str) -> Result<String> {
+    let plain = role
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && role.len() <= 63
+        && role.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !plain {
+        return Err(Error::Config(format!(
+            "role {role:?} is not a plain identifier (letters, digits, _; at most 63 bytes)"
+        )));
+    }
+    Ok(format!("\"{role}\""))
+}
+
 /// The latest schema version this build knows.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 
 /// Brings `schema` up to [`SCHEMA_VERSION`]; returns the versions it applied.
 pub(crate) async fn migrate(client: &mut Client, schema: &str) -> Result<Vec<i32>> {
     let s = quote_schema(schema);
+    // Up to date: nothing to lock or create. This is also the path of an application
+    // role that may read the schema but not change it.
+    let current = client
+        .query_one(
+            &format!("SELECT coalesce(max(version), 0) FROM {s}.schema_migrations"),
+            &[],
+        )
+        .await;
+    if let Ok(row) = current {
+        if row.get::<_, i32>(0) == SCHEMA_VERSION {
+            return Ok(Vec::new());
+        }
+    }
     let tx = client.transaction().await.map_err(Error::db)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
         .await

@@ -36,11 +36,13 @@ pub(crate) fn write_lock_key(schema: &str) -> i64 {
     hash as i64
 }
 
-/// The append statement: checks every append's condition and duplicate ids against
-/// the state before this statement, inserts the events of the appends that pass at
+/// The append statement: checks every append's event ids and condition against the
+/// state before this statement, inserts the events of the appends that pass at
 /// consecutive positions after the head, and returns one row per append:
-/// `(append index, status, first position, last position)`, status 0 = written,
-/// 1 = condition failed, 2 = an event id already stored.
+/// `(append index, status, first position, last position, duplicate id)`, status
+/// 0 = written, 1 = condition failed, 2 = an event id is stored with other content,
+/// 3 = every event is already stored unchanged (a retry: the stored positions).
+/// A retry is recognised before the condition, which its own events may now fail.
 ///
 /// Parameters are parallel arrays (see [`AppendParams`]); `$19` is the number of appends.
 pub(crate) fn append_statement(schema: &str) -> String {
@@ -89,19 +91,40 @@ failed AS (
             WHERE e.position > ci.after_pos{filters})
     END
 ),
+ev_tag_lists AS (
+    SELECT n, array_agg(tag ORDER BY ord) AS tags FROM ev_tags GROUP BY n
+),
+stored AS (
+    -- Events of the batch whose id is already stored, and whether the stored event is
+    -- the same (type, tags, data, metadata). LATERAL ... LIMIT 1 keeps this a
+    -- unique-index probe per event: as a join, the generic plan (which guesses 10 input
+    -- rows) may hash it against a scan of the whole table.
+    SELECT ev.append_idx, ev.event_id, s.position,
+           (s.event_type = ev.event_type AND s.tags = coalesce(tl.tags, '{{}}')
+            AND s.data = ev.data AND s.metadata = ev.metadata) AS same
+    FROM ev
+    CROSS JOIN LATERAL (
+        SELECT e.position, e.event_type, e.tags, e.data, e.metadata
+        FROM {s}.events e WHERE e.event_id = ev.event_id LIMIT 1) s
+    LEFT JOIN ev_tag_lists tl ON tl.n = ev.n
+),
+replayed AS (
+    -- Appends stored before, unchanged (a retry): they get their original positions.
+    SELECT st.append_idx, min(st.position) AS first_pos, max(st.position) AS last_pos
+    FROM stored st
+    GROUP BY st.append_idx
+    HAVING bool_and(st.same)
+       AND count(*) = (SELECT count(*) FROM ev WHERE ev.append_idx = st.append_idx)
+),
 dup AS (
-    -- LATERAL ... LIMIT 1 keeps this a unique-index probe per event: as a join, the
-    -- generic plan (which guesses 10 input rows) may hash it against a scan of events.
-    SELECT DISTINCT ev.append_idx FROM ev
-    CROSS JOIN LATERAL (SELECT 1 FROM {s}.events e WHERE e.event_id = ev.event_id LIMIT 1) stored
+    SELECT st.append_idx, min(st.event_id::text)::uuid AS event_id FROM stored st
+    WHERE st.append_idx NOT IN (SELECT append_idx FROM replayed)
+    GROUP BY st.append_idx
 ),
 accepted AS (
     SELECT ev.*, row_number() OVER (ORDER BY ev.n) AS rn FROM ev
     WHERE ev.append_idx NOT IN (SELECT append_idx FROM failed)
-      AND ev.append_idx NOT IN (SELECT append_idx FROM dup)
-),
-ev_tag_lists AS (
-    SELECT n, array_agg(tag ORDER BY ord) AS tags FROM ev_tags GROUP BY n
+      AND ev.append_idx NOT IN (SELECT append_idx FROM stored)
 ),
 inserted AS (
     INSERT INTO {s}.events (position, event_id, event_type, tags, data, metadata, occurred_at)
@@ -114,14 +137,18 @@ inserted_tags AS (
     SELECT t.tag, head.p + a.rn FROM accepted a CROSS JOIN head JOIN ev_tags t ON t.n = a.n
 )
 SELECT r.idx::int4,
-       (CASE WHEN r.idx IN (SELECT append_idx FROM failed) THEN 1
+       (CASE WHEN r.idx IN (SELECT append_idx FROM replayed) THEN 3
              WHEN r.idx IN (SELECT append_idx FROM dup) THEN 2
+             WHEN r.idx IN (SELECT append_idx FROM failed) THEN 1
              ELSE 0 END)::int2,
-       (head.p + s.first_rn)::int8,
-       (head.p + s.last_rn)::int8
+       coalesce(rp.first_pos, head.p + s.first_rn)::int8,
+       coalesce(rp.last_pos, head.p + s.last_rn)::int8,
+       d.event_id
 FROM generate_series(0, $19::int4 - 1) AS r(idx) CROSS JOIN head
 LEFT JOIN (SELECT append_idx, min(rn) AS first_rn, max(rn) AS last_rn
            FROM accepted GROUP BY append_idx) s ON s.append_idx = r.idx
+LEFT JOIN replayed rp ON rp.append_idx = r.idx
+LEFT JOIN dup d ON d.append_idx = r.idx
 ORDER BY r.idx"
     )
 }

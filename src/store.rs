@@ -20,7 +20,7 @@ use crate::model::{
 };
 use crate::reader::{Read, Reader, ReaderSettings};
 use crate::schema;
-use crate::writer::{Append, Writer, WriterSettings};
+use crate::writer::{Append, Shutdown, TryAppend, Writer, WriterSettings};
 
 /// A DCB event store on PostgreSQL. Cheap to clone; all clones share the actors,
 /// which stop when the last clone is dropped.
@@ -170,6 +170,45 @@ impl EventStore {
         result
     }
 
+    /// Like [`EventStore::append`], but fails at once with [`Error::Overloaded`] when
+    /// the writer's mailbox is full instead of waiting for room.
+    pub async fn try_append(
+        &self,
+        events: Vec<Event>,
+        condition: Option<AppendCondition>,
+    ) -> Result<AppendResult> {
+        let started = Instant::now();
+        let (reply, result) = tokio::sync::oneshot::channel();
+        let append = Append { events, condition };
+        // `try_send` has no reply channel of its own: a forwarding message carries one.
+        match self.inner.writer.try_send(TryAppend { append, reply }) {
+            Ok(()) => {}
+            Err(actix::prelude::SendError::Full(_)) => {
+                self.record(metrics::Method::Append, started, false);
+                return Err(Error::Overloaded);
+            }
+            Err(actix::prelude::SendError::Closed(_)) => return Err(Error::Closed),
+        }
+        let timeout = self.inner.config.operation_timeout();
+        let result = match tokio::time::timeout(timeout, result).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Error::Closed),
+            Err(_) => Err(Error::Timeout {
+                after: timeout,
+                may_have_been_written: true,
+            }),
+        };
+        self.record(metrics::Method::Append, started, result.is_ok());
+        result
+    }
+
+    /// Stops taking appends, writes every append already queued, and answers each
+    /// caller; appends sent afterwards fail with [`Error::Closed`]. Reads keep working
+    /// until the last handle is dropped.
+    pub async fn shutdown(&self) {
+        let _ = self.inner.writer.send(Shutdown).await;
+    }
+
     /// Reads the events matching `query`, with `head` for an append condition.
     pub async fn read(&self, query: &Query, options: ReadOptions) -> Result<ReadResult> {
         let started = Instant::now();
@@ -241,13 +280,27 @@ impl EventStore {
     /// Creates or migrates the schema of `config` without starting a store; returns
     /// the versions applied (empty when it was up to date).
     pub async fn migrate(config: &Config) -> Result<Vec<i32>> {
+        Self::migrate_with_role(config, None).await
+    }
+
+    /// Like [`EventStore::migrate`], run as the schema's owner, then grants
+    /// `application_role` what the store needs and nothing more: `SELECT` and `INSERT`
+    /// on the event tables, no `UPDATE`, `DELETE` or DDL.
+    pub async fn migrate_with_role(
+        config: &Config,
+        application_role: Option<&str>,
+    ) -> Result<Vec<i32>> {
         config.validate()?;
         let url = config
             .database_url()
             .ok_or_else(|| Error::Config("migrate needs a database url (DATABASE_URL)".into()))?;
         let connector = Connector::new(url, 1, config.connect_timeout()).await?;
         let mut client = connector.dedicated().await?;
-        schema::migrate(&mut client, config.schema()).await
+        let applied = schema::migrate(&mut client, config.schema()).await?;
+        if let Some(role) = application_role {
+            schema::grant_application_role(&client, config.schema(), role).await?;
+        }
+        Ok(applied)
     }
 
     /// A snapshot of the metrics (latency histograms per method, statement and

@@ -43,6 +43,20 @@ pub struct Append {
     pub condition: Option<AppendCondition>,
 }
 
+/// Stops the writer after every append queued before it is written; appends sent
+/// after it fail with [`Error::Closed`].
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct Shutdown;
+
+/// An append sent with `try_send`, which gives no reply channel: it carries its own.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct TryAppend {
+    pub append: Append,
+    pub reply: oneshot::Sender<Result<AppendResult>>,
+}
+
 /// An append waiting for its batch.
 struct Pending {
     events: Vec<Event>,
@@ -75,6 +89,10 @@ pub(crate) struct Writer {
     pending: VecDeque<Pending>,
     flush_scheduled: bool,
     writing: bool,
+    /// Set by `Shutdown`: no more appends are taken; waiters are told when the last
+    /// pending append has been written.
+    closing: bool,
+    shutdown_waiters: Vec<oneshot::Sender<()>>,
     metrics: MetricsSink,
 }
 
@@ -99,6 +117,8 @@ impl Writer {
             pending: VecDeque::new(),
             flush_scheduled: false,
             writing: false,
+            closing: false,
+            shutdown_waiters: Vec::new(),
             metrics,
         }
     }
@@ -137,6 +157,14 @@ impl Writer {
                     act.schedule_flush(ctx);
                 }),
         );
+    }
+
+    fn notify_if_drained(&mut self) {
+        if self.closing && !self.writing && self.pending.is_empty() {
+            for waiter in self.shutdown_waiters.drain(..) {
+                let _ = waiter.send(());
+            }
+        }
     }
 
     /// Takes appends in arrival order up to the batch caps (always at least one).
@@ -206,6 +234,9 @@ impl Handler<Append> for Writer {
     type Result = ResponseFuture<Result<AppendResult>>;
 
     fn handle(&mut self, mut append: Append, ctx: &mut Self::Context) -> Self::Result {
+        if self.closing {
+            return Box::pin(async { Err(Error::Closed) });
+        }
         if let Err(e) = self.validate(&mut append) {
             self.metrics.record(Record::InvalidInput);
             return Box::pin(async move { Err(e) });
@@ -218,6 +249,35 @@ impl Handler<Append> for Writer {
         });
         self.schedule_flush(ctx);
         Box::pin(async move { result.await.unwrap_or(Err(Error::Closed)) })
+    }
+}
+
+/// First pause before writing a batch again after its connection failed; later
+/// pauses grow linearly, all within the operation timeout.
+const RETRY_BACKOFF: Duration = Duration::from_millis(100);
+
+impl Handler<TryAppend> for Writer {
+    type Result = ();
+
+    fn handle(&mut self, message: TryAppend, ctx: &mut Self::Context) {
+        let answer = self.handle(message.append, ctx);
+        actix::spawn(async move {
+            let _ = message.reply.send(answer.await);
+        });
+    }
+}
+
+impl Handler<Shutdown> for Writer {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Shutdown, _: &mut Self::Context) -> Self::Result {
+        self.closing = true;
+        let (done, drained) = oneshot::channel();
+        self.shutdown_waiters.push(done);
+        self.notify_if_drained();
+        Box::pin(async move {
+            let _ = drained.await;
+        })
     }
 }
 
@@ -251,106 +311,141 @@ impl BatchJob {
         let span = tracing::debug_span!("batch", appends = batch.len(), events);
         let timeout = self.settings.timeout;
         async move {
-            let mut connection = match connection {
-                Some(c) if !c.client.is_closed() => c,
-                _ => match self.connect().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "writer cannot connect");
+            let deadline = Instant::now() + timeout;
+            let mut connection = connection.filter(|c| !c.client.is_closed());
+            // The error to report if every attempt fails; one whose COMMIT was in flight
+            // wins, since it is the one that says the batch may have been written.
+            let mut failure: Option<Error> = None;
+            for attempt in 0u32.. {
+                if attempt > 0 {
+                    let backoff = RETRY_BACKOFF * attempt.min(10);
+                    if Instant::now() + backoff >= deadline {
+                        break;
+                    }
+                    tokio::time::sleep(backoff).await;
+                }
+                let mut current = match connection.take() {
+                    Some(c) => c,
+                    None => match self.connect().await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::warn!(error = %e, attempt, "writer cannot connect");
+                            if !failure.as_ref().is_some_and(Error::may_have_been_written) {
+                                failure = Some(e);
+                            }
+                            continue;
+                        }
+                    },
+                };
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(remaining, self.write(&mut current, &batch)).await {
+                    Ok(Ok(results)) => {
+                        self.reply(batch, results);
+                        return Some(current);
+                    }
+                    Ok(Err(BatchFailure::Refused(error))) => {
+                        self.metrics.database_error(&error);
+                        if batch.len() == 1 {
+                            self.reply(batch, vec![Err(Error::db(error))]);
+                            return Some(current);
+                        }
+                        tracing::warn!(%error, "batch refused; retrying its appends one by one");
+                        return self.isolate(current, batch).await;
+                    }
+                    Ok(Err(BatchFailure::Connection { error, commit_sent })) => {
+                        // Safe to write again: appends carry their event ids, and a batch
+                        // that did commit comes back as already stored, with its positions.
+                        self.metrics.database_error(&error);
+                        tracing::warn!(%error, commit_sent, attempt, "writer connection failed; retrying the batch");
+                        if !failure.as_ref().is_some_and(Error::may_have_been_written) {
+                            failure = Some(Error::Database {
+                                source: std::sync::Arc::new(error),
+                                may_have_been_written: commit_sent,
+                            });
+                        }
+                    }
+                    Err(_elapsed) => {
+                        self.metrics.record(Record::Timeout);
+                        tracing::warn!(?timeout, "batch timed out; dropping the connection");
+                        let cancel = current.client.cancel_token();
+                        tokio::spawn(async move {
+                            let _ = cancel.cancel_query(tokio_postgres::NoTls).await;
+                        });
+                        let error = Error::Timeout {
+                            after: timeout,
+                            may_have_been_written: true,
+                        };
                         for p in batch {
-                            let _ = p.reply.send(Err(e.clone()));
+                            let _ = p.reply.send(Err(error.clone()));
                         }
                         return None;
                     }
-                },
-            };
-            let outcome = tokio::time::timeout(timeout, self.write(&mut connection, &batch)).await;
-            match outcome {
-                Ok(Ok(results)) => {
-                    self.reply(batch, results);
-                    Some(connection)
-                }
-                Ok(Err(BatchFailure::Refused(error))) => {
-                    self.metrics.database_error(&error);
-                    if batch.len() == 1 {
-                        self.reply(batch, vec![Err(Error::db(error))]);
-                        return Some(connection);
-                    }
-                    tracing::warn!(%error, "batch refused; retrying its appends one by one");
-                    self.isolate(connection, batch).await
-                }
-                Ok(Err(BatchFailure::Connection { error, commit_sent })) => {
-                    self.metrics.database_error(&error);
-                    tracing::warn!(%error, commit_sent, "writer connection failed");
-                    let error = Error::Database {
-                        source: std::sync::Arc::new(error),
-                        may_have_been_written: commit_sent,
-                    };
-                    for p in batch {
-                        let _ = p.reply.send(Err(error.clone()));
-                    }
-                    None
-                }
-                Err(_elapsed) => {
-                    self.metrics.record(Record::Timeout);
-                    tracing::warn!(?timeout, "batch timed out; dropping the connection");
-                    let cancel = connection.client.cancel_token();
-                    tokio::spawn(async move {
-                        let _ = cancel.cancel_query(tokio_postgres::NoTls).await;
-                    });
-                    for p in batch {
-                        let _ = p.reply.send(Err(Error::Timeout {
-                            after: timeout,
-                            may_have_been_written: true,
-                        }));
-                    }
-                    None
                 }
             }
+            let error = failure.unwrap_or(Error::Timeout {
+                after: timeout,
+                may_have_been_written: false,
+            });
+            for p in batch {
+                let _ = p.reply.send(Err(error.clone()));
+            }
+            None
         }
         .instrument(span)
         .await
     }
 
-    /// Writes each append of a refused batch in its own transaction.
+    /// Writes each append of a refused batch in its own transaction, so only the one
+    /// the server refuses fails. A connection that breaks meanwhile is replaced.
     async fn isolate(
         &self,
-        mut connection: WriterConnection,
+        connection: WriterConnection,
         batch: Vec<Pending>,
     ) -> Option<WriterConnection> {
-        let mut alive = true;
+        let mut connection = Some(connection);
         for pending in batch {
             let one = std::slice::from_ref(&pending);
-            let result = if !alive {
-                Err(Error::Closed)
-            } else {
-                match tokio::time::timeout(self.settings.timeout, self.write(&mut connection, one))
+            let mut current = match connection.take() {
+                Some(c) if !c.client.is_closed() => c,
+                _ => match self.connect().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        self.reply(vec![pending], vec![Err(e)]);
+                        continue;
+                    }
+                },
+            };
+            let result =
+                match tokio::time::timeout(self.settings.timeout, self.write(&mut current, one))
                     .await
                 {
-                    Ok(Ok(mut results)) => results.pop().unwrap_or(Err(Error::Closed)),
+                    Ok(Ok(mut results)) => {
+                        connection = Some(current);
+                        results.pop().unwrap_or(Err(Error::Closed))
+                    }
                     Ok(Err(BatchFailure::Refused(e))) => {
                         self.metrics.database_error(&e);
+                        connection = Some(current);
                         Err(Error::db(e))
                     }
                     Ok(Err(BatchFailure::Connection { error, commit_sent })) => {
-                        alive = false;
+                        self.metrics.database_error(&error);
                         Err(Error::Database {
                             source: std::sync::Arc::new(error),
                             may_have_been_written: commit_sent,
                         })
                     }
                     Err(_) => {
-                        alive = false;
+                        self.metrics.record(Record::Timeout);
                         Err(Error::Timeout {
                             after: self.settings.timeout,
                             may_have_been_written: true,
                         })
                     }
-                }
-            };
+                };
             self.reply(vec![pending], vec![result]);
         }
-        alive.then_some(connection)
+        connection
     }
 
     fn reply(&self, batch: Vec<Pending>, results: Vec<Result<AppendResult>>) {
@@ -445,7 +540,7 @@ impl BatchJob {
                 Ok(Some(rows)) => round_rows.push(rows),
                 Ok(None) => {}
                 // The first failure is the cause; later ones only say "aborted".
-                Err(error) if error.as_db_error().is_some() => {
+                Err(error) if is_refusal(&error, client) => {
                     return Err(BatchFailure::Refused(error))
                 }
                 Err(error) => {
@@ -457,7 +552,7 @@ impl BatchJob {
             }
         }
         if let Err(error) = commit {
-            return Err(if error.as_db_error().is_some() {
+            return Err(if is_refusal(&error, client) {
                 BatchFailure::Refused(error)
             } else {
                 BatchFailure::Connection {
@@ -484,7 +579,8 @@ impl BatchJob {
                 };
                 let pending = &batch[append];
                 results[append] = Some(match status {
-                    0 => Ok(AppendResult {
+                    // 0: written now; 3: written before (a retry), same positions.
+                    0 | 3 => Ok(AppendResult {
                         first_position: row.get::<_, i64>(2) as u64,
                         last_position: row.get::<_, i64>(3) as u64,
                     }),
@@ -492,7 +588,9 @@ impl BatchJob {
                         after: pending.condition.as_ref().and_then(|c| c.after),
                     }),
                     _ => Err(Error::DuplicateEventId {
-                        id: pending.events.first().map_or(Uuid::nil(), Event::id),
+                        id: row.get::<_, Option<Uuid>>(4).unwrap_or_else(|| {
+                            pending.events.first().map_or(Uuid::nil(), Event::id)
+                        }),
                     }),
                 });
             }
@@ -517,6 +615,18 @@ impl BatchJob {
             elapsed,
         });
     }
+}
+
+/// Whether the server refused a statement on a connection that is still good (so the
+/// transaction was rolled back and nothing was written), as opposed to the connection
+/// failing. A terminated backend (class 57) or connection error (class 08) reports an
+/// SQLSTATE too, but then the outcome of a COMMIT in flight is unknown.
+fn is_refusal(error: &tokio_postgres::Error, client: &Client) -> bool {
+    let Some(db) = error.as_db_error() else {
+        return false;
+    };
+    let class = &db.code().code()[..2];
+    !client.is_closed() && class != "57" && class != "08"
 }
 
 /// One pipelined statement of a batch: its rows (for append rounds) or nothing.

@@ -378,8 +378,21 @@ where
             })
         })
         .collect();
+    // A failed caller ends the measurement: stop the others rather than leave them running.
+    let mut failure = None;
     for task in tasks {
-        task.await.map_err(|_| Error::Closed)??;
+        if failure.is_some() {
+            task.abort();
+            continue;
+        }
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failure = Some(e),
+            Err(_) => failure = Some(Error::Closed),
+        }
+    }
+    if let Some(e) = failure {
+        return Err(e);
     }
     let cpu_start = cpu_at_start.borrow().unwrap_or_else(cpu_seconds);
     let mut window = Rc::try_unwrap(stats)

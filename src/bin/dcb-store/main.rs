@@ -31,7 +31,11 @@ enum Command {
     /// Measures a workload (append, enrolment, read) in one or more modes.
     Bench(bench::BenchArgs),
     /// Creates or migrates the configured schema.
-    Migrate,
+    Migrate {
+        /// Grant this role what the store needs (select, insert) and nothing more.
+        #[arg(long)]
+        app_role: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -57,14 +61,17 @@ async fn run(cli: Cli) -> Result<ExitCode, dcb_store::Error> {
     match cli.command {
         Command::Demo(args) => demo::run(config, args).await,
         Command::Bench(args) => bench::run(config, args).await,
-        Command::Migrate => {
-            let applied = EventStore::migrate(&config).await?;
+        Command::Migrate { app_role } => {
+            let applied = EventStore::migrate_with_role(&config, app_role.as_deref()).await?;
             println!(
                 "schema {} is at version {} (applied now: {:?})",
                 config.schema(),
                 dcb_store::SCHEMA_VERSION,
                 applied
             );
+            if let Some(role) = app_role {
+                println!("granted {role}: usage, select and insert only");
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
