@@ -12,8 +12,8 @@ mkdir -p bench-results
 out=bench-results/$(date -u +%Y%m%d-%H%M%S).jsonl
 run() { "$bin" bench "$@" --json --repeat 3 --seconds 5 --warmup 1 >> "$out"; }
 scripts/pg-limit.sh --seconds 5 --json > "${out%.jsonl}.pg-limit.jsonl"
-run append --clients 1,8,32,64,256 --mode normal,no-batching,no-metrics --chart "${out%.jsonl}.svg"
+run append --clients 1,8,64,256 --mode normal,no-batching,no-metrics --chart "${out%.jsonl}.svg"
 run append --clients 2000 --mode normal
-run enrolment --clients 1,8,32 --mode normal,no-batching
+run enrolment --clients 1,32 --mode normal,no-batching
 run read --prefill 100000,1000000,5000000 --clients 1 --mode normal,no-cache
 python3 scripts/summarize.py "$out" "${out%.jsonl}.pg-limit.jsonl"
