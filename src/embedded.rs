@@ -108,19 +108,14 @@ impl EmbeddedPostgres {
     /// Restarts the server (fast shutdown, then start), as an operator would; clients
     /// lose their connections. Blocks until the server accepts connections again.
     pub fn restart(&self) -> Result<()> {
-        self.run(
-            "pg_ctl",
-            &[
-                "-D",
-                &self.data_dir(),
-                "-m",
-                "fast",
-                "-w",
-                "-t",
-                "60",
-                "restart",
-            ],
-        )
+        // With a log file, so that the new server does not inherit (and hold open) the
+        // pipes this process reads pg_ctl's output from.
+        let log = self.dir.path().join("server.log").display().to_string();
+        let data = self.data_dir();
+        let args = [
+            "-D", &data, "-l", &log, "-m", "fast", "-w", "-t", "60", "restart",
+        ];
+        self.run("pg_ctl", &args)
     }
 
     fn data_dir(&self) -> String {

@@ -155,6 +155,7 @@ impl Writer {
                     act.connection = connection;
                     act.writing = false;
                     act.schedule_flush(ctx);
+                    act.notify_if_drained();
                 }),
         );
     }

@@ -109,3 +109,13 @@ pub fn event(event_type: &str, tags: &[&str]) -> Event {
     Event::new(event_type, serde_json::json!({ "type": event_type }))
         .with_tags(tags.iter().copied())
 }
+
+/// `url` with an `application_name`, so a test can find (and kill) its own backends.
+pub fn url_with_application_name(url: &str, name: &str) -> String {
+    if url.contains("://") {
+        let separator = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{separator}application_name={name}")
+    } else {
+        format!("{url} application_name={name}")
+    }
+}

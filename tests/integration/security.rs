@@ -1,0 +1,129 @@
+//! Least privilege, tenant isolation by schema, and secrets kept out of errors.
+
+use dcb_store::{Config, Error, EventStore, Query, QueryItem, ReadOptions};
+use tokio_postgres::error::SqlState;
+
+use crate::support;
+
+#[actix::test]
+async fn an_application_role_can_read_and_append_but_not_change_anything() {
+    let schema = support::unique_schema("priv");
+    let role = format!("{schema}_app");
+    let admin = support::client().await;
+    admin
+        .batch_execute(&format!("CREATE ROLE {role} LOGIN"))
+        .await
+        .unwrap();
+    EventStore::migrate_with_role(&support::config(&schema), Some(&role))
+        .await
+        .unwrap();
+
+    let app_url = support::database_url().replacen("postgres@", &format!("{role}@"), 1);
+    let app_url = if app_url.contains("user=") {
+        app_url.replace("user=postgres", &format!("user={role}"))
+    } else {
+        app_url
+    };
+    let store = EventStore::connect(support::config(&schema).with_database_url(&app_url))
+        .await
+        .unwrap();
+    store
+        .append(vec![support::event("E", &["t"])], None)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .read(&Query::all(), ReadOptions::default())
+            .await
+            .unwrap()
+            .events
+            .len(),
+        1
+    );
+
+    let app = support::client_for(&app_url).await;
+    for sql in [
+        format!("UPDATE \"{schema}\".events SET event_type = 'X'"),
+        format!("DELETE FROM \"{schema}\".events"),
+        format!("TRUNCATE \"{schema}\".events"),
+        format!("DROP TABLE \"{schema}\".events"),
+        format!("CREATE TABLE \"{schema}\".sneaky (x int)"),
+        format!("ALTER TABLE \"{schema}\".events DISABLE TRIGGER ALL"),
+    ] {
+        let err = app.batch_execute(&sql).await.expect_err(&sql);
+        let code = err.code().cloned();
+        assert!(
+            code == Some(SqlState::INSUFFICIENT_PRIVILEGE)
+                || code == Some(SqlState::RESTRICT_VIOLATION),
+            "{sql}: {err:?}"
+        );
+    }
+    drop(store);
+    drop(app);
+    let _ = admin
+        .batch_execute(&format!("REVOKE ALL ON ALL TABLES IN SCHEMA \"{schema}\" FROM {role}; REVOKE ALL ON SCHEMA \"{schema}\" FROM {role}; DROP ROLE {role}"))
+        .await;
+}
+
+#[actix::test]
+async fn one_store_cannot_reach_another_schema_through_any_input() {
+    let a = support::store("tenant_a").await;
+    let b = support::store("tenant_b").await;
+    b.append(vec![support::event("Secret", &["s"])], None)
+        .await
+        .unwrap();
+    let other = b.config().schema().to_owned();
+    let hostile = [
+        format!("\"{other}\".events"),
+        format!("x' UNION SELECT * FROM \"{other}\".events --"),
+        format!("'); DELETE FROM \"{other}\".events; --"),
+        "$1".to_owned(),
+    ];
+    for text in &hostile {
+        let q = Query::new([QueryItem::new()
+            .types([text.as_str()])
+            .tags([text.as_str()])
+            .data_any([(text.as_str(), text.as_str())])]);
+        assert!(a
+            .read(&q, ReadOptions::default())
+            .await
+            .unwrap()
+            .events
+            .is_empty());
+        a.append(vec![support::event(text, &[text.as_str()])], None)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        a.read(&Query::all(), ReadOptions::default())
+            .await
+            .unwrap()
+            .events
+            .len(),
+        hostile.len()
+    );
+    let secrets = b.read(&Query::all(), ReadOptions::default()).await.unwrap();
+    assert_eq!(secrets.events.len(), 1, "the other tenant is untouched");
+}
+
+#[actix::test]
+async fn passwords_never_appear_in_errors_or_debug_output() {
+    let config = Config::default()
+        .with_database_url("postgres://app:hunter2-secret@127.0.0.1:1/nowhere")
+        .with_schema("s");
+    assert!(!format!("{config:?}").contains("hunter2"));
+    let error = EventStore::connect(config)
+        .await
+        .err()
+        .expect("nothing listens on port 1");
+    assert!(matches!(error, Error::Connect(_)), "{error:?}");
+    assert!(!error.to_string().contains("hunter2"), "{error}");
+    assert!(!format!("{error:?}").contains("hunter2"), "{error:?}");
+    let bad_url =
+        Config::default().with_database_url("postgres://app:hunter2-secret@host:notaport/db");
+    let error = EventStore::connect(bad_url)
+        .await
+        .err()
+        .expect("invalid url");
+    assert!(!error.to_string().contains("hunter2"), "{error}");
+}
