@@ -119,8 +119,10 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<std::process::ExitCo
         }
         for &query in queries {
             for &clients in &args.clients {
-                for &mode in &args.mode {
-                    for _ in 0..args.repeat {
+                // Modes interleaved within each repeat, so that drift of the machine
+                // (checkpoints, autovacuum) does not favour one mode.
+                for _ in 0..args.repeat {
+                    for &mode in &args.mode {
                         let m = measure(&config, &args, mode, clients, size, query).await?;
                         invariants_ok &= m.invariants != Some(false);
                         if args.json {

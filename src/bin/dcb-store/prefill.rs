@@ -52,6 +52,7 @@ pub async fn ensure(config: &Config, n: u64) -> Result<(), Error> {
         .map_err(db)?
         .get(0);
     if have as u64 == n {
+        prewarm(&client, &schema).await;
         return Ok(());
     }
     if have != 0 {
@@ -140,5 +141,21 @@ pub async fn ensure(config: &Config, n: u64) -> Result<(), Error> {
             .await
             .map_err(db)?;
     }
+    prewarm(&client, &schema).await;
     Ok(())
+}
+
+/// Loads the store into shared buffers when `pg_prewarm` is available, so that read
+/// latency compares index probes, not cold caches (it only helps when
+/// `shared_buffers` can hold the store: see BENCHMARKS.md).
+async fn prewarm(client: &tokio_postgres::Client, schema: &str) {
+    let sql = format!(
+        "CREATE EXTENSION IF NOT EXISTS pg_prewarm;
+         SELECT pg_prewarm(c.oid::regclass) FROM pg_class c
+         JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = '{schema}' AND c.relkind IN ('r', 'i')"
+    );
+    if let Err(e) = client.batch_execute(&sql).await {
+        eprintln!("prewarm skipped: {e}");
+    }
 }
