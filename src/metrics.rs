@@ -59,15 +59,16 @@ pub(crate) enum Record {
         component: Component,
         elapsed: Duration,
     },
-    Appended {
+    Outcomes {
         events: u32,
+        conditions_failed: u32,
     },
+
     Batch {
         appends: u32,
         events: u32,
         rounds: u32,
     },
-    ConditionFailed,
     InvalidInput,
     DatabaseError {
         class: [u8; 2],
@@ -278,7 +279,13 @@ impl MetricsActor {
                     .or_insert_with(new_histogram),
                 elapsed,
             ),
-            Record::Appended { events } => c.events_appended += u64::from(events),
+            Record::Outcomes {
+                events,
+                conditions_failed,
+            } => {
+                c.events_appended += u64::from(events);
+                c.conditions_failed += u64::from(conditions_failed);
+            }
             Record::Batch {
                 appends,
                 events,
@@ -289,7 +296,6 @@ impl MetricsActor {
                 let _ = self.batch_appends.record(u64::from(appends.max(1)));
                 let _ = self.batch_events.record(u64::from(events.max(1)));
             }
-            Record::ConditionFailed => c.conditions_failed += 1,
             Record::InvalidInput => c.invalid_inputs += 1,
             Record::DatabaseError { class } => *self.database_errors.entry(class).or_default() += 1,
             Record::Timeout => c.timeouts += 1,

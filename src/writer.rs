@@ -449,16 +449,22 @@ impl BatchJob {
         connection
     }
 
+    /// Answers each caller; counts outcomes into one record per batch, not per append.
     fn reply(&self, batch: Vec<Pending>, results: Vec<Result<AppendResult>>) {
+        let (mut events, mut conditions_failed) = (0u32, 0u32);
         for (pending, result) in batch.into_iter().zip(results) {
             match &result {
-                Ok(r) => self.metrics.record(Record::Appended {
-                    events: (r.last_position - r.first_position + 1) as u32,
-                }),
-                Err(Error::ConditionFailed { .. }) => self.metrics.record(Record::ConditionFailed),
+                Ok(r) => events += (r.last_position - r.first_position + 1) as u32,
+                Err(Error::ConditionFailed { .. }) => conditions_failed += 1,
                 Err(_) => {}
             }
             let _ = pending.reply.send(result);
+        }
+        if events > 0 || conditions_failed > 0 {
+            self.metrics.record(Record::Outcomes {
+                events,
+                conditions_failed,
+            });
         }
     }
 
