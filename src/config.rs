@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::model::Limits;
+use crate::tls::TlsMode;
 
 /// Settings of an [`EventStore`](crate::EventStore).
 ///
@@ -25,6 +26,8 @@ use crate::model::Limits;
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     database_url: Option<String>,
+    tls_mode: TlsMode,
+    tls_root_cert: Option<String>,
     schema: String,
     readers: usize,
     pool_size: u32,
@@ -49,6 +52,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             database_url: None,
+            tls_mode: TlsMode::Disable,
+            tls_root_cert: None,
             schema: "dcb".to_owned(),
             readers: 2,
             pool_size: 4,
@@ -131,6 +136,22 @@ impl Config {
     #[must_use]
     pub fn with_database_url(mut self, url: impl Into<String>) -> Self {
         self.database_url = Some(url.into());
+        self
+    }
+
+    /// TLS to the server: `Disable` (default), `Require` (encrypted, certificate not
+    /// checked) or `VerifyFull` (certificate checked against
+    /// [`with_tls_root_cert`](Config::with_tls_root_cert) and the host name).
+    #[must_use]
+    pub fn with_tls_mode(mut self, mode: TlsMode) -> Self {
+        self.tls_mode = mode;
+        self
+    }
+
+    /// PEM file of the root certificate(s) for `VerifyFull`.
+    #[must_use]
+    pub fn with_tls_root_cert(mut self, path: impl Into<String>) -> Self {
+        self.tls_root_cert = Some(path.into());
         self
     }
 
@@ -225,6 +246,12 @@ impl Config {
         &self.schema
     }
 
+    pub(crate) fn tls_mode(&self) -> TlsMode {
+        self.tls_mode
+    }
+    pub(crate) fn tls_root_cert(&self) -> Option<&str> {
+        self.tls_root_cert.as_deref()
+    }
     pub(crate) fn readers(&self) -> usize {
         self.readers
     }
@@ -283,6 +310,8 @@ impl fmt::Debug for Config {
                 "database_url",
                 &self.database_url.as_deref().map(redact_password),
             )
+            .field("tls_mode", &self.tls_mode)
+            .field("tls_root_cert", &self.tls_root_cert)
             .field("schema", &self.schema)
             .field("readers", &self.readers)
             .field("pool_size", &self.pool_size)

@@ -9,21 +9,26 @@ use std::time::Duration;
 
 use bb8::Pool;
 use bb8_postgres::PostgresConnectionManager;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::config::SslMode;
+use tokio_postgres::{CancelToken, Client};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::config::redact_password;
+use crate::config::{redact_password, Config};
 use crate::error::{with_causes, Error, Result};
+use crate::tls::{self, TlsMode};
 
-type Manager = PostgresConnectionManager<NoTls>;
+type Manager = PostgresConnectionManager<MakeRustlsConnect>;
 
 /// Makes connections to the store's database.
 #[derive(Clone)]
 pub(crate) struct Connector {
     pool: Pool<Manager>,
+    tls: MakeRustlsConnect,
 }
 
 impl Connector {
-    pub(crate) async fn new(url: &str, pool_size: u32, connect_timeout: Duration) -> Result<Self> {
+    pub(crate) async fn new(settings: &Config, url: &str, pool_size: u32) -> Result<Self> {
+        let connect_timeout: Duration = settings.connect_timeout();
         let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
             Error::Config(format!(
                 "database url {:?} is not valid: {e}",
@@ -34,13 +39,29 @@ impl Connector {
         if config.get_application_name().is_none() {
             config.application_name("dcb-store");
         }
+        let root_cert = match settings.tls_root_cert() {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|e| Error::Config(format!("tls_root_cert {path}: {e}")))?,
+            ),
+            None => None,
+        };
+        let tls = tls::connector(settings.tls_mode(), root_cert.as_deref())?;
+        match settings.tls_mode() {
+            TlsMode::Disable => {
+                // An sslmode in the URL still applies when tls_mode is not set.
+            }
+            TlsMode::Require | TlsMode::VerifyFull => {
+                config.ssl_mode(SslMode::Require);
+            }
+        }
         let pool = Pool::builder()
             .max_size(pool_size)
             .connection_timeout(connect_timeout)
-            .build(PostgresConnectionManager::new(config, NoTls))
+            .build(PostgresConnectionManager::new(config, tls.clone()))
             .await
             .map_err(|e| Error::Connect(with_causes(&e)))?;
-        Ok(Connector { pool })
+        Ok(Connector { pool, tls })
     }
 
     /// A connection of its own for an actor; it is closed when the client is dropped.
@@ -49,5 +70,14 @@ impl Connector {
             .dedicated_connection()
             .await
             .map_err(|e| Error::Connect(with_causes(&e)))
+    }
+
+    /// Asks the server to cancel what `token`'s connection is running, in the
+    /// background (a timed-out statement must not keep its locks).
+    pub(crate) fn cancel_in_background(&self, token: CancelToken) {
+        let tls = self.tls.clone();
+        tokio::spawn(async move {
+            let _ = token.cancel_query(tls).await;
+        });
     }
 }

@@ -36,6 +36,16 @@ impl EmbeddedPostgres {
     /// Creates a cluster and starts it. Blocks for a second or two; call it from
     /// `spawn_blocking` inside async code.
     pub fn start() -> Result<Self> {
+        Self::start_inner(None)
+    }
+
+    /// Like [`start`](EmbeddedPostgres::start), with TLS on, using this certificate
+    /// chain and private key (PEM); for testing TLS connections.
+    pub fn start_with_tls(cert_pem: &str, key_pem: &str) -> Result<Self> {
+        Self::start_inner(Some((cert_pem, key_pem)))
+    }
+
+    fn start_inner(tls: Option<(&str, &str)>) -> Result<Self> {
         let bin = find_binaries()?;
         let run_as = unprivileged_user()?;
         let dir = tempfile::Builder::new()
@@ -70,10 +80,21 @@ impl EmbeddedPostgres {
                 "--no-sync",
             ],
         )?;
-        let options = format!(
+        let mut options = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=on",
             server.dir.path().display()
         );
+        if let Some((cert, key)) = tls {
+            let cert_path = server.dir.path().join("server.crt");
+            let key_path = server.dir.path().join("server.key");
+            server.write_private(&cert_path, cert, 0o644)?;
+            server.write_private(&key_path, key, 0o600)?;
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                cert_path.display(),
+                key_path.display()
+            ));
+        }
         let log = server.dir.path().join("server.log");
         server.run(
             "pg_ctl",
@@ -116,6 +137,19 @@ impl EmbeddedPostgres {
             "-D", &data, "-l", &log, "-m", "fast", "-w", "-t", "60", "restart",
         ];
         self.run("pg_ctl", &args)
+    }
+
+    /// Writes a file the server (maybe another user) must own, with `mode`.
+    fn write_private(&self, path: &Path, contents: &str, mode: u32) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let fail =
+            |e: std::io::Error| Error::Embedded(format!("cannot write {}: {e}", path.display()));
+        std::fs::write(path, contents).map_err(fail)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(fail)?;
+        if let Some((uid, gid)) = self.run_as {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(fail)?;
+        }
+        Ok(())
     }
 
     fn data_dir(&self) -> String {

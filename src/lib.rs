@@ -44,6 +44,7 @@ mod reader;
 mod schema;
 mod sql;
 mod store;
+mod tls;
 mod writer;
 
 pub use config::{redact_password, Config};
@@ -57,4 +58,5 @@ pub use model::{
 pub use reader::Read;
 pub use schema::SCHEMA_VERSION;
 pub use store::EventStore;
+pub use tls::TlsMode;
 pub use writer::Append;

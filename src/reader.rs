@@ -134,10 +134,8 @@ impl Shared {
             Ok(result) => result,
             Err(_) => {
                 self.metrics.record(Record::Timeout);
-                let cancel = connection.client.cancel_token();
-                tokio::spawn(async move {
-                    let _ = cancel.cancel_query(tokio_postgres::NoTls).await;
-                });
+                self.connector
+                    .cancel_in_background(connection.client.cancel_token());
                 Err(Error::Timeout {
                     after: timeout,
                     may_have_been_written: false,

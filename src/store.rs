@@ -76,7 +76,7 @@ impl EventStore {
                 (server.url(), Some(server))
             }
         };
-        let connector = Connector::new(&url, config.pool_size(), config.connect_timeout()).await?;
+        let connector = Connector::new(&config, &url, config.pool_size()).await?;
         let mut client = connector.dedicated().await?;
         schema::migrate(&mut client, config.schema()).await?;
         drop(client);
@@ -294,7 +294,7 @@ impl EventStore {
         let url = config
             .database_url()
             .ok_or_else(|| Error::Config("migrate needs a database url (DATABASE_URL)".into()))?;
-        let connector = Connector::new(url, 1, config.connect_timeout()).await?;
+        let connector = Connector::new(config, url, 1).await?;
         let mut client = connector.dedicated().await?;
         let applied = schema::migrate(&mut client, config.schema()).await?;
         if let Some(role) = application_role {

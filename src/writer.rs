@@ -368,10 +368,8 @@ impl BatchJob {
                     Err(_elapsed) => {
                         self.metrics.record(Record::Timeout);
                         tracing::warn!(?timeout, "batch timed out; dropping the connection");
-                        let cancel = current.client.cancel_token();
-                        tokio::spawn(async move {
-                            let _ = cancel.cancel_query(tokio_postgres::NoTls).await;
-                        });
+                        self.connector
+                            .cancel_in_background(current.client.cancel_token());
                         let error = Error::Timeout {
                             after: timeout,
                             may_have_been_written: true,

@@ -127,3 +127,94 @@ async fn passwords_never_appear_in_errors_or_debug_output() {
         .expect("invalid url");
     assert!(!error.to_string().contains("hunter2"), "{error}");
 }
+
+/// A test CA and a server certificate it signed, for `localhost` and 127.0.0.1.
+struct TestPki {
+    ca_pem: String,
+    server_cert_pem: String,
+    server_key_pem: String,
+}
+
+fn test_pki(name: &str) -> TestPki {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, format!("dcb-store test CA {name}"));
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server =
+        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    let server_cert = server.signed_by(&server_key, &ca_cert, &ca_key).unwrap();
+    TestPki {
+        ca_pem: ca_cert.pem(),
+        server_cert_pem: server_cert.pem(),
+        server_key_pem: server_key.serialize_pem(),
+    }
+}
+
+#[actix::test]
+async fn tls_require_and_verify_full_work_and_a_wrong_root_is_refused() {
+    use dcb_store::{EmbeddedPostgres, TlsMode};
+    let pki = test_pki("server");
+    let (cert, key) = (pki.server_cert_pem.clone(), pki.server_key_pem.clone());
+    let server = tokio::task::spawn_blocking(move || EmbeddedPostgres::start_with_tls(&cert, &key))
+        .await
+        .unwrap()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root.pem");
+    std::fs::write(&root, &pki.ca_pem).unwrap();
+    let other_root = dir.path().join("other.pem");
+    std::fs::write(&other_root, test_pki("other").ca_pem).unwrap();
+    let url = support::url_with_application_name(&server.url(), "tls_test");
+    let admin = support::client_for(&server.url()).await;
+
+    for (mode, root) in [(TlsMode::Require, None), (TlsMode::VerifyFull, Some(&root))] {
+        let mut config = Config::default()
+            .with_database_url(&url)
+            .with_schema("tls")
+            .with_tls_mode(mode);
+        if let Some(root) = root {
+            config = config.with_tls_root_cert(root.display().to_string());
+        }
+        let store = EventStore::connect(config).await.unwrap();
+        store
+            .append(vec![support::event("E", &["tls"])], None)
+            .await
+            .unwrap();
+        assert!(!store
+            .read(&Query::all(), ReadOptions::default())
+            .await
+            .unwrap()
+            .events
+            .is_empty());
+        // Every connection of the store is encrypted.
+        let row = admin
+            .query_one(
+                "SELECT count(*), count(*) FILTER (WHERE s.ssl) FROM pg_stat_activity a
+                 JOIN pg_stat_ssl s USING (pid) WHERE a.application_name = 'tls_test'",
+                &[],
+            )
+            .await
+            .unwrap();
+        let (all, encrypted): (i64, i64) = (row.get(0), row.get(1));
+        assert!(
+            all > 0 && all == encrypted,
+            "{mode:?}: {encrypted} of {all} connections use TLS"
+        );
+    }
+
+    let wrong_root = Config::default()
+        .with_database_url(&url)
+        .with_schema("tls")
+        .with_tls_mode(TlsMode::VerifyFull)
+        .with_tls_root_cert(other_root.display().to_string());
+    let refused = EventStore::connect(wrong_root).await;
+    assert!(
+        matches!(refused, Err(Error::Connect(_))),
+        "{:?}",
+        refused.err()
+    );
+}
