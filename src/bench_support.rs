@@ -1,5 +1,5 @@
-//! Internals exposed for the criterion benchmarks in `benches/` only. Not part of the
-//! public API: hidden from the docs and free to change.
+//! Internals exposed for the criterion benchmarks (`benches/`) and the fuzz target
+//! (`fuzz/`) only. Not part of the public API: hidden from the docs and free to change.
 
 use std::num::NonZeroUsize;
 
@@ -57,4 +57,16 @@ pub async fn raw_read(
 /// Decodes read rows into events and the head, as a reader does.
 pub fn decode_rows(rows: &[Row], options: &ReadOptions) -> Result<ReadResult> {
     crate::reader::decode(rows, options)
+}
+
+/// Validates an append as the writer does, with the default limits.
+pub fn validate_append(events: Vec<Event>, condition: Option<AppendCondition>) -> Result<()> {
+    let mut append = crate::writer::Append { events, condition };
+    crate::writer::validate_append(&mut append, &crate::Config::default().limits())
+}
+
+/// Validates a read as a reader does, with the default limits.
+pub fn validate_read(query: &Query, options: &ReadOptions) -> Result<()> {
+    query.validate("query", &crate::Config::default().limits())?;
+    options.validate()
 }

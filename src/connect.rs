@@ -48,8 +48,12 @@ impl Connector {
         };
         let tls = tls::connector(settings.tls_mode(), root_cert.as_deref())?;
         match settings.tls_mode() {
+            // Plain TCP unless the URL itself says `sslmode=require` (then encrypted, the
+            // certificate not checked, as libpq does); `prefer` becomes plain.
             TlsMode::Disable => {
-                // An sslmode in the URL still applies when tls_mode is not set.
+                if config.get_ssl_mode() != SslMode::Require {
+                    config.ssl_mode(SslMode::Disable);
+                }
             }
             TlsMode::Require | TlsMode::VerifyFull => {
                 config.ssl_mode(SslMode::Require);

@@ -189,36 +189,36 @@ impl Writer {
         }
         batch
     }
+}
 
-    fn validate(&self, append: &mut Append) -> Result<()> {
-        let limits = &self.settings.limits;
-        if append.events.is_empty() {
-            return Err(Error::invalid("an append needs at least one event"));
-        }
-        let now = Utc::now();
-        let mut ids = std::collections::HashSet::with_capacity(append.events.len());
-        for (i, event) in append.events.iter_mut().enumerate() {
-            event.prepare_for_append(i, limits, now)?;
-            if !ids.insert(event.id()) {
-                return Err(Error::invalid(format!(
-                    "event {i}: id {} appears twice in this append",
-                    event.id()
-                )));
-            }
-        }
-        if let Some(condition) = &append.condition {
-            condition
-                .fail_if_events_match
-                .validate("condition query", limits)?;
-            if condition.after.is_some_and(|a| a > i64::MAX as u64) {
-                return Err(Error::invalid(format!(
-                    "condition after is larger than {}",
-                    i64::MAX
-                )));
-            }
-        }
-        Ok(())
+/// Refuses what cannot be stored, before it reaches a batch; fixes `occurred_at`.
+pub(crate) fn validate_append(append: &mut Append, limits: &Limits) -> Result<()> {
+    if append.events.is_empty() {
+        return Err(Error::invalid("an append needs at least one event"));
     }
+    let now = Utc::now();
+    let mut ids = std::collections::HashSet::with_capacity(append.events.len());
+    for (i, event) in append.events.iter_mut().enumerate() {
+        event.prepare_for_append(i, limits, now)?;
+        if !ids.insert(event.id()) {
+            return Err(Error::invalid(format!(
+                "event {i}: id {} appears twice in this append",
+                event.id()
+            )));
+        }
+    }
+    if let Some(condition) = &append.condition {
+        condition
+            .fail_if_events_match
+            .validate("condition query", limits)?;
+        if condition.after.is_some_and(|a| a > i64::MAX as u64) {
+            return Err(Error::invalid(format!(
+                "condition after is larger than {}",
+                i64::MAX
+            )));
+        }
+    }
+    Ok(())
 }
 
 impl Actor for Writer {
@@ -238,7 +238,7 @@ impl Handler<Append> for Writer {
         if self.closing {
             return Box::pin(async { Err(Error::Closed) });
         }
-        if let Err(e) = self.validate(&mut append) {
+        if let Err(e) = validate_append(&mut append, &self.settings.limits) {
             self.metrics.record(Record::InvalidInput);
             return Box::pin(async move { Err(e) });
         }
