@@ -4,7 +4,7 @@ use std::num::NonZeroUsize;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures_util::Stream;
@@ -145,27 +145,29 @@ impl EventStore {
 
     /// Appends `events` atomically at consecutive positions, unless `condition` fails
     /// ([`Error::ConditionFailed`]). Invalid input fails with [`Error::InvalidInput`]
-    /// before it reaches a batch.
+    /// before it reaches a batch. Bounded by `operation_timeout`.
     pub async fn append(
         &self,
         events: Vec<Event>,
         condition: Option<AppendCondition>,
     ) -> Result<AppendResult> {
+        self.append_within(events, condition, self.inner.config.operation_timeout())
+            .await
+    }
+
+    /// [`EventStore::append`] with the caller's own time limit. When it runs out the
+    /// caller gets [`Error::Timeout`] with `may_have_been_written: true` (the append
+    /// may still be in a batch): retrying with the same event ids is safe.
+    pub async fn append_within(
+        &self,
+        events: Vec<Event>,
+        condition: Option<AppendCondition>,
+        limit: Duration,
+    ) -> Result<AppendResult> {
         let started = Instant::now();
         let span = tracing::debug_span!("append", events = events.len());
         let sent = self.inner.writer.send(Append { events, condition });
-        let sent = tokio::time::timeout(self.inner.config.operation_timeout(), sent);
-        let result = match sent.instrument(span).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_mailbox)) => Err(Error::Closed),
-            Err(_) => {
-                self.inner.metrics.record(Record::Timeout);
-                Err(Error::Timeout {
-                    after: self.inner.config.operation_timeout(),
-                    may_have_been_written: true,
-                })
-            }
-        };
+        let result = self.bounded(sent.instrument(span), limit, true).await;
         self.record(metrics::Method::Append, started, result.is_ok());
         result
     }
@@ -189,15 +191,8 @@ impl EventStore {
             }
             Err(actix::prelude::SendError::Closed(_)) => return Err(Error::Closed),
         }
-        let timeout = self.inner.config.operation_timeout();
-        let result = match tokio::time::timeout(timeout, result).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(Error::Closed),
-            Err(_) => Err(Error::Timeout {
-                after: timeout,
-                may_have_been_written: true,
-            }),
-        };
+        let limit = self.inner.config.operation_timeout();
+        let result = self.bounded(result, limit, true).await;
         self.record(metrics::Method::Append, started, result.is_ok());
         result
     }
@@ -210,27 +205,49 @@ impl EventStore {
     }
 
     /// Reads the events matching `query`, with `head` for an append condition.
+    /// Bounded by `operation_timeout`.
     pub async fn read(&self, query: &Query, options: ReadOptions) -> Result<ReadResult> {
+        self.read_within(query, options, self.inner.config.operation_timeout())
+            .await
+    }
+
+    /// [`EventStore::read`] with the caller's own time limit.
+    pub async fn read_within(
+        &self,
+        query: &Query,
+        options: ReadOptions,
+        limit: Duration,
+    ) -> Result<ReadResult> {
         let started = Instant::now();
         let span = tracing::debug_span!("read", items = query.items().len());
         let sent = self.next_reader().send(Read {
             query: query.clone(),
             options,
         });
-        let sent = tokio::time::timeout(self.inner.config.operation_timeout(), sent);
-        let result = match sent.instrument(span).await {
+        let result = self.bounded(sent.instrument(span), limit, false).await;
+        self.record(metrics::Method::Read, started, result.is_ok());
+        result
+    }
+
+    /// Awaits an actor's answer for at most `limit`; a lost answer means the actor
+    /// stopped.
+    async fn bounded<T, E>(
+        &self,
+        answer: impl std::future::Future<Output = std::result::Result<Result<T>, E>>,
+        limit: Duration,
+        may_have_been_written: bool,
+    ) -> Result<T> {
+        match tokio::time::timeout(limit, answer).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_mailbox)) => Err(Error::Closed),
+            Ok(Err(_lost)) => Err(Error::Closed),
             Err(_) => {
                 self.inner.metrics.record(Record::Timeout);
                 Err(Error::Timeout {
-                    after: self.inner.config.operation_timeout(),
-                    may_have_been_written: false,
+                    after: limit,
+                    may_have_been_written,
                 })
             }
-        };
-        self.record(metrics::Method::Read, started, result.is_ok());
-        result
+        }
     }
 
     /// All events matching `query`, page by page (pages of `read_page_size`), so

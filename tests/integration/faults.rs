@@ -285,6 +285,37 @@ async fn a_stuck_statement_times_out_and_the_store_recovers() {
     );
     let read = store.read(&Query::all(), ReadOptions::default()).await;
     assert!(matches!(read, Err(Error::Timeout { .. })), "{read:?}");
+    // A caller's own deadline, shorter than the store's.
+    let started = std::time::Instant::now();
+    let quick = store
+        .read_within(
+            &Query::all(),
+            ReadOptions::default(),
+            Duration::from_millis(100),
+        )
+        .await;
+    assert!(matches!(quick, Err(Error::Timeout { .. })), "{quick:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(700),
+        "the caller's deadline applies"
+    );
+    let quick = store
+        .append_within(
+            vec![support::event("E", &["t"])],
+            None,
+            Duration::from_millis(100),
+        )
+        .await;
+    assert!(
+        matches!(
+            quick,
+            Err(Error::Timeout {
+                may_have_been_written: true,
+                ..
+            })
+        ),
+        "{quick:?}"
+    );
     admin.batch_execute("ROLLBACK").await.unwrap();
     // Not wedged: the next operations succeed.
     store
