@@ -85,6 +85,7 @@ pub(crate) struct Writer {
     connector: Connector,
     settings: std::rc::Rc<WriterSettings>,
     append_sql: std::rc::Rc<str>,
+    lock_key: i64,
     connection: Option<WriterConnection>,
     pending: VecDeque<Pending>,
     flush_scheduled: bool,
@@ -112,6 +113,7 @@ impl Writer {
         Writer {
             connector,
             append_sql: sql::append_statement(&settings.schema).into(),
+            lock_key: sql::write_lock_key(&settings.schema),
             settings: std::rc::Rc::new(settings),
             connection: None,
             pending: VecDeque::new(),
@@ -145,6 +147,7 @@ impl Writer {
             connector: self.connector.clone(),
             settings: self.settings.clone(),
             append_sql: self.append_sql.clone(),
+            lock_key: self.lock_key,
             metrics: self.metrics.clone(),
         };
         let connection = self.connection.take();
@@ -287,6 +290,7 @@ struct BatchJob {
     connector: Connector,
     settings: std::rc::Rc<WriterSettings>,
     append_sql: std::rc::Rc<str>,
+    lock_key: i64,
     metrics: MetricsSink,
 }
 
@@ -491,7 +495,6 @@ impl BatchJob {
     ) -> std::result::Result<Vec<Result<AppendResult>>, BatchFailure> {
         let built = Instant::now();
         let rounds = plan_rounds(batch);
-        let lock_key = sql::write_lock_key(&self.settings.schema);
         let params: Vec<AppendParams> = rounds
             .iter()
             .map(|round| {
@@ -512,7 +515,7 @@ impl BatchJob {
             client.batch_execute("BEGIN").await.map(|()| None)
         }));
         let lock = &connection.lock;
-        let key = &lock_key;
+        let key = &self.lock_key;
         steps.push(Box::pin(async move {
             client.execute(lock, &[key]).await.map(|_| None)
         }));

@@ -9,10 +9,15 @@ use futures_util::future::join_all;
 use crate::support;
 
 /// Holds the store's table lock from outside so that the writer's current batch
-/// stalls and the appends sent meanwhile pile up into the next batch.
+/// (a "Blocker" append sent by `start`) stalls and the appends sent meanwhile pile up
+/// into the next batch; `release` lets both through.
 pub struct Stall {
     client: tokio_postgres::Client,
+    blocker: tokio::task::JoinHandle<dcb_store::Result<dcb_store::AppendResult>>,
 }
+
+/// Long enough for spawned appends to reach the writer's mailbox.
+const SETTLE: Duration = Duration::from_millis(200);
 
 impl Stall {
     pub async fn start(store: &EventStore) -> Stall {
@@ -24,11 +29,24 @@ impl Stall {
             ))
             .await
             .unwrap();
-        Stall { client }
+        let store = store.clone();
+        let blocker = actix::spawn(async move {
+            store
+                .append(vec![support::event("Blocker", &[])], None)
+                .await
+        });
+        tokio::time::sleep(SETTLE).await;
+        Stall { client, blocker }
     }
 
+    /// Lets the stalled batch commit; checks that it did.
     pub async fn release(self) {
+        tokio::time::sleep(SETTLE).await;
         self.client.batch_execute("COMMIT").await.unwrap();
+        self.blocker
+            .await
+            .unwrap()
+            .expect("the stalled append commits");
     }
 }
 
@@ -148,15 +166,6 @@ async fn a_condition_fails_only_for_matches_strictly_after_its_position() {
 async fn only_one_of_many_conflicting_appends_in_one_batch_succeeds() {
     let store = support::store("intra").await;
     let stall = Stall::start(&store).await;
-    let blocker = actix::spawn({
-        let store = store.clone();
-        async move {
-            store
-                .append(vec![support::event("Blocker", &[])], None)
-                .await
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let seat = Query::new([QueryItem::new().types(["Seat"]).tags(["seat:1"])]);
     let conditional = (0..10).map(|_| {
         let store = store.clone();
@@ -181,10 +190,8 @@ async fn only_one_of_many_conflicting_appends_in_one_batch_succeeds() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(200)).await;
     stall.release().await;
 
-    blocker.await.unwrap().unwrap();
     let results: Vec<_> = join_all(conditional)
         .await
         .into_iter()
@@ -217,15 +224,6 @@ async fn an_append_conditioned_on_an_earlier_failed_append_of_its_batch_still_su
         .await
         .unwrap();
     let stall = Stall::start(&store).await;
-    let blocker = actix::spawn({
-        let store = store.clone();
-        async move {
-            store
-                .append(vec![support::event("Blocker", &[])], None)
-                .await
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(200)).await;
     // First: fails (Taken exists). Second: conditioned on events like the first's.
     let first = actix::spawn({
         let store = store.clone();
@@ -251,9 +249,7 @@ async fn an_append_conditioned_on_an_earlier_failed_append_of_its_batch_still_su
                 .await
         }
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
     stall.release().await;
-    blocker.await.unwrap().unwrap();
     assert!(matches!(
         first.await.unwrap(),
         Err(Error::ConditionFailed { .. })

@@ -338,15 +338,6 @@ async fn overload_pushes_back_and_throughput_recovers() {
         .await
         .unwrap();
     let stall = Stall::start(&store).await;
-    let blocked = {
-        let store = store.clone();
-        actix::spawn(async move {
-            store
-                .append(vec![support::event("Blocker", &[])], None)
-                .await
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let attempts: Vec<_> = (0..200)
         .map(|_| {
             let store = store.clone();
@@ -357,9 +348,7 @@ async fn overload_pushes_back_and_throughput_recovers() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(200)).await;
     stall.release().await;
-    blocked.await.unwrap().unwrap();
     let results: Vec<_> = join_all(attempts)
         .await
         .into_iter()
