@@ -254,18 +254,18 @@ impl<'a> AppendParams<'a> {
 /// `[{"k": "v"}, ...]`: one single-pair object per predicate, so the same key may
 /// appear with several values (which a single object could not hold).
 fn pairs_as_json_array(pairs: &[(String, String)]) -> JsonText {
-    let array: Vec<serde_json::Value> = pairs
-        .iter()
-        .map(|(k, v)| serde_json::json!({ k: v }))
-        .collect();
-    JsonText::from_value(&serde_json::Value::Array(array))
+    JsonText::from_value(&serde_json::Value::Array(pair_objects(pairs).collect()))
 }
 
+/// The same single-pair objects, each its own `jsonb` (for `@> ALL/ANY ($n::jsonb[])`).
 fn pairs_as_json_objects(pairs: &[(String, String)]) -> Vec<JsonText> {
-    pairs
-        .iter()
-        .map(|(k, v)| JsonText::from_value(&serde_json::json!({ k: v })))
+    pair_objects(pairs)
+        .map(|o| JsonText::from_value(&o))
         .collect()
+}
+
+fn pair_objects(pairs: &[(String, String)]) -> impl Iterator<Item = serde_json::Value> + '_ {
+    pairs.iter().map(|(k, v)| serde_json::json!({ k: v }))
 }
 
 /// What a read statement's text depends on.

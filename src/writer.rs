@@ -378,9 +378,7 @@ impl BatchJob {
                             after: timeout,
                             may_have_been_written: true,
                         };
-                        for p in batch {
-                            let _ = p.reply.send(Err(error.clone()));
-                        }
+                        fail_all(batch, &error);
                         return None;
                     }
                 }
@@ -389,9 +387,7 @@ impl BatchJob {
                 after: timeout,
                 may_have_been_written: false,
             });
-            for p in batch {
-                let _ = p.reply.send(Err(error.clone()));
-            }
+            fail_all(batch, &error);
             None
         }
         .instrument(span)
@@ -622,6 +618,13 @@ impl BatchJob {
             component,
             elapsed,
         });
+    }
+}
+
+/// Answers every append of `batch` with the same error.
+fn fail_all(batch: Vec<Pending>, error: &Error) {
+    for pending in batch {
+        let _ = pending.reply.send(Err(error.clone()));
     }
 }
 

@@ -192,11 +192,7 @@ async fn only_one_of_many_conflicting_appends_in_one_batch_succeeds() {
         .collect();
     stall.release().await;
 
-    let results: Vec<_> = join_all(conditional)
-        .await
-        .into_iter()
-        .map(|r| r.unwrap())
-        .collect();
+    let results: Vec<_> = support::results(conditional).await;
     let won = results.iter().filter(|r| r.is_ok()).count();
     let lost = results
         .iter()

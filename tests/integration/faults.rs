@@ -59,8 +59,17 @@ async fn load(
     join_all(calls).await;
 }
 
-/// Checks the ledger against the table and prints the accounting.
-async fn account(what: &str, store: &EventStore, ledger: &Ledger) {
+/// After the load: checks that the store works again, then the ledger against the
+/// table, and prints the accounting.
+async fn account(what: &str, store: &EventStore, ledger: Rc<RefCell<Ledger>>) {
+    store
+        .append(vec![support::event("After", &["after"])], None)
+        .await
+        .expect("the store reconnects by itself");
+    let ledger = &Rc::try_unwrap(ledger)
+        .ok()
+        .expect("load is done")
+        .into_inner();
     let stored = store
         .read(
             &Query::new([QueryItem::new().tags(["load"])]),
@@ -135,25 +144,16 @@ async fn acknowledged_appends_survive_connections_killed_mid_write() {
     load(&store, 16, 60, ledger.clone(), Rc::default()).await;
     let killed = killer.await.unwrap();
     assert!(killed > 0, "the test killed no backend");
-    // The store reconnects by itself.
-    store
-        .append(vec![support::event("After", &["after"])], None)
-        .await
-        .unwrap();
-    let ledger = Rc::try_unwrap(ledger)
-        .ok()
-        .expect("load is done")
-        .into_inner();
+    assert!(
+        ledger.borrow().acked.len() > 16 * 60 / 2,
+        "most appends succeed despite the kills"
+    );
     account(
         &format!("kill ({killed} backends terminated)"),
         &store,
-        &ledger,
+        ledger,
     )
     .await;
-    assert!(
-        ledger.acked.len() > 16 * 60 / 2,
-        "most appends succeed despite the kills"
-    );
 }
 
 #[actix::test]
@@ -242,15 +242,7 @@ async fn the_store_recovers_from_a_server_restart_under_load() {
     load(&store, 8, 100_000, ledger.clone(), stop).await;
     let acked_before_restart = restarter.await.unwrap();
     assert!(acked_before_restart > 0, "the restart happened under load");
-    store
-        .append(vec![support::event("After", &["after"])], None)
-        .await
-        .unwrap();
-    let ledger = Rc::try_unwrap(ledger)
-        .ok()
-        .expect("load is done")
-        .into_inner();
-    account("restart", &store, &ledger).await;
+    account("restart", &store, ledger).await;
 }
 
 #[actix::test]
@@ -349,11 +341,7 @@ async fn overload_pushes_back_and_throughput_recovers() {
         })
         .collect();
     stall.release().await;
-    let results: Vec<_> = join_all(attempts)
-        .await
-        .into_iter()
-        .map(|r| r.unwrap())
-        .collect();
+    let results: Vec<_> = support::results(attempts).await;
     let refused = results
         .iter()
         .filter(|r| matches!(r, Err(Error::Overloaded)))
@@ -395,11 +383,7 @@ async fn shutdown_answers_every_pending_append() {
     store.shutdown().await;
     let late = store.append(vec![support::event("Late", &[])], None).await;
     assert!(matches!(late, Err(Error::Closed)), "{late:?}");
-    let results: Vec<_> = join_all(calls)
-        .await
-        .into_iter()
-        .map(|r| r.unwrap())
-        .collect();
+    let results: Vec<_> = support::results(calls).await;
     let written = results.iter().filter(|r| r.is_ok()).count();
     assert!(
         results

@@ -119,3 +119,12 @@ pub fn url_with_application_name(url: &str, name: &str) -> String {
         format!("{url} application_name={name}")
     }
 }
+
+/// Awaits spawned calls in order; a panicked task fails the test.
+pub async fn results<T>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+    futures_util::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.expect("task panicked"))
+        .collect()
+}

@@ -3,7 +3,6 @@
 //! An append the database itself refuses fails alone; its batch's others commit.
 
 use dcb_store::{AppendCondition, Error, Event, EventStore, Query, QueryItem, ReadOptions};
-use futures_util::future::join_all;
 use serde_json::json;
 
 use crate::appends::Stall;
@@ -224,11 +223,7 @@ async fn an_append_the_database_refuses_fails_alone_and_its_batch_commits() {
         }));
     }
     stall.release().await;
-    let results: Vec<_> = join_all(calls)
-        .await
-        .into_iter()
-        .map(|r| r.unwrap())
-        .collect();
+    let results: Vec<_> = support::results(calls).await;
     for (i, r) in results.iter().enumerate() {
         if i == 4 {
             let err = r.as_ref().unwrap_err();
