@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::model::Limits;
+use crate::model::{Limits, MAX_NAME_BYTES};
 use crate::tls::TlsMode;
 
 /// Settings of an [`EventStore`](crate::EventStore).
@@ -128,6 +128,13 @@ impl Config {
                 return Err(Error::Config(format!("{name} must be greater than 0")));
             }
         }
+        if self.max_name_bytes > MAX_NAME_BYTES {
+            return Err(Error::Config(format!(
+                "max_name_bytes is {}, more than {MAX_NAME_BYTES}: longer types and tags \
+                 would not fit in the store's B-tree indexes",
+                self.max_name_bytes
+            )));
+        }
         Ok(())
     }
 
@@ -211,6 +218,14 @@ impl Config {
     #[must_use]
     pub fn with_operation_timeout(mut self, timeout: Duration) -> Self {
         self.operation_timeout_ms = timeout.as_millis().max(1) as u64;
+        self
+    }
+
+    /// The longest event type, tag or data key accepted, in bytes; at most
+    /// [`MAX_NAME_BYTES`](crate::MAX_NAME_BYTES). Defaults to 1024.
+    #[must_use]
+    pub fn with_max_name_bytes(mut self, bytes: usize) -> Self {
+        self.max_name_bytes = bytes;
         self
     }
 

@@ -58,8 +58,15 @@ pub enum Error {
     Overloaded,
 
     /// The store is shutting down or its actors have stopped.
-    #[error("the event store is closed")]
-    Closed,
+    ///
+    /// For an append, `may_have_been_written` is true when the writer stopped while
+    /// the append's batch was in flight: retry with the same event ids to learn the
+    /// outcome.
+    #[error("the event store is closed{}", if *.may_have_been_written { " (the append may have been written)" } else { "" })]
+    Closed {
+        /// Whether the append may have been committed before the store closed.
+        may_have_been_written: bool,
+    },
 
     /// A database error.
     ///
@@ -113,7 +120,17 @@ impl Error {
         }
     }
 
+    /// The store is closed and nothing of the operation was sent.
+    pub(crate) const CLOSED: Error = Error::Closed {
+        may_have_been_written: false,
+    };
+
     /// Whether an append that returned this error may nonetheless have been written.
+    ///
+    /// `false` is a promise: nothing of the append was committed. `true` means the
+    /// outcome is unknown (a connection failed or a deadline passed after the batch's
+    /// `COMMIT` was sent); appending the same events again with the same ids is safe
+    /// and returns the original positions if the first attempt was committed.
     pub fn may_have_been_written(&self) -> bool {
         matches!(
             self,
@@ -123,8 +140,33 @@ impl Error {
             } | Error::Timeout {
                 may_have_been_written: true,
                 ..
+            } | Error::Closed {
+                may_have_been_written: true
             }
         )
+    }
+
+    /// This error for an append whose outcome is unknown, when the variant can say so;
+    /// `None` when it cannot (the caller then reports the earlier unknown outcome).
+    pub(crate) fn as_possibly_written(&self) -> Option<Error> {
+        let mut error = self.clone();
+        match &mut error {
+            Error::Database {
+                may_have_been_written,
+                ..
+            }
+            | Error::Timeout {
+                may_have_been_written,
+                ..
+            }
+            | Error::Closed {
+                may_have_been_written,
+            } => {
+                *may_have_been_written = true;
+                Some(error)
+            }
+            _ => None,
+        }
     }
 }
 

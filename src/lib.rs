@@ -53,7 +53,7 @@ pub use error::{Error, Result};
 pub use metrics::{LatencySummary, MetricsSnapshot, SizeSummary};
 pub use model::{
     AppendCondition, AppendResult, DataFilter, Event, Query, QueryItem, ReadOptions, ReadResult,
-    SequencedEvent,
+    SequencedEvent, MAX_NAME_BYTES,
 };
 pub use reader::Read;
 pub use schema::SCHEMA_VERSION;

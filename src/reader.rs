@@ -9,6 +9,12 @@
 //! its shape finds the prepared statement, its values go as bind parameters.
 //! Evicting a statement closes it on the server. With the cache turned off
 //! (`statement_cache_size = 0`, a benchmark baseline) every read prepares anew.
+//!
+//! A read that runs out of time is abandoned, not cancelled: PostgreSQL's cancel
+//! hits whatever statement the connection runs at that moment, which with
+//! pipelining may be another caller's read. The abandoned statement finishes on the
+//! server (its answer is dropped), bounded by the connection's `statement_timeout`,
+//! which is `operation_timeout`.
 
 use std::cell::Cell;
 use std::num::NonZeroUsize;
@@ -91,10 +97,32 @@ impl Actor for Reader {
     type Context = Context<Self>;
 }
 
+/// A read with its caller's deadline, sent by [`EventStore`](crate::EventStore), so
+/// the reader stops working for a caller who has stopped waiting.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<ReadResult>")]
+pub(crate) struct ReadBy {
+    pub read: Read,
+    pub deadline: Instant,
+}
+
 impl Handler<Read> for Reader {
     type Result = ResponseFuture<Result<ReadResult>>;
 
     fn handle(&mut self, read: Read, ctx: &mut Self::Context) -> Self::Result {
+        let deadline = Instant::now() + self.shared.settings.timeout;
+        self.handle(ReadBy { read, deadline }, ctx)
+    }
+}
+
+impl Handler<ReadBy> for Reader {
+    type Result = ResponseFuture<Result<ReadResult>>;
+
+    fn handle(
+        &mut self,
+        ReadBy { read, deadline }: ReadBy,
+        ctx: &mut Self::Context,
+    ) -> Self::Result {
         let shared = self.shared.clone();
         let validated = read
             .query
@@ -118,7 +146,7 @@ impl Handler<Read> for Reader {
             );
         }
         Box::pin(async move {
-            let result = shared.run(read).await;
+            let result = shared.run(read, deadline).await;
             shared.in_flight.set(shared.in_flight.get() - 1);
             shared.finished.notify_one();
             result
@@ -127,17 +155,19 @@ impl Handler<Read> for Reader {
 }
 
 impl Shared {
-    async fn run(&self, read: Read) -> Result<ReadResult> {
-        let connection = self.connection().await?;
-        let timeout = self.settings.timeout;
-        match tokio::time::timeout(timeout, self.read(&connection, &read)).await {
+    /// Connects if needed, prepares if needed, and reads, all by `deadline`.
+    async fn run(&self, read: Read, deadline: Instant) -> Result<ReadResult> {
+        let work = async {
+            let connection = self.connection().await?;
+            self.read(&connection, &read).await
+        };
+        match tokio::time::timeout_at(deadline.into(), work).await {
             Ok(result) => result,
             Err(_) => {
+                // Abandoned, not cancelled: a cancel could hit another caller's read.
                 self.metrics.record(Record::Timeout);
-                self.connector
-                    .cancel_in_background(connection.client.cancel_token());
                 Err(Error::Timeout {
-                    after: timeout,
+                    after: self.settings.timeout,
                     may_have_been_written: false,
                 })
             }
@@ -151,6 +181,15 @@ impl Shared {
             return Ok(connection.clone());
         }
         let client = self.connector.dedicated().await?;
+        // The server's bound on a statement nobody waits for any more.
+        let statement_timeout = format!("{}ms", self.settings.timeout.as_millis());
+        client
+            .execute(
+                "SELECT set_config('statement_timeout', $1, false)",
+                &[&statement_timeout],
+            )
+            .await
+            .map_err(|e| self.db_error(e))?;
         let connection = Rc::new(ReaderConnection {
             client,
             statements: Mutex::new(self.settings.cache_size.map(LruCache::new)),
@@ -250,10 +289,12 @@ pub(crate) fn decode(rows: &[Row], options: &ReadOptions) -> Result<ReadResult> 
     }
     let stopped_at_limit = options.limit.is_some_and(|l| events.len() as u64 >= l);
     if stopped_at_limit && !options.backwards {
-        // Matching events after the last one returned were not seen.
+        // Matching events after the last one returned were not seen; nor anything
+        // beyond the store's head (an `after` past it saw nothing up to `after`).
         head = events
             .last()
-            .map_or(options.after.unwrap_or(0), |e| e.position);
+            .map_or(options.after.unwrap_or(0), |e| e.position)
+            .min(store_head);
     }
     Ok(ReadResult {
         events,

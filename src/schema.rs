@@ -32,6 +32,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "fn_immutable",
         include_str!("schema/004_fn_immutable.sql"),
     ),
+    (
+        5,
+        "col_events_starts_append",
+        include_str!("schema/005_col_events_starts_append.sql"),
+    ),
 ];
 
 /// Serialises migrations of all schemas in one database (a constant key).

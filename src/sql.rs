@@ -38,11 +38,11 @@ pub(crate) fn write_lock_key(schema: &str) -> i64 {
 
 /// The append statement: checks every append's event ids and condition against the
 /// state before this statement, inserts the events of the appends that pass at
-/// consecutive positions after the head, and returns one row per append:
-/// `(append index, status, first position, last position, duplicate id)`, status
-/// 0 = written, 1 = condition failed, 2 = an event id is stored with other content,
-/// 3 = every event is already stored unchanged (a retry: the stored positions).
-/// A retry is recognised before the condition, which its own events may now fail.
+/// consecutive positions after the head, and returns one row per append, decoded by
+/// [`AppendRow::decode`]. A retry (every event stored unchanged, as exactly one
+/// earlier append: same positions in order, `starts_append` on the first only, and
+/// the next stored event starting another append) is recognised before the
+/// condition, which its own events may now fail. Tags compare as sets.
 ///
 /// Parameters are parallel arrays (see [`AppendParams`]); `$19` is the number of appends.
 pub(crate) fn append_statement(schema: &str) -> String {
@@ -60,8 +60,10 @@ head AS (
     SELECT coalesce(max(position), 0) AS p FROM {s}.events
 ),
 ev AS (
-    SELECT * FROM unnest($1::int4[], $2::uuid[], $3::text[], $4::jsonb[], $5::jsonb[], $6::timestamptz[])
-        WITH ORDINALITY AS ev(append_idx, event_id, event_type, data, metadata, occurred_at, n)
+    -- k: the event's place in its append (an append's events are adjacent).
+    SELECT u.*, u.n - min(u.n) OVER (PARTITION BY u.append_idx) AS k
+    FROM unnest($1::int4[], $2::uuid[], $3::text[], $4::jsonb[], $5::jsonb[], $6::timestamptz[])
+        WITH ORDINALITY AS u(append_idx, event_id, event_type, data, metadata, occurred_at, n)
 ),
 ev_tags AS (
     SELECT * FROM unnest($7::int8[], $8::text[]) WITH ORDINALITY AS t(n, tag, ord)
@@ -99,22 +101,30 @@ stored AS (
     -- the same (type, tags, data, metadata). LATERAL ... LIMIT 1 keeps this a
     -- unique-index probe per event: as a join, the generic plan (which guesses 10 input
     -- rows) may hash it against a scan of the whole table.
-    SELECT ev.append_idx, ev.event_id, s.position,
-           (s.event_type = ev.event_type AND s.tags = coalesce(tl.tags, '{{}}')
-            AND s.data = ev.data AND s.metadata = ev.metadata) AS same
+    SELECT ev.append_idx, ev.event_id, s.position, s.position - ev.k AS start,
+           (s.event_type = ev.event_type
+            AND s.tags @> coalesce(tl.tags, '{{}}') AND s.tags <@ coalesce(tl.tags, '{{}}')
+            AND s.data = ev.data AND s.metadata = ev.metadata
+            AND s.starts_append = (ev.k = 0)) AS same
     FROM ev
     CROSS JOIN LATERAL (
-        SELECT e.position, e.event_type, e.tags, e.data, e.metadata
+        SELECT e.position, e.event_type, e.tags, e.data, e.metadata, e.starts_append
         FROM {s}.events e WHERE e.event_id = ev.event_id LIMIT 1) s
     LEFT JOIN ev_tag_lists tl ON tl.n = ev.n
 ),
-replayed AS (
-    -- Appends stored before, unchanged (a retry): they get their original positions.
+replay_candidates AS (
+    -- Every event stored unchanged, at consecutive positions in the append's order.
     SELECT st.append_idx, min(st.position) AS first_pos, max(st.position) AS last_pos
     FROM stored st
     GROUP BY st.append_idx
-    HAVING bool_and(st.same)
+    HAVING bool_and(st.same) AND count(DISTINCT st.start) = 1
        AND count(*) = (SELECT count(*) FROM ev WHERE ev.append_idx = st.append_idx)
+),
+replayed AS (
+    -- ... and exactly one stored append: the event after the last starts another.
+    SELECT c.* FROM replay_candidates c
+    WHERE NOT EXISTS (
+        SELECT 1 FROM {s}.events e WHERE e.position = c.last_pos + 1 AND NOT e.starts_append)
 ),
 dup AS (
     SELECT st.append_idx, min(st.event_id::text)::uuid AS event_id FROM stored st
@@ -127,8 +137,8 @@ accepted AS (
       AND ev.append_idx NOT IN (SELECT append_idx FROM stored)
 ),
 inserted AS (
-    INSERT INTO {s}.events (position, event_id, event_type, tags, data, metadata, occurred_at)
-    SELECT head.p + a.rn, a.event_id, a.event_type, coalesce(tl.tags, '{{}}'), a.data, a.metadata, a.occurred_at
+    INSERT INTO {s}.events (position, event_id, event_type, tags, data, metadata, occurred_at, starts_append)
+    SELECT head.p + a.rn, a.event_id, a.event_type, coalesce(tl.tags, '{{}}'), a.data, a.metadata, a.occurred_at, a.k = 0
     FROM accepted a CROSS JOIN head LEFT JOIN ev_tag_lists tl ON tl.n = a.n
     ORDER BY a.rn
 ),
@@ -151,6 +161,58 @@ LEFT JOIN replayed rp ON rp.append_idx = r.idx
 LEFT JOIN dup d ON d.append_idx = r.idx
 ORDER BY r.idx"
     )
+}
+
+/// What the append statement decided for one append.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AppendStatus {
+    /// Written now at `first..=last`.
+    Written { first: u64, last: u64 },
+    /// The condition matched; nothing written.
+    ConditionFailed,
+    /// An event id is stored with other content, or not as this one append; the id
+    /// when the statement names one.
+    DuplicateId(Option<Uuid>),
+    /// Stored before, unchanged, as this very append (a retry): its positions.
+    Replayed { first: u64, last: u64 },
+}
+
+/// One row of the append statement.
+pub(crate) struct AppendRow {
+    /// The append's index within its round.
+    pub index: usize,
+    pub status: AppendStatus,
+}
+
+impl AppendRow {
+    /// Decodes `(append index, status code, first, last, duplicate id)`; the codes
+    /// are the statement's: 0 written, 1 condition failed, 2 duplicate id, 3 replayed.
+    pub(crate) fn decode(row: &tokio_postgres::Row) -> Result<Self, tokio_postgres::Error> {
+        let index: i32 = row.try_get(0)?;
+        let code: i16 = row.try_get(1)?;
+        let span = || -> Result<(u64, u64), tokio_postgres::Error> {
+            Ok((
+                row.try_get::<_, i64>(2)? as u64,
+                row.try_get::<_, i64>(3)? as u64,
+            ))
+        };
+        let status = match code {
+            0 => {
+                let (first, last) = span()?;
+                AppendStatus::Written { first, last }
+            }
+            1 => AppendStatus::ConditionFailed,
+            3 => {
+                let (first, last) = span()?;
+                AppendStatus::Replayed { first, last }
+            }
+            _ => AppendStatus::DuplicateId(row.try_get(4)?),
+        };
+        Ok(AppendRow {
+            index: index as usize,
+            status,
+        })
+    }
 }
 
 /// The append statement's bind parameters for one round of a batch, as parallel

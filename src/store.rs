@@ -18,9 +18,9 @@ use crate::metrics::{self, GetSnapshot, MetricsActor, MetricsSink, MetricsSnapsh
 use crate::model::{
     AppendCondition, AppendResult, Event, Query, ReadOptions, ReadResult, SequencedEvent,
 };
-use crate::reader::{Read, Reader, ReaderSettings};
+use crate::reader::{Read, ReadBy, Reader, ReaderSettings};
 use crate::schema;
-use crate::writer::{Append, Shutdown, TryAppend, Writer, WriterSettings};
+use crate::writer::{Append, QueueAppend, Shutdown, Writer, WriterSettings};
 
 /// A DCB event store on PostgreSQL. Cheap to clone; all clones share the actors,
 /// which stop when the last clone is dropped.
@@ -166,8 +166,20 @@ impl EventStore {
     ) -> Result<AppendResult> {
         let started = Instant::now();
         let span = tracing::debug_span!("append", events = events.len());
-        let sent = self.inner.writer.send(Append { events, condition });
-        let result = self.bounded(sent.instrument(span), limit, true).await;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let append = QueueAppend {
+            append: Append { events, condition },
+            reply,
+        };
+        let writer = self.inner.writer.clone();
+        let queued_and_answered = async move {
+            // Waits for room in the mailbox; then the append answers on its own channel.
+            writer.send(append).await.map_err(|_| ())?;
+            answer.await.map_err(|_| ())
+        };
+        let result = self
+            .bounded(queued_and_answered.instrument(span), limit, true)
+            .await;
         self.record(metrics::Method::Append, started, result.is_ok());
         result
     }
@@ -183,13 +195,13 @@ impl EventStore {
         let (reply, result) = tokio::sync::oneshot::channel();
         let append = Append { events, condition };
         // `try_send` has no reply channel of its own: a forwarding message carries one.
-        match self.inner.writer.try_send(TryAppend { append, reply }) {
+        match self.inner.writer.try_send(QueueAppend { append, reply }) {
             Ok(()) => {}
             Err(actix::prelude::SendError::Full(_)) => {
                 self.record(metrics::Method::Append, started, false);
                 return Err(Error::Overloaded);
             }
-            Err(actix::prelude::SendError::Closed(_)) => return Err(Error::Closed),
+            Err(actix::prelude::SendError::Closed(_)) => return Err(Error::CLOSED),
         }
         let limit = self.inner.config.operation_timeout();
         let result = self.bounded(result, limit, true).await;
@@ -220,9 +232,12 @@ impl EventStore {
     ) -> Result<ReadResult> {
         let started = Instant::now();
         let span = tracing::debug_span!("read", items = query.items().len());
-        let sent = self.next_reader().send(Read {
-            query: query.clone(),
-            options,
+        let sent = self.next_reader().send(ReadBy {
+            read: Read {
+                query: query.clone(),
+                options,
+            },
+            deadline: started + limit,
         });
         let result = self.bounded(sent.instrument(span), limit, false).await;
         self.record(metrics::Method::Read, started, result.is_ok());
@@ -239,7 +254,7 @@ impl EventStore {
     ) -> Result<T> {
         match tokio::time::timeout(limit, answer).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_lost)) => Err(Error::Closed),
+            Ok(Err(_lost)) => Err(Error::CLOSED),
             Err(_) => {
                 self.inner.metrics.record(Record::Timeout);
                 Err(Error::Timeout {
@@ -327,7 +342,7 @@ impl EventStore {
             .metrics_actor
             .send(GetSnapshot)
             .await
-            .map_err(|_| Error::Closed)
+            .map_err(|_| Error::CLOSED)
     }
 
     /// The writer's address, for message-driven callers.

@@ -5,6 +5,7 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use super::json::JsonText;
+use super::timestamp;
 use crate::error::{Error, Result};
 
 /// An event: a type, a set of tags, JSON data and JSON metadata.
@@ -109,10 +110,18 @@ impl Event {
         self
     }
 
-    /// Sets when the event happened. Defaults to the time of the append.
+    /// Sets when the event happened, truncated to whole microseconds (what
+    /// PostgreSQL stores). Defaults to the time of the append.
+    ///
+    /// ```
+    /// # use dcb_store::Event;
+    /// let at = chrono::DateTime::parse_from_rfc3339("2024-05-01T10:00:00.123456789Z").unwrap();
+    /// let e = Event::new("E", serde_json::json!({})).with_occurred_at(at.to_utc());
+    /// assert_eq!(e.occurred_at().unwrap().timestamp_subsec_nanos(), 123_456_000);
+    /// ```
     #[must_use]
     pub fn with_occurred_at(mut self, occurred_at: DateTime<Utc>) -> Self {
-        self.occurred_at = Some(occurred_at);
+        self.occurred_at = Some(timestamp::stored(occurred_at));
         self
     }
 
@@ -222,15 +231,17 @@ impl Event {
                 "{at}: metadata must be a JSON object"
             )));
         }
-        self.occurred_at.get_or_insert(now);
-        Ok(())
-    }
-
-    /// The data parsed, for in-memory matching of payload predicates.
-    pub(crate) fn data_value(&self) -> Option<serde_json::Value> {
-        serde_json::from_str(self.data.as_str()).ok()
+        let occurred_at = *self.occurred_at.get_or_insert(timestamp::stored(now));
+        timestamp::check_range(occurred_at, &format!("{at}: occurred_at"))
     }
 }
+
+/// The longest type or tag any store accepts (`max_name_bytes` may not exceed it):
+/// a B-tree entry holds at most 2704 bytes, and `(tag, position)` and
+/// `(event_type, position)` entries add up to 20 bytes of header, length and position
+/// to the name. Incompressible names longer than this would make PostgreSQL refuse
+/// the whole batch they travel in.
+pub const MAX_NAME_BYTES: usize = 2_048;
 
 /// Checks a type, tag, or predicate key: not empty, no NUL, within the length limit.
 pub(crate) fn check_name(name: &str, what: &str, limits: &Limits) -> Result<()> {

@@ -3,8 +3,16 @@
 //! Events carry their data and metadata as already-serialized JSON. Reads hand the
 //! text back without parsing it (callers deserialize once, into their own type), and
 //! writes check it once, before it reaches a batch, for what `jsonb` would refuse.
+//!
+//! [`DataMembers`] is the one way the in-memory matcher reads data: the top-level
+//! string members, exactly as `jsonb` keeps them (last duplicate key wins, escapes
+//! decoded, any number or depth elsewhere in the document accepted unparsed), so that
+//! memory and SQL agree on every document `validate` accepts.
 
+use std::collections::HashMap;
 use std::fmt;
+
+use serde_json::value::RawValue;
 
 use crate::error::{Error, Result};
 
@@ -35,12 +43,14 @@ impl JsonText {
     }
 
     /// Checks that PostgreSQL's `jsonb` will take this text: it must be valid JSON,
-    /// contain no `\u0000` and no unpaired surrogate escapes (both refused by `jsonb`).
+    /// contain no `\u0000`, no unpaired surrogate escapes and no number outside
+    /// `numeric`'s range (all refused by `jsonb`), and nest at most [`MAX_DEPTH`] deep.
     pub(crate) fn validate(&self, what: &str) -> Result<()> {
+        // `IgnoredAny` checks the syntax without parsing numbers or recursing.
         if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&self.0) {
             return Err(Error::invalid(format!("{what} is not valid JSON: {e}")));
         }
-        check_escapes(&self.0).map_err(|problem| Error::invalid(format!("{what} {problem}")))
+        scan(&self.0).map_err(|problem| Error::invalid(format!("{what} {problem}")))
     }
 
     /// Whether the text is a JSON object (metadata must be one).
@@ -60,9 +70,10 @@ impl fmt::Debug for JsonText {
 pub(crate) const MAX_DEPTH: usize = 512;
 
 /// Scans valid JSON text for what `jsonb` refuses: `\u0000`, unpaired surrogate
-/// escapes, and nesting deeper than [`MAX_DEPTH`]. In valid JSON, backslashes occur
-/// only inside strings and quotes toggle strings, so one linear pass is exact.
-fn check_escapes(text: &str) -> std::result::Result<(), &'static str> {
+/// escapes, numbers outside `numeric`'s range, and nesting deeper than [`MAX_DEPTH`].
+/// In valid JSON, backslashes occur only inside strings and quotes toggle strings, so
+/// one linear pass is exact.
+fn scan(text: &str) -> std::result::Result<(), &'static str> {
     const UNPAIRED: &str = "contains an unpaired UTF-16 surrogate escape";
     let bytes = text.as_bytes();
     let (mut i, mut depth, mut in_string) = (0, 0usize, false);
@@ -79,6 +90,10 @@ fn check_escapes(text: &str) -> std::result::Result<(), &'static str> {
                     }
                 }
                 b']' | b'}' => depth = depth.saturating_sub(1),
+                b'-' | b'0'..=b'9' => {
+                    i = check_number(bytes, i)?;
+                    continue;
+                }
                 _ => {}
             }
             i += 1;
@@ -119,9 +134,138 @@ fn check_escapes(text: &str) -> std::result::Result<(), &'static str> {
     Ok(())
 }
 
+/// `numeric`'s limits, which `jsonb` numbers share: at most 16383 digits after the
+/// decimal point (display scale), the most significant digit at most 10^131071, and a
+/// written exponent below `INT_MAX / 2` in magnitude.
+const NUMERIC_MAX_SCALE: i64 = 16_383;
+const NUMERIC_MAX_MAGNITUDE: i64 = 131_071;
+const NUMERIC_MAX_EXPONENT: i64 = (i32::MAX / 2) as i64;
+
+/// Checks the number starting at `start` (valid JSON syntax) against `numeric`'s
+/// range, computed as PostgreSQL's `numeric_in` does; returns the index after it.
+fn check_number(bytes: &[u8], start: usize) -> std::result::Result<usize, &'static str> {
+    const OUT_OF_RANGE: &str = "contains a number outside PostgreSQL numeric's range";
+    let digits = |from: usize| {
+        let end = bytes[from..]
+            .iter()
+            .position(|b| !b.is_ascii_digit())
+            .map_or(bytes.len(), |n| from + n);
+        (from, end)
+    };
+    let mut i = start + usize::from(bytes[start] == b'-');
+    let (int_start, int_end) = digits(i);
+    i = int_end;
+    let (mut frac_start, mut frac_end) = (i, i);
+    if bytes.get(i) == Some(&b'.') {
+        (frac_start, frac_end) = digits(i + 1);
+        i = frac_end;
+    }
+    let mut exponent: i64 = 0;
+    if matches!(bytes.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        let negative = bytes.get(i) == Some(&b'-');
+        if matches!(bytes.get(i), Some(b'-' | b'+')) {
+            i += 1;
+        }
+        let (exp_start, exp_end) = digits(i);
+        for &d in &bytes[exp_start..exp_end] {
+            exponent = exponent
+                .saturating_mul(10)
+                .saturating_add(i64::from(d - b'0'));
+        }
+        if negative {
+            exponent = -exponent;
+        }
+        i = exp_end;
+    }
+    if exponent.abs() >= NUMERIC_MAX_EXPONENT {
+        return Err(OUT_OF_RANGE);
+    }
+    let frac_len = (frac_end - frac_start) as i64;
+    if (frac_len - exponent).max(0) > NUMERIC_MAX_SCALE {
+        return Err(OUT_OF_RANGE);
+    }
+    // The decimal exponent of the most significant non-zero digit (none for zero).
+    let int_len = (int_end - int_start) as i64;
+    let magnitude = match bytes[int_start..int_end].iter().position(|&d| d != b'0') {
+        Some(first) => Some(int_len - 1 - first as i64),
+        None => bytes[frac_start..frac_end]
+            .iter()
+            .position(|&d| d != b'0')
+            .map(|first| -(first as i64) - 1),
+    };
+    if magnitude.is_some_and(|m| m + exponent > NUMERIC_MAX_MAGNITUDE) {
+        return Err(OUT_OF_RANGE);
+    }
+    Ok(i)
+}
+
+/// The top-level string members of an event's data: what payload predicates
+/// (`key` = string `value`) see, with `jsonb`'s meaning. Data that is not an object
+/// has none.
+#[derive(Debug, Default)]
+pub(crate) struct DataMembers(HashMap<String, Option<String>>);
+
+impl DataMembers {
+    /// Reads the members of validated JSON text; other members' values stay unparsed,
+    /// so numbers beyond `f64` and any depth are fine.
+    pub(crate) fn of(text: &JsonText) -> Self {
+        #[cfg(test)]
+        tests::PARSES.with(|n| n.set(n.get() + 1));
+        // A later duplicate key replaces an earlier one, as in `jsonb`.
+        match serde_json::from_str::<Members>(text.as_str()) {
+            Ok(Members(members)) => DataMembers(members),
+            Err(_) => DataMembers::default(), // not an object
+        }
+    }
+
+    /// Whether member `key` is the JSON string `value`.
+    pub(crate) fn has(&self, key: &str, value: &str) -> bool {
+        matches!(self.0.get(key), Some(Some(v)) if v == value)
+    }
+}
+
+/// Deserializes an object into key → string value (`None` for any other value).
+struct Members(HashMap<String, Option<String>>);
+
+impl<'de> serde::Deserialize<'de> for Members {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Members;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                let mut members = HashMap::new();
+                while let Some((key, raw)) = map.next_entry::<String, &'de RawValue>()? {
+                    let value = raw
+                        .get()
+                        .starts_with('"')
+                        .then(|| serde_json::from_str::<String>(raw.get()).ok())
+                        .flatten();
+                    members.insert(key, value);
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(Visit)
+    }
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    thread_local! {
+        /// How many times this thread parsed data members (the planner's budget test).
+        pub(crate) static PARSES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
 
     fn check(text: &str) -> Result<()> {
         JsonText::from_text(text.to_owned()).validate("data")
@@ -144,5 +288,53 @@ mod tests {
         assert!(check(&deep(MAX_DEPTH)).is_ok());
         assert!(check(&deep(MAX_DEPTH + 1)).is_err());
         assert!(check(r#"{"a":"[[[[ \" {{"}"#).is_ok());
+    }
+
+    #[test]
+    fn refuses_numbers_outside_numeric_like_postgresql() {
+        // Edges checked against PostgreSQL 15's `'...'::jsonb`.
+        for ok in [
+            "1e131071",
+            "9.9e131071",
+            "1e-16383",
+            "0.1e-16382",
+            "0e1073741822",
+            "-0",
+            "1E+5",
+            "123456789012345678901234567890e131040",
+            "1e400",
+            "0.000",
+            "-12.5e-3",
+        ] {
+            assert!(check(&format!("[{ok}]")).is_ok(), "{ok}");
+        }
+        for bad in [
+            "1e131072",
+            "1e-16384",
+            "0e-16384",
+            "0.5e-16383",
+            "0e1073741823",
+            "10e-16384",
+            "1e99999999999999999999999",
+            "-1e131072",
+        ] {
+            assert!(check(&format!("{{\"a\":[{bad}]}}")).is_err(), "{bad}");
+        }
+        let long = format!("1{}", "0".repeat(131_072));
+        assert!(check(&long).is_err());
+        assert!(check(&long[..131_072]).is_ok());
+    }
+
+    #[test]
+    fn data_members_read_top_level_strings_as_jsonb_does() {
+        let members = |t: &str| DataMembers::of(&JsonText::from_text(t.to_owned()));
+        let m = members(r#"{"k":"v","n":1e400,"d":[[[[1]]]],"\u006b2":"\u00e9"}"#);
+        assert!(m.has("k", "v") && m.has("k2", "é") && !m.has("n", "1e400"));
+        assert!(!members(r#"{"k":"v","k":1}"#).has("k", "v"));
+        assert!(members(r#"{"k":1,"k":"v"}"#).has("k", "v"));
+        assert!(!members(r#"[{"k":"v"}]"#).has("k", "v"));
+        assert!(!members(r#""v""#).has("k", "v"));
+        let deep = format!(r#"{{"k":"v","d":{}1{}}}"#, "[".repeat(500), "]".repeat(500));
+        assert!(members(&deep).has("k", "v"));
     }
 }

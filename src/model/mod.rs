@@ -4,10 +4,18 @@
 mod event;
 mod json;
 mod query;
+mod timestamp;
 
 pub(crate) use event::Limits;
-pub use event::{Event, SequencedEvent};
+pub use event::{Event, SequencedEvent, MAX_NAME_BYTES};
 pub(crate) use json::JsonText;
+pub(crate) use query::MatchView;
 pub use query::{
     AppendCondition, AppendResult, DataFilter, Query, QueryItem, ReadOptions, ReadResult,
 };
+
+/// How many times this thread has parsed event data for matching (tests only).
+#[cfg(test)]
+pub(crate) fn json_parses() -> usize {
+    json::tests::PARSES.with(|n| n.get())
+}

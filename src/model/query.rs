@@ -6,6 +6,8 @@
 use chrono::{DateTime, Utc};
 
 use super::event::{check_name, Event, Limits};
+use super::json::DataMembers;
+use super::timestamp;
 use crate::error::{Error, Result};
 
 /// A query: a list of items, OR'd together. An event matches when any item matches it.
@@ -56,13 +58,8 @@ impl DataFilter {
         self.all
     }
 
-    fn matches(&self, data: Option<&serde_json::Value>) -> bool {
-        let Some(object) = data.and_then(|d| d.as_object()) else {
-            return false;
-        };
-        let holds = |(key, value): &(String, String)| {
-            object.get(key).and_then(|v| v.as_str()) == Some(value.as_str())
-        };
+    fn matches(&self, members: &DataMembers) -> bool {
+        let holds = |(key, value): &(String, String)| members.has(key, value);
         if self.all {
             self.pairs.iter().all(holds)
         } else {
@@ -93,10 +90,12 @@ impl Query {
 
     /// Whether `event` matches this query (the in-memory meaning of the SQL).
     pub fn matches(&self, event: &Event) -> bool {
-        let mut data = None;
-        self.items
-            .iter()
-            .any(|item| item.matches_lazily(event, &mut data))
+        self.matches_view(&MatchView::new(event))
+    }
+
+    /// [`Query::matches`] on a view that parses the event's data at most once.
+    pub(crate) fn matches_view(&self, view: &MatchView<'_>) -> bool {
+        self.items.iter().any(|item| item.matches_view(view))
     }
 
     pub(crate) fn validate(&self, what: &str, limits: &Limits) -> Result<()> {
@@ -186,17 +185,20 @@ impl QueryItem {
         self
     }
 
-    /// Matches events that occurred at or after `from`.
+    /// Matches events that occurred at or after `from`. Stored times are whole
+    /// microseconds; a finer `from` is rounded up to the next microsecond, which
+    /// selects exactly the same events.
     #[must_use]
     pub fn occurred_from(mut self, from: DateTime<Utc>) -> Self {
-        self.occurred_from = Some(from);
+        self.occurred_from = Some(timestamp::bound(from));
         self
     }
 
-    /// Matches events that occurred strictly before `until`.
+    /// Matches events that occurred strictly before `until` (rounded up to whole
+    /// microseconds like `occurred_from`, selecting exactly the same events).
     #[must_use]
     pub fn occurred_until(mut self, until: DateTime<Utc>) -> Self {
-        self.occurred_until = Some(until);
+        self.occurred_until = Some(timestamp::bound(until));
         self
     }
 
@@ -227,11 +229,20 @@ impl QueryItem {
 
     /// Whether `event` matches this item.
     pub fn matches(&self, event: &Event) -> bool {
-        self.matches_lazily(event, &mut None)
+        self.matches_view(&MatchView::new(event))
     }
 
-    /// Matching that parses the event's data at most once across items.
-    fn matches_lazily(&self, event: &Event, data: &mut Option<Option<serde_json::Value>>) -> bool {
+    /// Whether this item matches every event (no condition of any kind).
+    pub(crate) fn matches_everything(&self) -> bool {
+        self.types.is_empty()
+            && self.tags.is_empty()
+            && self.data.is_none()
+            && !self.has_occurred_range()
+    }
+
+    /// The one definition of matching; the SQL in `crate::sql` states the same rule.
+    pub(crate) fn matches_view(&self, view: &MatchView<'_>) -> bool {
+        let event = view.event;
         if !self.types.is_empty() && !self.types.iter().any(|t| t == event.event_type()) {
             return false;
         }
@@ -250,7 +261,7 @@ impl QueryItem {
         }
         match &self.data {
             None => true,
-            Some(filter) => filter.matches(data.get_or_insert_with(|| event.data_value()).as_ref()),
+            Some(filter) => filter.matches(view.data()),
         }
     }
 
@@ -271,6 +282,14 @@ impl QueryItem {
                 }
             }
         }
+        for (name, bound) in [
+            ("occurred_from", self.occurred_from),
+            ("occurred_until", self.occurred_until),
+        ] {
+            if let Some(bound) = bound {
+                timestamp::check_range(bound, &format!("{what}: {name}"))?;
+            }
+        }
         if let (Some(from), Some(until)) = (self.occurred_from, self.occurred_until) {
             if from > until {
                 return Err(Error::invalid(format!(
@@ -279,6 +298,27 @@ impl QueryItem {
             }
         }
         Ok(())
+    }
+}
+
+/// An event as the matcher sees it: its data's members are parsed on first use and
+/// then kept, so matching one event against many items parses its JSON once.
+pub(crate) struct MatchView<'a> {
+    event: &'a Event,
+    data: std::cell::OnceCell<DataMembers>,
+}
+
+impl<'a> MatchView<'a> {
+    pub(crate) fn new(event: &'a Event) -> Self {
+        MatchView {
+            event,
+            data: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn data(&self) -> &DataMembers {
+        self.data
+            .get_or_init(|| DataMembers::of(self.event.data_text()))
     }
 }
 

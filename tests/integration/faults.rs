@@ -382,13 +382,13 @@ async fn shutdown_answers_every_pending_append() {
     tokio::task::yield_now().await;
     store.shutdown().await;
     let late = store.append(vec![support::event("Late", &[])], None).await;
-    assert!(matches!(late, Err(Error::Closed)), "{late:?}");
+    assert!(matches!(late, Err(Error::Closed { .. })), "{late:?}");
     let results: Vec<_> = support::results(calls).await;
     let written = results.iter().filter(|r| r.is_ok()).count();
     assert!(
         results
             .iter()
-            .all(|r| matches!(r, Ok(_) | Err(Error::Closed))),
+            .all(|r| matches!(r, Ok(_) | Err(Error::Closed { .. }))),
         "{results:?}"
     );
     let stored = store

@@ -390,7 +390,11 @@ where
         match task.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => failure = Some(e),
-            Err(_) => failure = Some(Error::Closed),
+            Err(_) => {
+                failure = Some(Error::Closed {
+                    may_have_been_written: false,
+                })
+            }
         }
     }
     if let Some(e) = failure {
@@ -398,7 +402,9 @@ where
     }
     let cpu_start = cpu_at_start.borrow().unwrap_or_else(cpu_seconds);
     let mut window = Rc::try_unwrap(stats)
-        .map_err(|_| Error::Closed)?
+        .map_err(|_| Error::Closed {
+            may_have_been_written: false,
+        })?
         .into_inner();
     window.cpu_s = cpu_seconds() - cpu_start;
     window.peak_rss_mib = peak_rss_mib();

@@ -105,7 +105,9 @@ pub async fn run(config: Config, args: DemoArgs) -> Result<ExitCode, Error> {
         })
         .collect();
     for task in tasks {
-        task.await.map_err(|_| Error::Closed)??;
+        task.await.map_err(|_| Error::Closed {
+            may_have_been_written: false,
+        })??;
     }
     let elapsed = started.elapsed().as_secs_f64();
     let t = std::mem::take(&mut *tally.borrow_mut());

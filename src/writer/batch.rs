@@ -1,0 +1,476 @@
+//! Writing one batch: one transaction, pipelined into one round trip, retried on a
+//! fresh connection when the connection fails, split append by append when the
+//! server refuses it, and bounded as a whole by one deadline.
+//!
+//! What an error says about an append is decided here: an append may have been
+//! written once its batch's `COMMIT` has been handed to the connection, because with
+//! pipelining the server may run it before any answer comes back. A connection that
+//! fails after that leaves the outcome unknown, and every later error of that append
+//! says so (`Pending::answer`), until an attempt settles it (the statement's own
+//! decision, which recognises an earlier commit as a retry).
+
+use std::time::{Duration, Instant};
+
+use tokio_postgres::{Client, Statement};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use super::{Pending, WriterSettings};
+use crate::connect::Connector;
+use crate::error::{Error, Result};
+use crate::metrics::{self, Component, MetricsSink, Record};
+use crate::model::AppendResult;
+use crate::sql::{self, AppendParams, AppendStatus};
+
+/// First pause before writing a batch again after its connection failed; later
+/// pauses grow linearly, all within the batch's deadline.
+const RETRY_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A connection with the writer's statements prepared on it.
+pub(super) struct WriterConnection {
+    client: Client,
+    lock: Statement,
+    append: Statement,
+}
+
+/// What one batch write needs, detached from the actor so it can run as a future.
+pub(super) struct BatchJob {
+    pub connector: Connector,
+    pub settings: std::rc::Rc<WriterSettings>,
+    pub append_sql: std::rc::Rc<str>,
+    pub lock_key: i64,
+    pub metrics: MetricsSink,
+}
+
+/// How a batch transaction failed.
+enum BatchFailure {
+    /// The server refused a statement; the transaction was rolled back, nothing written.
+    Refused(tokio_postgres::Error),
+    /// The connection failed; `sent` says whether the batch had been handed to it
+    /// (then its `COMMIT` may have run: the outcome is unknown).
+    Connection {
+        error: tokio_postgres::Error,
+        sent: bool,
+    },
+}
+
+impl BatchJob {
+    /// Writes `batch` in `rounds`, answers every caller, and returns the connection if
+    /// it is still good. Everything, connecting and retries included, ends by one
+    /// deadline (`operation_timeout` from now).
+    pub(super) async fn run(
+        self,
+        connection: Option<WriterConnection>,
+        mut batch: Vec<Pending>,
+        rounds: Vec<Vec<usize>>,
+    ) -> Option<WriterConnection> {
+        let events: usize = batch.iter().map(|p| p.events.len()).sum();
+        let span = tracing::debug_span!("batch", appends = batch.len(), events);
+        let timeout = self.settings.timeout;
+        async move {
+            let deadline = Instant::now() + timeout;
+            let mut connection = connection.filter(|c| !c.client.is_closed());
+            // The error to report if every attempt fails.
+            let mut failure: Option<Error> = None;
+            for attempt in 0u32.. {
+                if attempt > 0 {
+                    let backoff = RETRY_BACKOFF * attempt.min(10);
+                    if Instant::now() + backoff >= deadline {
+                        break;
+                    }
+                    tokio::time::sleep(backoff).await;
+                }
+                let mut current = match connection.take() {
+                    Some(c) => c,
+                    None => match self.connect_by(deadline).await {
+                        Some(Ok(c)) => c,
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, attempt, "writer cannot connect");
+                            failure = Some(e);
+                            continue;
+                        }
+                        None => break,
+                    },
+                };
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                let written =
+                    tokio::time::timeout(remaining, self.write(&mut current, &batch, &rounds));
+                match written.await {
+                    Ok(Ok(results)) => {
+                        self.reply(batch, results);
+                        return Some(current);
+                    }
+                    Ok(Err(BatchFailure::Refused(error))) => {
+                        self.metrics.database_error(&error);
+                        if batch.len() == 1 {
+                            self.reply(batch, vec![Err(Error::db(error))]);
+                            return Some(current);
+                        }
+                        tracing::warn!(%error, "batch refused; retrying its appends one by one");
+                        return self.isolate(current, batch, deadline).await;
+                    }
+                    Ok(Err(BatchFailure::Connection { error, sent })) => {
+                        // Safe to write again: appends carry their event ids, and a batch
+                        // that did commit comes back as already stored, with its positions.
+                        self.metrics.database_error(&error);
+                        tracing::warn!(%error, sent, attempt, "writer connection failed; retrying the batch");
+                        failure = Some(connection_failed(error, sent, &mut batch));
+                    }
+                    Err(_elapsed) => {
+                        self.timed_out(&current);
+                        fail_all(batch, &self.timeout_error());
+                        return None;
+                    }
+                }
+            }
+            fail_all(batch, &failure.unwrap_or_else(|| self.timeout_error()));
+            None
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Writes each append of a refused batch in its own transaction, so only the one
+    /// the server refuses fails; all of them within the batch's `deadline`. A
+    /// connection that breaks meanwhile is replaced.
+    async fn isolate(
+        &self,
+        connection: WriterConnection,
+        batch: Vec<Pending>,
+        deadline: Instant,
+    ) -> Option<WriterConnection> {
+        let mut connection = Some(connection);
+        for pending in batch {
+            let mut one = vec![pending];
+            let result = match self.write_alone(&mut connection, &mut one, deadline).await {
+                Ok(mut results) => results.pop().unwrap_or(Err(Error::CLOSED)),
+                Err(error) => Err(error),
+            };
+            self.reply(one, vec![result]);
+        }
+        connection
+    }
+
+    /// One append in its own transaction, by `deadline`; `connection` is left `None`
+    /// when it broke.
+    async fn write_alone(
+        &self,
+        connection: &mut Option<WriterConnection>,
+        one: &mut [Pending],
+        deadline: Instant,
+    ) -> Result<Vec<Result<AppendResult>>> {
+        let mut current = match connection.take().filter(|c| !c.client.is_closed()) {
+            Some(c) => c,
+            None => match self.connect_by(deadline).await {
+                Some(connected) => connected?,
+                None => return Err(self.timeout_error()),
+            },
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let one_round = [vec![0]];
+        match tokio::time::timeout(remaining, self.write(&mut current, one, &one_round)).await {
+            Ok(Ok(results)) => {
+                *connection = Some(current);
+                Ok(results)
+            }
+            Ok(Err(BatchFailure::Refused(error))) => {
+                self.metrics.database_error(&error);
+                *connection = Some(current);
+                Err(Error::db(error))
+            }
+            Ok(Err(BatchFailure::Connection { error, sent })) => {
+                self.metrics.database_error(&error);
+                Err(connection_failed(error, sent, one))
+            }
+            Err(_elapsed) => {
+                self.timed_out(&current);
+                Err(self.timeout_error())
+            }
+        }
+    }
+
+    /// Connects and prepares, by `deadline`; `None` when the deadline passed first.
+    async fn connect_by(&self, deadline: Instant) -> Option<Result<WriterConnection>> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        tokio::time::timeout(remaining, self.connect()).await.ok()
+    }
+
+    async fn connect(&self) -> Result<WriterConnection> {
+        let client = self.connector.dedicated().await?;
+        let lock = client.prepare(sql::WRITE_LOCK).await.map_err(Error::db)?;
+        let append = client.prepare(&self.append_sql).await.map_err(Error::db)?;
+        Ok(WriterConnection {
+            client,
+            lock,
+            append,
+        })
+    }
+
+    /// A statement of this connection ran past the deadline: cancel it (so it does not
+    /// keep the write lock) and let the connection go.
+    fn timed_out(&self, connection: &WriterConnection) {
+        self.metrics.record(Record::Timeout);
+        tracing::warn!(timeout = ?self.settings.timeout, "batch timed out; dropping the connection");
+        self.connector
+            .cancel_in_background(connection.client.cancel_token());
+    }
+
+    /// The deadline passed; `Pending::answer` adds whether the append may have been
+    /// written (its batch was sent).
+    fn timeout_error(&self) -> Error {
+        Error::Timeout {
+            after: self.settings.timeout,
+            may_have_been_written: false,
+        }
+    }
+
+    /// Answers each caller; counts outcomes into one record per batch, not per append.
+    fn reply(&self, batch: Vec<Pending>, results: Vec<Result<AppendResult>>) {
+        let (mut events, mut conditions_failed) = (0u32, 0u32);
+        for (pending, result) in batch.into_iter().zip(results) {
+            match &result {
+                Ok(r) => events += (r.last_position - r.first_position + 1) as u32,
+                Err(Error::ConditionFailed { .. }) => conditions_failed += 1,
+                Err(_) => {}
+            }
+            pending.answer(result);
+        }
+        if events > 0 || conditions_failed > 0 {
+            self.metrics.record(Record::Outcomes {
+                events,
+                conditions_failed,
+            });
+        }
+    }
+
+    /// One transaction for `batch`; per-append results in batch order.
+    ///
+    /// `BEGIN`, the lock, every round and `COMMIT` are pipelined: all are sent before
+    /// the first answer is read, so a batch costs one round trip. Rounds are planned in
+    /// memory beforehand and do not depend on each other's answers. If any statement
+    /// fails, the server aborts the transaction, the statements after it fail, and
+    /// `COMMIT` answers `ROLLBACK`: nothing of the batch is written.
+    async fn write(
+        &self,
+        connection: &mut WriterConnection,
+        batch: &[Pending],
+        rounds: &[Vec<usize>],
+    ) -> std::result::Result<Vec<Result<AppendResult>>, BatchFailure> {
+        let built = Instant::now();
+        let params: Vec<AppendParams> = rounds
+            .iter()
+            .map(|round| {
+                let mut params = AppendParams::default();
+                for &i in round {
+                    params.push(&batch[i].events, batch[i].condition.as_ref());
+                }
+                params
+            })
+            .collect();
+        let param_arrays: Vec<_> = params.iter().map(AppendParams::as_params).collect();
+        self.component(Component::QueryBuilding, built.elapsed());
+
+        let started = Instant::now();
+        let client = &connection.client;
+        let mut steps: Vec<Step<'_>> = Vec::with_capacity(rounds.len() + 3);
+        // Pinned: a server whose default isolation is REPEATABLE READ or SERIALIZABLE
+        // would take the snapshot before the lock and decide on stale state.
+        steps.push(Box::pin(async move {
+            client
+                .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+                .await
+                .map(|()| None)
+        }));
+        let lock = &connection.lock;
+        let key = &self.lock_key;
+        steps.push(Box::pin(async move {
+            client.execute(lock, &[key]).await.map(|_| None)
+        }));
+        for array in &param_arrays {
+            let append = &connection.append;
+            steps.push(Box::pin(async move {
+                client.query(append, array).await.map(Some)
+            }));
+        }
+        steps.push(Box::pin(async move {
+            client.batch_execute("COMMIT").await.map(|()| None)
+        }));
+        // From the first poll on, requests are on their way and COMMIT may run before
+        // any answer is read. A client already closed sends nothing.
+        let sent = !client.is_closed();
+        for &i in rounds.iter().flatten() {
+            batch[i].in_flight.set(sent);
+        }
+        let mut answers = join_in_order(steps).await;
+
+        let settled = |batch: &[Pending]| batch.iter().for_each(|p| p.in_flight.set(false));
+        let Some((commit, commit_done)) = answers.pop() else {
+            unreachable!("COMMIT is always the last step");
+        };
+        let mut previous = started;
+        let mut round_rows = Vec::with_capacity(rounds.len());
+        for (i, (answer, done)) in answers.into_iter().enumerate() {
+            let statement = match i {
+                0 => metrics::Statement::Begin,
+                1 => metrics::Statement::Lock,
+                _ => metrics::Statement::Append,
+            };
+            self.metrics.record(Record::Statement {
+                statement,
+                elapsed: done.saturating_duration_since(previous),
+            });
+            previous = done;
+            match answer {
+                Ok(Some(rows)) => round_rows.push(rows),
+                Ok(None) => {}
+                // The first failure is the cause; later ones only say "aborted".
+                Err(error) if is_refusal(&error, client) => {
+                    settled(batch);
+                    return Err(BatchFailure::Refused(error));
+                }
+                Err(error) => return Err(BatchFailure::Connection { error, sent }),
+            }
+        }
+        if let Err(error) = commit {
+            if is_refusal(&error, client) {
+                settled(batch);
+                return Err(BatchFailure::Refused(error));
+            }
+            return Err(BatchFailure::Connection { error, sent });
+        }
+        self.metrics.record(Record::Statement {
+            statement: metrics::Statement::Commit,
+            elapsed: commit_done.saturating_duration_since(previous),
+        });
+        self.component(Component::SqlExecution, started.elapsed());
+
+        let processing = Instant::now();
+        // Committed: an append without a row (which the statement never does) was
+        // written or not, nobody can say.
+        let mut results: Vec<Result<AppendResult>> = (0..batch.len())
+            .map(|_| {
+                Err(Error::Closed {
+                    may_have_been_written: true,
+                })
+            })
+            .collect();
+        for (round, rows) in rounds.iter().zip(round_rows) {
+            for row in rows {
+                let row = sql::AppendRow::decode(&row)
+                    .map_err(|error| BatchFailure::Connection { error, sent })?;
+                let Some(&append) = round.get(row.index) else {
+                    continue;
+                };
+                let pending = &batch[append];
+                results[append] = match row.status {
+                    AppendStatus::Written { first, last }
+                    | AppendStatus::Replayed { first, last } => Ok(AppendResult {
+                        first_position: first,
+                        last_position: last,
+                    }),
+                    AppendStatus::ConditionFailed => Err(Error::ConditionFailed {
+                        after: pending.condition.as_ref().and_then(|c| c.after),
+                    }),
+                    AppendStatus::DuplicateId(id) => Err(Error::DuplicateEventId {
+                        id: id.unwrap_or_else(|| {
+                            pending.events.first().map_or(Uuid::nil(), |e| e.id())
+                        }),
+                    }),
+                };
+            }
+        }
+        settled(batch);
+        let events = batch.iter().map(|p| p.events.len()).sum::<usize>() as u32;
+        self.metrics.record(Record::Batch {
+            appends: batch.len() as u32,
+            events,
+            rounds: rounds.len() as u32,
+        });
+        self.component(Component::ResultProcessing, processing.elapsed());
+        Ok(results)
+    }
+
+    fn component(&self, component: Component, elapsed: Duration) {
+        self.metrics.record(Record::Component {
+            method: metrics::Method::Append,
+            component,
+            elapsed,
+        });
+    }
+}
+
+/// Records a connection failure on every append of `batch`: when the batch had been
+/// sent, each may have been written, and every later error must say so. Returns the
+/// error to report if no later attempt settles the outcome.
+fn connection_failed(error: tokio_postgres::Error, sent: bool, batch: &mut [Pending]) -> Error {
+    let error = Error::Database {
+        source: std::sync::Arc::new(error),
+        may_have_been_written: sent,
+    };
+    for pending in batch.iter_mut() {
+        pending.in_flight.set(false);
+        if sent && pending.unknown_outcome.is_none() {
+            pending.unknown_outcome = Some(error.clone());
+        }
+    }
+    error
+}
+
+/// Answers every append of `batch` with the same error (each adds whether it may
+/// have been written).
+fn fail_all(batch: Vec<Pending>, error: &Error) {
+    for pending in batch {
+        pending.answer(Err(error.clone()));
+    }
+}
+
+/// Whether the server refused a statement on a connection that is still good (so the
+/// transaction was rolled back and nothing was written), as opposed to the connection
+/// failing. A terminated backend (class 57) or connection error (class 08) reports an
+/// SQLSTATE too, but then the outcome of a COMMIT in flight is unknown.
+fn is_refusal(error: &tokio_postgres::Error, client: &Client) -> bool {
+    let Some(db) = error.as_db_error() else {
+        return false;
+    };
+    let class = &db.code().code()[..2];
+    !client.is_closed() && class != "57" && class != "08"
+}
+
+/// One pipelined statement of a batch: its rows (for append rounds) or nothing.
+type Step<'a> = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = std::result::Result<
+                    Option<Vec<tokio_postgres::Row>>,
+                    tokio_postgres::Error,
+                >,
+            > + 'a,
+    >,
+>;
+
+/// Awaits all `steps`, polling them strictly in order so that their requests reach
+/// the connection in order (tokio-postgres sends a request on its first poll), and
+/// notes when each finished.
+async fn join_in_order<T>(
+    steps: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = T> + '_>>>,
+) -> Vec<(T, Instant)> {
+    let mut steps: Vec<_> = steps.into_iter().map(|s| (s, None)).collect();
+    std::future::poll_fn(|cx| {
+        let mut all_done = true;
+        for (step, answer) in steps.iter_mut() {
+            if answer.is_none() {
+                match step.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => *answer = Some((value, Instant::now())),
+                    std::task::Poll::Pending => all_done = false,
+                }
+            }
+        }
+        if all_done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    steps.into_iter().filter_map(|(_, answer)| answer).collect()
+}

@@ -1,0 +1,353 @@
+//! The writer actor: gathers appends into batches and commits each batch as one
+//! transaction.
+//!
+//! While a batch is being written the actor does not read its mailbox (`ctx.wait`),
+//! so appends that arrive meanwhile wait there, bounded by the mailbox capacity
+//! (callers of `send` wait when it is full). When the write ends, the actor drains
+//! the mailbox into `pending` and starts the next batch at once: no timer, so a lone
+//! append is written immediately.
+//!
+//! A batch is one transaction: `BEGIN`, the schema's advisory lock (in its own
+//! statement, so the check that follows sees every earlier commit), then the append
+//! statement once per *round*, then `COMMIT`. Rounds exist for appends whose
+//! condition could match events of an earlier append of the same batch: those go to
+//! a later round, where the statement sees the earlier round's rows. One bad append
+//! never fails the others: if the database refuses a batch, each append is retried
+//! alone.
+//!
+//! Files: this one holds the actor, its messages and scheduling; `batch` writes one
+//! batch (pipelining, retries, isolation, what an error says); `rounds` plans rounds.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use actix::prelude::*;
+use chrono::Utc;
+use tokio::sync::oneshot;
+
+use crate::connect::Connector;
+use crate::error::{Error, Result};
+use crate::metrics::{MetricsSink, Record};
+use crate::model::{AppendCondition, AppendResult, Event, Limits};
+use crate::sql;
+
+mod batch;
+mod rounds;
+
+use batch::{BatchJob, WriterConnection};
+
+/// Appends `events` atomically, unless `condition` fails. Send it to
+/// [`EventStore::appender`](crate::EventStore::appender) or use
+/// [`EventStore::append`](crate::EventStore::append).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<AppendResult>")]
+pub struct Append {
+    /// The events, stored at consecutive positions in this order.
+    pub events: Vec<Event>,
+    /// The condition that must hold for the append to happen.
+    pub condition: Option<AppendCondition>,
+}
+
+/// Stops the writer after every append queued before it is written; appends sent
+/// after it fail with [`Error::Closed`].
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct Shutdown;
+
+/// An append that carries its own reply channel, so the caller hears the outcome
+/// straight from the queued append, also if the writer stops mid-batch (`Closed`
+/// saying whether it may have been written), and so `try_send` can be used.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct QueueAppend {
+    pub append: Append,
+    pub reply: oneshot::Sender<Result<AppendResult>>,
+}
+
+/// An append waiting for its batch, and what is known of its outcome so far.
+struct Pending {
+    events: Vec<Event>,
+    condition: Option<AppendCondition>,
+    /// Taken by the one answer; an append dropped unanswered (the actor stopped)
+    /// answers [`Error::Closed`], saying whether it may have been written.
+    reply: Option<oneshot::Sender<Result<AppendResult>>>,
+    /// A batch holding this append has been sent and has not answered yet.
+    in_flight: std::cell::Cell<bool>,
+    /// The first failure after which this append may have been written (a
+    /// connection lost after its batch was sent); later errors must say so too.
+    unknown_outcome: Option<Error>,
+}
+
+impl Pending {
+    fn new(append: Append, reply: oneshot::Sender<Result<AppendResult>>) -> Self {
+        Pending {
+            events: append.events,
+            condition: append.condition,
+            reply: Some(reply),
+            in_flight: std::cell::Cell::new(false),
+            unknown_outcome: None,
+        }
+    }
+
+    fn json_bytes(&self) -> usize {
+        self.events.iter().map(Event::json_bytes).sum()
+    }
+
+    fn may_have_been_written(&self) -> bool {
+        self.in_flight.get() || self.unknown_outcome.is_some()
+    }
+
+    /// Sends the caller its result. An error that does not settle the outcome (a
+    /// database, connection or time failure, as opposed to the statement's own
+    /// decision) says "may have been written" whenever an attempt may have committed.
+    fn answer(mut self, result: Result<AppendResult>) {
+        let result = match result {
+            Err(error) if self.may_have_been_written() && !error.may_have_been_written() => {
+                Err(match error {
+                    Error::ConditionFailed { .. }
+                    | Error::DuplicateEventId { .. }
+                    | Error::InvalidInput { .. } => error,
+                    other => other
+                        .as_possibly_written()
+                        .or_else(|| self.unknown_outcome.clone())
+                        .unwrap_or(Error::Closed {
+                            may_have_been_written: true,
+                        }),
+                })
+            }
+            other => other,
+        };
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(result);
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(Err(Error::Closed {
+                may_have_been_written: self.may_have_been_written(),
+            }));
+        }
+    }
+}
+
+/// Settings the writer needs, fixed at start.
+pub(crate) struct WriterSettings {
+    pub schema: String,
+    pub limits: Limits,
+    pub max_batch_events: usize,
+    pub max_batch_bytes: usize,
+    /// `false`: one append per transaction (a benchmark baseline).
+    pub batching: bool,
+    pub timeout: Duration,
+}
+
+pub(crate) struct Writer {
+    connector: Connector,
+    settings: std::rc::Rc<WriterSettings>,
+    append_sql: std::rc::Rc<str>,
+    lock_key: i64,
+    connection: Option<WriterConnection>,
+    pending: VecDeque<Pending>,
+    flush_scheduled: bool,
+    writing: bool,
+    /// Set by `Shutdown`: no more appends are taken; waiters are told when the last
+    /// pending append has been written.
+    closing: bool,
+    shutdown_waiters: Vec<oneshot::Sender<()>>,
+    metrics: MetricsSink,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        connector: Connector,
+        settings: WriterSettings,
+        metrics: MetricsSink,
+    ) -> Self {
+        Writer {
+            connector,
+            append_sql: sql::append_statement(&settings.schema).into(),
+            lock_key: sql::write_lock_key(&settings.schema),
+            settings: std::rc::Rc::new(settings),
+            connection: None,
+            pending: VecDeque::new(),
+            flush_scheduled: false,
+            writing: false,
+            closing: false,
+            shutdown_waiters: Vec::new(),
+            metrics,
+        }
+    }
+
+    /// Runs `flush` after the mailbox has been drained (items run after messages).
+    fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
+        if self.writing || self.flush_scheduled || self.pending.is_empty() {
+            return;
+        }
+        self.flush_scheduled = true;
+        ctx.spawn(fut::ready(()).map(|_, act: &mut Self, ctx| {
+            act.flush_scheduled = false;
+            act.flush(ctx);
+        }));
+    }
+
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        let mut batch = self.take_batch();
+        if batch.is_empty() {
+            return;
+        }
+        let appends: Vec<_> = batch
+            .iter()
+            .map(|p| (p.events.as_slice(), p.condition.as_ref()))
+            .collect();
+        let plan = rounds::plan(&appends);
+        // Appends the planner could not place cheaply lead the next batch.
+        for rest in batch.drain(plan.planned..).rev() {
+            self.pending.push_front(rest);
+        }
+        self.writing = true;
+        let job = BatchJob {
+            connector: self.connector.clone(),
+            settings: self.settings.clone(),
+            append_sql: self.append_sql.clone(),
+            lock_key: self.lock_key,
+            metrics: self.metrics.clone(),
+        };
+        let connection = self.connection.take();
+        ctx.wait(
+            job.run(connection, batch, plan.rounds)
+                .into_actor(self)
+                .map(|connection, act, ctx| {
+                    act.connection = connection;
+                    act.writing = false;
+                    act.schedule_flush(ctx);
+                    act.notify_if_drained();
+                }),
+        );
+    }
+
+    fn notify_if_drained(&mut self) {
+        if self.closing && !self.writing && self.pending.is_empty() {
+            for waiter in self.shutdown_waiters.drain(..) {
+                let _ = waiter.send(());
+            }
+        }
+    }
+
+    /// Takes appends in arrival order up to the batch caps (always at least one).
+    fn take_batch(&mut self) -> Vec<Pending> {
+        let (mut events, mut bytes) = (0, 0);
+        let mut batch = Vec::new();
+        while let Some(next) = self.pending.front() {
+            let (e, b) = (next.events.len(), next.json_bytes());
+            if !batch.is_empty()
+                && (events + e > self.settings.max_batch_events
+                    || bytes + b > self.settings.max_batch_bytes)
+            {
+                break;
+            }
+            events += e;
+            bytes += b;
+            batch.extend(self.pending.pop_front());
+            if !self.settings.batching {
+                break;
+            }
+        }
+        batch
+    }
+}
+
+/// Refuses what cannot be stored, before it reaches a batch; fixes `occurred_at`.
+pub(crate) fn validate_append(append: &mut Append, limits: &Limits) -> Result<()> {
+    if append.events.is_empty() {
+        return Err(Error::invalid("an append needs at least one event"));
+    }
+    let now = Utc::now();
+    let mut ids = std::collections::HashSet::with_capacity(append.events.len());
+    for (i, event) in append.events.iter_mut().enumerate() {
+        event.prepare_for_append(i, limits, now)?;
+        if !ids.insert(event.id()) {
+            return Err(Error::invalid(format!(
+                "event {i}: id {} appears twice in this append",
+                event.id()
+            )));
+        }
+    }
+    if let Some(condition) = &append.condition {
+        condition
+            .fail_if_events_match
+            .validate("condition query", limits)?;
+        if condition.after.is_some_and(|a| a > i64::MAX as u64) {
+            return Err(Error::invalid(format!(
+                "condition after is larger than {}",
+                i64::MAX
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl Actor for Writer {
+    type Context = Context<Self>;
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        // Each answers `Closed` as it is dropped; none of them was sent.
+        self.pending.clear();
+    }
+}
+
+impl Writer {
+    /// Validates `append` and queues it; `reply` gets its one answer.
+    fn queue(
+        &mut self,
+        mut append: Append,
+        reply: oneshot::Sender<Result<AppendResult>>,
+        ctx: &mut Context<Self>,
+    ) {
+        if self.closing {
+            let _ = reply.send(Err(Error::CLOSED));
+            return;
+        }
+        if let Err(e) = validate_append(&mut append, &self.settings.limits) {
+            self.metrics.record(Record::InvalidInput);
+            let _ = reply.send(Err(e));
+            return;
+        }
+        self.pending.push_back(Pending::new(append, reply));
+        self.schedule_flush(ctx);
+    }
+}
+
+impl Handler<Append> for Writer {
+    type Result = ResponseFuture<Result<AppendResult>>;
+
+    fn handle(&mut self, append: Append, ctx: &mut Self::Context) -> Self::Result {
+        let (reply, result) = oneshot::channel();
+        self.queue(append, reply, ctx);
+        Box::pin(async move { result.await.unwrap_or(Err(Error::CLOSED)) })
+    }
+}
+
+impl Handler<QueueAppend> for Writer {
+    type Result = ();
+
+    fn handle(&mut self, message: QueueAppend, ctx: &mut Self::Context) {
+        self.queue(message.append, message.reply, ctx);
+    }
+}
+
+impl Handler<Shutdown> for Writer {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Shutdown, _: &mut Self::Context) -> Self::Result {
+        self.closing = true;
+        let (done, drained) = oneshot::channel();
+        self.shutdown_waiters.push(done);
+        self.notify_if_drained();
+        Box::pin(async move {
+            let _ = drained.await;
+        })
+    }
+}
