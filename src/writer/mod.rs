@@ -351,3 +351,61 @@ impl Handler<Shutdown> for Writer {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending() -> (Pending, oneshot::Receiver<Result<AppendResult>>) {
+        let (reply, answer) = oneshot::channel();
+        let append = Append {
+            events: vec![Event::new("E", serde_json::json!({}))],
+            condition: None,
+        };
+        (Pending::new(append, reply), answer)
+    }
+
+    #[test]
+    fn an_append_dropped_in_flight_says_it_may_have_been_written() {
+        let (queued, mut answer) = pending();
+        drop(queued);
+        let error = answer.try_recv().unwrap().unwrap_err();
+        assert!(matches!(error, Error::Closed { .. }) && !error.may_have_been_written());
+
+        let (sent, mut answer) = pending();
+        sent.in_flight.set(true);
+        drop(sent);
+        let error = answer.try_recv().unwrap().unwrap_err();
+        assert!(matches!(error, Error::Closed { .. }) && error.may_have_been_written());
+    }
+
+    #[test]
+    fn after_an_unknown_outcome_only_the_statements_own_decision_is_final() {
+        let unknown = Error::Timeout {
+            after: Duration::from_secs(1),
+            may_have_been_written: true,
+        };
+        let answer_after_unknown = |result: Result<AppendResult>| {
+            let (mut p, mut answer) = pending();
+            p.unknown_outcome = Some(unknown.clone());
+            p.answer(result);
+            answer.try_recv().unwrap()
+        };
+        let timeout = Error::Timeout {
+            after: Duration::from_secs(1),
+            may_have_been_written: false,
+        };
+        assert!(answer_after_unknown(Err(timeout))
+            .unwrap_err()
+            .may_have_been_written());
+        let refused = answer_after_unknown(Err(Error::Connect("refused".into()))).unwrap_err();
+        assert!(refused.may_have_been_written());
+        let decided = answer_after_unknown(Err(Error::ConditionFailed { after: None }));
+        assert!(matches!(decided, Err(Error::ConditionFailed { .. })));
+        let written = AppendResult {
+            first_position: 1,
+            last_position: 1,
+        };
+        assert_eq!(answer_after_unknown(Ok(written)).unwrap(), written);
+    }
+}

@@ -1,0 +1,520 @@
+//! The store's promise, input by input: the in-memory matcher (which plans a batch's
+//! rounds) and the SQL (which decides conditions and reads) agree on every event the
+//! store accepts; inputs PostgreSQL would refuse are refused up front, alone; heads
+//! never pass the store's head; retries are recognised exactly.
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta};
+use rand::Rng;
+
+use dcb_store::{
+    AppendCondition, AppendResult, Config, Error, Event, EventStore, Query, QueryItem, ReadOptions,
+    SequencedEvent,
+};
+use futures_util::future::join_all;
+
+use crate::appends::Stall;
+use crate::generate::Gen;
+use crate::support;
+
+/// Checks the DCB promise for one conditional append against the store's own reads:
+/// success means no event the store returns for the query lies between `after` and
+/// the append; `ConditionFailed` means one does (after `after`, up to `head_then`).
+pub async fn assert_promise(
+    store: &EventStore,
+    condition: &AppendCondition,
+    result: &dcb_store::Result<AppendResult>,
+    head_then: Option<u64>,
+) {
+    let query = &condition.fail_if_events_match;
+    let mut options = ReadOptions::default();
+    if let Some(after) = condition.after {
+        options = options.after(after);
+    }
+    match result {
+        Ok(r) => {
+            let seen = store
+                .read(query, options.before(r.first_position))
+                .await
+                .unwrap();
+            let positions: Vec<u64> = seen.events.iter().map(|e| e.position).collect();
+            assert!(
+                positions.is_empty(),
+                "append at {r:?} succeeded although {positions:?} match {query:?} after {:?}",
+                condition.after
+            );
+        }
+        Err(Error::ConditionFailed { .. }) => {
+            let mut options = options.limit(1);
+            if let Some(head) = head_then {
+                options = options.before(head + 1);
+            }
+            let seen = store.read(query, options).await.unwrap();
+            assert!(
+                !seen.events.is_empty(),
+                "refused although nothing matches {query:?} after {:?} up to {head_then:?}",
+                condition.after
+            );
+        }
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+fn positions(events: &[&SequencedEvent]) -> Vec<u64> {
+    events.iter().map(|e| e.position).collect()
+}
+
+#[actix::test]
+async fn the_matcher_and_the_database_agree_on_generated_edge_events_and_queries() {
+    let store = support::store("differential").await;
+    let mut gen = Gen::new();
+    let seed = gen.seed();
+    // The events as submitted (what the writer plans with) next to what was stored.
+    let mut submitted: Vec<(u64, Event)> = Vec::new();
+    for _ in 0..40 {
+        let events: Vec<Event> = (0..gen.rng().gen_range(1..=8))
+            .map(|_| gen.event())
+            .collect();
+        let at = store.append(events.clone(), None).await.unwrap();
+        for (i, event) in events.into_iter().enumerate() {
+            submitted.push((at.first_position + i as u64, event));
+        }
+    }
+    let stored = store
+        .read(&Query::all(), ReadOptions::default())
+        .await
+        .unwrap()
+        .events;
+    assert_eq!(stored.len(), submitted.len());
+    for (s, (position, event)) in stored.iter().zip(submitted.iter_mut()) {
+        assert_eq!(s.position, *position);
+        match event.occurred_at() {
+            Some(at) => {
+                assert_eq!(
+                    s.event.occurred_at(),
+                    Some(at),
+                    "seed {seed}: stored time differs"
+                )
+            }
+            // The writer's copy got the append's time; the planner saw that copy.
+            None => {
+                *event = event
+                    .clone()
+                    .with_occurred_at(s.event.occurred_at().unwrap())
+            }
+        }
+    }
+    let (mut reads, mut matched) = (0, 0);
+    for _ in 0..1_500 {
+        let query = gen.query();
+        let expected: Vec<u64> = submitted
+            .iter()
+            .zip(&stored)
+            .filter(|((_, event), s)| {
+                let in_memory = query.matches(event);
+                assert_eq!(
+                    in_memory,
+                    query.matches(&s.event),
+                    "seed {seed}: submitted and stored event match differently: {query:?} {event:?}"
+                );
+                in_memory
+            })
+            .map(|((p, _), _)| *p)
+            .collect();
+        let got = store.read(&query, ReadOptions::default()).await.unwrap();
+        let got = positions(&got.events.iter().collect::<Vec<_>>());
+        assert_eq!(got, expected, "seed {seed}: query {query:?}");
+        reads += 1;
+        matched += got.len();
+    }
+    // Conditions: the append statement's check against the same rule.
+    let mut head = submitted.last().map_or(0, |(p, _)| *p);
+    let mut refused = 0;
+    for _ in 0..300 {
+        let query = gen.query();
+        let after = gen.rng().gen_range(0..=head);
+        let expected_refusal = submitted
+            .iter()
+            .any(|(p, e)| *p > after && query.matches(e));
+        let probe = Event::new("P", serde_json::json!({})).with_occurred_at(gen.time());
+        let result = store
+            .append(
+                vec![probe.clone()],
+                Some(AppendCondition::new(query.clone(), Some(after))),
+            )
+            .await;
+        match result {
+            Ok(r) => {
+                assert!(
+                    !expected_refusal,
+                    "seed {seed}: condition {query:?} after {after} passed"
+                );
+                head = r.first_position;
+                submitted.push((head, probe));
+            }
+            Err(Error::ConditionFailed { .. }) => {
+                assert!(
+                    expected_refusal,
+                    "seed {seed}: condition {query:?} after {after} failed"
+                );
+                refused += 1;
+            }
+            Err(e) => panic!("seed {seed}: {e}"),
+        }
+    }
+    println!(
+        "differential (seed {seed}): {} events, {reads} reads returning {matched} events, 300 conditions ({refused} refused)",
+        stored.len()
+    );
+}
+
+/// Appends `first` and then `second` so that both travel in one batch.
+async fn in_one_batch(
+    store: &EventStore,
+    first: Vec<Event>,
+    second: (Vec<Event>, AppendCondition),
+) -> (AppendResult, dcb_store::Result<AppendResult>) {
+    let stall = Stall::start(store).await;
+    let (a, b) = (store.clone(), store.clone());
+    let first = actix::spawn(async move { a.append(first, None).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = actix::spawn(async move { b.append(second.0, Some(second.1)).await });
+    stall.release().await;
+    (first.await.unwrap().unwrap(), second.await.unwrap())
+}
+
+#[actix::test]
+async fn appends_of_one_batch_see_each_other_whatever_the_json_or_timestamps() {
+    let store = support::store("batch_edges").await;
+    let at = DateTime::parse_from_rfc3339("2024-05-01T10:00:00.123456789Z")
+        .unwrap()
+        .to_utc();
+    let deep = format!(r#"{{"k":"v","d":{}1{}}}"#, "[".repeat(300), "]".repeat(300));
+    // (what, the first append's event, the second's condition, whether it must fail)
+    let cases: Vec<(&str, Event, QueryItem, bool)> = vec![
+        (
+            "a number beyond f64",
+            Event::from_json("E", r#"{"k":"v","n":1e400}"#),
+            QueryItem::new().data_all([("k", "v")]),
+            true,
+        ),
+        (
+            "nesting deeper than serde_json's 128",
+            Event::from_json("E", deep),
+            QueryItem::new().data_any([("k", "v"), ("k", "w")]),
+            true,
+        ),
+        (
+            "a duplicate key",
+            Event::from_json("E", r#"{"k":"w","k":"v"}"#),
+            QueryItem::new().data_all([("k", "v")]),
+            true,
+        ),
+        (
+            // Nanoseconds above the event's: PostgreSQL alone would drop them and match.
+            "a sub-microsecond lower bound",
+            Event::new("T", serde_json::json!({})).with_occurred_at(at),
+            QueryItem::new()
+                .types(["T"])
+                .occurred_from(at + TimeDelta::nanoseconds(111)),
+            false,
+        ),
+        (
+            "a sub-microsecond upper bound",
+            Event::new("T", serde_json::json!({})).with_occurred_at(at),
+            QueryItem::new().occurred_until(at + TimeDelta::nanoseconds(1)),
+            true,
+        ),
+    ];
+    for (what, event, item, conflict) in cases {
+        let head = store
+            .read(&Query::all(), ReadOptions::default())
+            .await
+            .unwrap()
+            .head;
+        let condition = AppendCondition::new(Query::new([item]), head);
+        let second = vec![support::event("Decision", &[])];
+        let (_, result) = in_one_batch(&store, vec![event], (second, condition.clone())).await;
+        if conflict {
+            assert!(
+                matches!(result, Err(Error::ConditionFailed { .. })),
+                "{what}: the second append must see the first, got {result:?}"
+            );
+        }
+        assert_promise(&store, &condition, &result, None).await;
+    }
+}
+
+#[actix::test]
+async fn input_postgresql_would_refuse_is_refused_alone_and_up_front() {
+    let store = support::store("refusals").await;
+    let ancient = chrono::NaiveDate::from_ymd_opt(-5000, 1, 1)
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc();
+    let item = |i: QueryItem| Some(AppendCondition::new(Query::new([i]), None));
+    let bad: Vec<(&str, Vec<Event>, Option<AppendCondition>)> = vec![
+        (
+            "number beyond numeric",
+            vec![Event::from_json("E", r#"{"n":1e131072}"#)],
+            None,
+        ),
+        (
+            "tiny number beyond numeric",
+            vec![Event::from_json("E", r#"[1e-16384]"#)],
+            None,
+        ),
+        (
+            "number in metadata",
+            vec![support::event("E", &[]).with_metadata_json(r#"{"n":-1e200000}"#)],
+            None,
+        ),
+        (
+            "occurred_at before 4714 BC",
+            vec![support::event("E", &[]).with_occurred_at(ancient)],
+            None,
+        ),
+        (
+            "condition bound before 4714 BC",
+            vec![support::event("E", &[])],
+            item(QueryItem::new().occurred_from(ancient)),
+        ),
+        (
+            "a 2049-byte tag",
+            vec![support::event("E", &[&"t".repeat(2_049)])],
+            None,
+        ),
+    ];
+    let stall = Stall::start(&store).await;
+    let calls = bad
+        .into_iter()
+        .enumerate()
+        .map(|(i, (what, events, condition))| {
+            let store = store.clone();
+            let good = store.clone();
+            async move {
+                let good = actix::spawn(async move {
+                    good.append(vec![support::event("Good", &[&format!("g{i}")])], None)
+                        .await
+                });
+                let bad = store.append(events, condition).await;
+                (what, bad, good.await.unwrap())
+            }
+        });
+    let calls = actix::spawn(join_all(calls));
+    stall.release().await;
+    for (what, bad, good) in calls.await.unwrap() {
+        assert!(
+            matches!(bad, Err(Error::InvalidInput { .. })),
+            "{what}: {bad:?}"
+        );
+        good.unwrap_or_else(|e| panic!("{what}: the good append failed: {e}"));
+    }
+    let read = store
+        .read(
+            &Query::new([QueryItem::new().occurred_until(ancient)]),
+            ReadOptions::default(),
+        )
+        .await;
+    assert!(matches!(read, Err(Error::InvalidInput { .. })), "{read:?}");
+    let metrics = store.metrics().await.unwrap();
+    assert!(
+        metrics.database_errors.is_empty(),
+        "no batch was refused by the server: {:?}",
+        metrics.database_errors
+    );
+}
+
+/// A name of `len` bytes that compression cannot shrink.
+fn incompressible(len: usize) -> String {
+    let mut rng = rand::thread_rng();
+    (0..len)
+        .map(|_| char::from(rng.gen_range(b'!'..=b'~')))
+        .collect()
+}
+
+#[actix::test]
+async fn names_up_to_the_largest_allowed_length_fit_the_indexes() {
+    let too_long = support::config(&support::unique_schema("names")).with_max_name_bytes(4_096);
+    assert!(matches!(
+        EventStore::connect(too_long).await,
+        Err(Error::Config(_))
+    ));
+    let config = support::config(&support::unique_schema("names"))
+        .with_max_name_bytes(dcb_store::MAX_NAME_BYTES);
+    let store = EventStore::connect(config).await.unwrap();
+    let (name, tag) = (
+        incompressible(dcb_store::MAX_NAME_BYTES),
+        incompressible(dcb_store::MAX_NAME_BYTES),
+    );
+    let event = Event::new(name.clone(), serde_json::json!({})).with_tags([tag.clone()]);
+    store.append(vec![event], None).await.unwrap();
+    let read = store
+        .read(
+            &Query::new([QueryItem::new().types([name]).tags([tag])]),
+            ReadOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(read.events.len(), 1);
+}
+
+#[actix::test]
+async fn the_head_of_a_read_never_passes_the_store_head() {
+    let store = support::store("head_clamp").await;
+    for _ in 0..3 {
+        store
+            .append(vec![support::event("E", &[])], None)
+            .await
+            .unwrap();
+    }
+    let read = store
+        .read(&Query::all(), ReadOptions::default().after(10).limit(0))
+        .await
+        .unwrap();
+    assert_eq!(read.head, Some(3));
+    // A decision built on that head still sees an event appended at 4.
+    store
+        .append(vec![support::event("E", &["late"])], None)
+        .await
+        .unwrap();
+    let condition = AppendCondition::new(Query::new([QueryItem::new().tags(["late"])]), read.head);
+    let result = store
+        .append(vec![support::event("D", &[])], Some(condition))
+        .await;
+    assert!(
+        matches!(result, Err(Error::ConditionFailed { .. })),
+        "{result:?}"
+    );
+}
+
+#[actix::test]
+async fn a_retry_is_recognised_with_its_tags_in_any_order_and_only_as_one_whole_append() {
+    let store = support::store("replay").await;
+    let event = support::event("E", &["a", "b", "c"]);
+    let first = store.append(vec![event.clone()], None).await.unwrap();
+    let reordered = Event::from_json("E", event.data_json())
+        .with_id(event.id())
+        .with_tags(["c", "a", "b"]);
+    assert_eq!(store.append(vec![reordered], None).await.unwrap(), first);
+
+    // Two events stored by two appends, next to each other, are not one append.
+    let (x, y) = (support::event("E", &[]), support::event("E", &[]));
+    store.append(vec![x.clone()], None).await.unwrap();
+    store.append(vec![y.clone()], None).await.unwrap();
+    let joined = store.append(vec![x.clone(), y.clone()], None).await;
+    assert!(
+        matches!(joined, Err(Error::DuplicateEventId { .. })),
+        "{joined:?}"
+    );
+    // Nor is the front part of a stored append.
+    let (p, q) = (support::event("E", &[]), support::event("E", &[]));
+    let pair = store
+        .append(vec![p.clone(), q.clone()], None)
+        .await
+        .unwrap();
+    let front = store.append(vec![p.clone()], None).await;
+    assert!(
+        matches!(front, Err(Error::DuplicateEventId { .. })),
+        "{front:?}"
+    );
+    let back = store.append(vec![q.clone()], None).await;
+    assert!(
+        matches!(back, Err(Error::DuplicateEventId { .. })),
+        "{back:?}"
+    );
+    assert_eq!(store.append(vec![p, q], None).await.unwrap(), pair);
+}
+
+/// `url` with a server setting for every session (`options=-c name=value`).
+fn url_with_setting(url: &str, setting: &str) -> String {
+    let escaped = setting.replace(' ', "\\ ");
+    let options = format!("-c {escaped}");
+    if url.contains("://") {
+        let encoded: String = options
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => {
+                    char::from(b).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let separator = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{separator}options={encoded}")
+    } else {
+        format!("{url} options='{}'", options.replace('\\', "\\\\"))
+    }
+}
+
+#[actix::test]
+async fn two_processes_decide_exactly_whatever_the_servers_default_isolation() {
+    for level in ["serializable", "repeatable read"] {
+        let schema = support::unique_schema("isolation");
+        let url = url_with_setting(
+            support::database_url(),
+            &format!("default_transaction_isolation={level}"),
+        );
+        let shown: String = support::client_for(&url)
+            .await
+            .query_one("SHOW default_transaction_isolation", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(shown, level, "the setting reaches the server");
+        let config: Config = support::config(&schema).with_database_url(url);
+        let a = EventStore::connect(config.clone()).await.unwrap();
+        let b = EventStore::connect(config).await.unwrap();
+        let guard = Query::new([QueryItem::new().tags(["seat"])]);
+        let calls: Vec<_> = (0..24)
+            .map(|i| {
+                let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+                let guard = guard.clone();
+                async move {
+                    let seen = store.read(&guard, ReadOptions::default()).await?;
+                    if seen.events.len() >= 3 {
+                        return Ok(false);
+                    }
+                    let condition = AppendCondition::new(guard, seen.head);
+                    match store
+                        .append(vec![support::event("Taken", &["seat"])], Some(condition))
+                        .await
+                    {
+                        Ok(_) => Ok(true),
+                        Err(Error::ConditionFailed { .. }) => Ok(false),
+                        Err(e) => Err(e),
+                    }
+                }
+            })
+            .collect();
+        // Both writers queue behind a table lock held from outside, so the second
+        // one's transaction starts while the first one's is still open.
+        let blocker = support::client().await;
+        blocker
+            .batch_execute(&format!(
+                "BEGIN; LOCK TABLE \"{schema}\".events IN EXCLUSIVE MODE"
+            ))
+            .await
+            .unwrap();
+        let calls = actix::spawn(join_all(calls));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        blocker.batch_execute("COMMIT").await.unwrap();
+        let outcomes: Vec<dcb_store::Result<bool>> = calls.await.unwrap();
+        for outcome in &outcomes {
+            assert!(outcome.is_ok(), "{level}: {outcome:?}");
+        }
+        let taken = a
+            .read(&guard, ReadOptions::default())
+            .await
+            .unwrap()
+            .events
+            .len();
+        let accepted = outcomes.iter().filter(|o| matches!(o, Ok(true))).count();
+        assert!(
+            taken <= 3 && taken == accepted,
+            "{level}: {taken} taken, {accepted} accepted"
+        );
+    }
+}
