@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the hot path's pieces, against the real server where SQL is
 //! involved (`DATABASE_URL`, or an embedded throwaway server):
 //! - encoding a round of 100 appends into bind parameters;
+//! - planning a batch of 2,000 appends into rounds, typical and worst cases;
 //! - computing a read's shape and looking it up in the statement cache;
 //! - decoding 1,000 rows into events;
 //! - a read through the actors next to the same prepared statement on raw tokio-postgres
@@ -39,6 +40,48 @@ fn encode(c: &mut Criterion) {
     c.bench_function("encode a round of 100 appends", |b| {
         b.iter(|| black_box(bench_support::encode_append_round(black_box(&appends))))
     });
+}
+
+/// 2,000 appends of one event each (all tagged `shared` too), every append
+/// conditioned by `condition(i)`.
+fn batch_of(condition: impl Fn(usize) -> QueryItem) -> Vec<(Vec<Event>, Option<AppendCondition>)> {
+    (0..2_000)
+        .map(|i| {
+            let query = Query::new([condition(i)]);
+            let event = event(i).with_tags(["shared"]);
+            (vec![event], Some(AppendCondition::new(query, None)))
+        })
+        .collect()
+}
+
+fn plan_rounds(c: &mut Criterion) {
+    let mut group = c.benchmark_group("plan 2000 appends into rounds");
+    let cases = [
+        // Deciders on their own streams: the common case.
+        (
+            "own stream tags",
+            batch_of(|i| QueryItem::new().tags([format!("stream:{i}")])),
+        ),
+        // Worst cases: every earlier event is a candidate and none matches (payload
+        // only), or all share one tag and none matches, or every one conflicts.
+        (
+            "payload only, no match",
+            batch_of(|_| QueryItem::new().data_all([("payload", "none")])),
+        ),
+        (
+            "one shared tag, no match",
+            batch_of(|_| QueryItem::new().tags(["shared"]).types(["Other"])),
+        ),
+        ("match everything", batch_of(|_| QueryItem::new())),
+    ];
+    for (name, appends) in &cases {
+        let (rounds, planned) = bench_support::plan_rounds(appends);
+        println!("{name}: {planned} appends planned into {rounds} rounds");
+        group.bench_function(*name, |b| {
+            b.iter(|| black_box(bench_support::plan_rounds(black_box(appends))))
+        });
+    }
+    group.finish();
 }
 
 fn shape_lookup(c: &mut Criterion) {
@@ -149,5 +192,5 @@ fn with_store(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, encode, shape_lookup, with_store);
+criterion_group!(benches, encode, plan_rounds, shape_lookup, with_store);
 criterion_main!(benches);

@@ -19,6 +19,17 @@ pub fn encode_append_round(appends: &[(Vec<Event>, Option<AppendCondition>)]) ->
     params.as_params().len()
 }
 
+/// Plans a batch's rounds as the writer does; returns (rounds, appends planned into
+/// this batch: the rest would lead the next batch).
+pub fn plan_rounds(appends: &[(Vec<Event>, Option<AppendCondition>)]) -> (usize, usize) {
+    let appends: Vec<_> = appends
+        .iter()
+        .map(|(events, condition)| (events.as_slice(), condition.as_ref()))
+        .collect();
+    let plan = crate::writer::plan_rounds(&appends);
+    (plan.rounds.len(), plan.planned)
+}
+
 /// A reader's statement cache keyed by query shape, holding a stand-in value.
 pub struct ShapeCache(lru::LruCache<ReadShape, u32>);
 

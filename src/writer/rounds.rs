@@ -12,8 +12,9 @@
 //! The planner bounds its own work: an append that would have to look at more than
 //! [`MAX_VISITS_PER_APPEND`] earlier events ends the batch before it (it leads the
 //! next batch, where nothing precedes it), so planning is linear in the batch size
-//! whatever the conditions are. Each event's data is parsed at most once per batch,
-//! on first use.
+//! whatever the conditions are; so does an append that would need more than
+//! [`MAX_ROUNDS`] rounds. Each event's data is parsed at most once per batch, on
+//! first use.
 
 use std::collections::HashMap;
 
@@ -24,6 +25,11 @@ use crate::model::{AppendCondition, Event, MatchView, Query};
 /// Earlier events one append may look at to find its round; an append that would
 /// need more starts the next batch instead.
 pub(crate) const MAX_VISITS_PER_APPEND: usize = 256;
+
+/// Rounds one batch may have: each is one more execution of the append statement
+/// while the write lock is held, so an append that would need a later round leads
+/// the next batch instead (appends that all conflict are then decided 64 a batch).
+pub(crate) const MAX_ROUNDS: usize = 64;
 
 /// One append as the planner sees it.
 pub(crate) type PlannedAppend<'a> = (&'a [Event], Option<&'a AppendCondition>);
@@ -56,6 +62,9 @@ pub(crate) fn plan(batch: &[PlannedAppend<'_>]) -> Plan {
             if let Some(&earlier) = index.ids.get(&event.id()) {
                 round = round.max(round_of[earlier] + 1);
             }
+        }
+        if round >= MAX_ROUNDS {
+            return Plan { rounds, planned: i };
         }
         round_of.push(round);
         index.add(i, round, events);
@@ -226,5 +235,19 @@ mod tests {
         // The rest plans the same way from its own start.
         let rest = plan_of(&batch[planned..]);
         assert_eq!(rest.planned, planned);
+    }
+
+    #[test]
+    fn a_batch_holds_at_most_max_rounds_rounds() {
+        let batch: Vec<_> = (0..200)
+            .map(|_| {
+                (
+                    vec![event("E", &[], serde_json::json!({}))],
+                    condition(QueryItem::new()),
+                )
+            })
+            .collect();
+        let plan = plan_of(&batch);
+        assert_eq!((plan.rounds.len(), plan.planned), (MAX_ROUNDS, MAX_ROUNDS));
     }
 }

@@ -4,6 +4,7 @@ mod support;
 
 mod appends;
 mod batching;
+mod checker;
 mod concurrency;
 mod exactness;
 mod faults;
