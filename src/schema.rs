@@ -82,7 +82,19 @@ fn quote_role(role: &str) -> Result<String> {
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 
 /// Brings `schema` up to [`SCHEMA_VERSION`]; returns the versions it applied.
+/// Refuses a database whose encoding is not UTF8: there, text the store accepts (any
+/// Unicode) could be refused by the server's conversion, failing whole batches.
 pub(crate) async fn migrate(client: &mut Client, schema: &str) -> Result<Vec<i32>> {
+    let encoding: String = client
+        .query_one("SELECT current_setting('server_encoding')", &[])
+        .await
+        .map_err(Error::db)?
+        .get(0);
+    if encoding != "UTF8" {
+        return Err(Error::Config(format!(
+            "the database's encoding is {encoding}; the store needs a UTF8 database"
+        )));
+    }
     let s = quote_schema(schema);
     // Up to date: nothing to lock or create. This is also the path of an application
     // role that may read the schema but not change it.

@@ -13,28 +13,6 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::support;
 
-/// `url` pointing at database `db` instead.
-fn url_with_database(url: &str, db: &str) -> String {
-    let config = tokio_postgres::Config::from_str(url).unwrap();
-    let mut parts = vec![format!("dbname={db}")];
-    parts.extend(target_parts(&config));
-    parts.join(" ")
-}
-
-fn target_parts(config: &tokio_postgres::Config) -> Vec<String> {
-    let mut parts = Vec::new();
-    if let Some(tokio_postgres::config::Host::Tcp(host)) = config.get_hosts().first() {
-        parts.push(format!("host={host}"));
-    }
-    if let Some(port) = config.get_ports().first() {
-        parts.push(format!("port={port}"));
-    }
-    if let Some(user) = config.get_user() {
-        parts.push(format!("user={user}"));
-    }
-    parts
-}
-
 async fn commits(admin: &tokio_postgres::Client, db: &str) -> i64 {
     admin
         .batch_execute("SELECT pg_stat_clear_snapshot()")
@@ -58,7 +36,7 @@ async fn five_hundred_concurrent_appends_cost_far_fewer_commits() {
         .batch_execute(&format!("CREATE DATABASE {db}"))
         .await
         .unwrap();
-    let url = url_with_database(support::database_url(), &db);
+    let url = support::url_with_database(support::database_url(), &db);
     let store = EventStore::connect(support::config("dcb").with_database_url(url))
         .await
         .unwrap();

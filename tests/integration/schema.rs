@@ -1,7 +1,7 @@
 //! Schema creation: idempotent, safe when several processes connect at once, and
 //! stored events cannot be changed.
 
-use dcb_store::{EventStore, Query, ReadOptions};
+use dcb_store::{Error, EventStore, Query, ReadOptions};
 use futures_util::future::join_all;
 use tokio_postgres::error::SqlState;
 
@@ -87,4 +87,27 @@ async fn stored_events_cannot_be_updated_deleted_or_truncated() {
 async fn a_schema_name_that_is_not_an_identifier_is_refused() {
     let result = EventStore::connect(support::config("x\"; DROP SCHEMA public; --")).await;
     assert!(matches!(result, Err(dcb_store::Error::Config(_))));
+}
+
+#[actix::test]
+async fn a_database_that_is_not_utf8_is_refused_at_connect() {
+    let admin = support::client().await;
+    let db = support::unique_schema("latin1");
+    admin
+        .batch_execute(&format!(
+            "CREATE DATABASE {db} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+        ))
+        .await
+        .unwrap();
+    let url = support::url_with_database(support::database_url(), &db);
+    let result = EventStore::connect(support::config("dcb").with_database_url(url)).await;
+    assert!(
+        matches!(result, Err(Error::Config(_))),
+        "{:?}",
+        result.err()
+    );
+    admin
+        .batch_execute(&format!("DROP DATABASE {db}"))
+        .await
+        .unwrap();
 }

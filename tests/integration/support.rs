@@ -128,3 +128,25 @@ pub async fn results<T>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
         .map(|r| r.expect("task panicked"))
         .collect()
 }
+
+/// `url` pointing at database `db` instead.
+pub fn url_with_database(url: &str, db: &str) -> String {
+    let config = <tokio_postgres::Config as std::str::FromStr>::from_str(url).unwrap();
+    let mut parts = vec![format!("dbname={db}")];
+    parts.extend(target_parts(&config));
+    parts.join(" ")
+}
+
+fn target_parts(config: &tokio_postgres::Config) -> Vec<String> {
+    let mut parts = Vec::new();
+    if let Some(tokio_postgres::config::Host::Tcp(host)) = config.get_hosts().first() {
+        parts.push(format!("host={host}"));
+    }
+    if let Some(port) = config.get_ports().first() {
+        parts.push(format!("port={port}"));
+    }
+    if let Some(user) = config.get_user() {
+        parts.push(format!("user={user}"));
+    }
+    parts
+}
