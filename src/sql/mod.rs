@@ -1,0 +1,192 @@
+//! The only place SQL text exists: the statements the actors prepare, the read
+//! statement for each query shape, and the encoding of bind parameters.
+//!
+//! Statement text never contains a user value. The schema name is an identifier,
+//! checked in `config` and quoted here once per store; everything else is a bind
+//! parameter. A read's text depends only on its *shape* (which parts each query item
+//! has), so one prepared statement serves every read of that shape; the append
+//! statement's text does not depend on the batch at all (arrays through `unnest`), nor
+//! does the read statement of queries with many items.
+//!
+//! `append` owns the append statement and the rows it returns; `read` the read
+//! statements and theirs; this file what they share: the lock, the schema quoting,
+//! query items as parallel arrays, and `jsonb` as text on the wire.
+
+use std::error::Error as StdError;
+
+use bytes::{BufMut, BytesMut};
+use chrono::{DateTime, Utc};
+use postgres_types::{accepts, to_sql_checked, FromSql, IsNull, ToSql, Type};
+
+use crate::model::{JsonText, QueryItem};
+
+mod append;
+mod read;
+
+pub(crate) use append::{append_statement, AppendParams, AppendRow, AppendStatus};
+pub(crate) use read::{read_columns, read_statement, ReadParams, ReadShape};
+
+/// Takes the store's write lock until the transaction ends. Every writer, in every
+/// process, takes it before it reads the head, so positions become visible in order.
+pub(crate) const WRITE_LOCK: &str = "SELECT pg_advisory_xact_lock($1)";
+
+/// The quoted schema name, checked by `config` before it gets here.
+pub(crate) fn quote_schema(schema: &str) -> String {
+    format!("\"{schema}\"")
+}
+
+/// The advisory lock key of a schema: stable across processes and releases.
+pub(crate) fn write_lock_key(schema: &str) -> i64 {
+    // FNV-1a: a fixed, documented hash (std's hasher is randomly seeded per process).
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in b"dcb-store:write:".iter().chain(schema.as_bytes()) {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash as i64
+}
+
+/// The rows of a list of query items given as [`ItemArrays`] from parameter `$p` on:
+/// `(item, data_all, data_any, occurred_from, occurred_until, types, tags)`, `item`
+/// counting from 1, `tags` in the order given (the first is the one probed).
+fn item_rows(p: usize) -> String {
+    format!(
+        "SELECT c.item, c.data_all, c.data_any, c.occurred_from, c.occurred_until,
+               coalesce(ty.types, '{{}}') AS types, coalesce(tg.tags, '{{}}') AS tags
+        FROM unnest(${p}::jsonb[], ${}::jsonb[], ${}::timestamptz[], ${}::timestamptz[])
+            WITH ORDINALITY AS c(data_all, data_any, occurred_from, occurred_until, item)
+        LEFT JOIN (SELECT item, array_agg(type) AS types
+                   FROM unnest(${}::int8[], ${}::text[]) AS x(item, type) GROUP BY item) ty USING (item)
+        LEFT JOIN (SELECT item, array_agg(tag ORDER BY ord) AS tags
+                   FROM unnest(${}::int8[], ${}::text[]) WITH ORDINALITY AS x(item, tag, ord)
+                   GROUP BY item) tg USING (item)",
+        p + 1,
+        p + 2,
+        p + 3,
+        p + 4,
+        p + 5,
+        p + 6,
+        p + 7
+    )
+}
+
+/// An item row `ci`'s data and time filters on event `e` (types and tags are probed
+/// by the caller, which knows the index to use).
+const ITEM_FILTERS: &str = "
+              AND (ci.data_all IS NULL OR NOT EXISTS (
+                    SELECT 1 FROM jsonb_array_elements(ci.data_all) p WHERE NOT e.data @> p.value))
+              AND (ci.data_any IS NULL OR EXISTS (
+                    SELECT 1 FROM jsonb_array_elements(ci.data_any) p WHERE e.data @> p.value))
+              AND (ci.occurred_from IS NULL OR e.occurred_at >= ci.occurred_from)
+              AND (ci.occurred_until IS NULL OR e.occurred_at < ci.occurred_until)";
+
+/// Query items as the eight parallel arrays [`item_rows`] reads.
+#[derive(Default)]
+pub(crate) struct ItemArrays<'a> {
+    data_all: Vec<Option<JsonText>>,
+    data_any: Vec<Option<JsonText>>,
+    occurred_from: Vec<Option<DateTime<Utc>>>,
+    occurred_until: Vec<Option<DateTime<Utc>>>,
+    type_item: Vec<i64>,
+    type_value: Vec<&'a str>,
+    tag_item: Vec<i64>,
+    tag_value: Vec<&'a str>,
+}
+
+impl<'a> ItemArrays<'a> {
+    /// Adds an item; items are numbered from 1 in the order they are pushed.
+    pub(crate) fn push(&mut self, item: &'a QueryItem) {
+        let (all, any) = match item.data_filter() {
+            Some(f) if f.requires_all() => (Some(pairs_as_json_array(f.pairs())), None),
+            Some(f) => (None, Some(pairs_as_json_array(f.pairs()))),
+            None => (None, None),
+        };
+        self.data_all.push(all);
+        self.data_any.push(any);
+        let (from, until) = item.occurred_range();
+        self.occurred_from.push(from);
+        self.occurred_until.push(until);
+        let n = self.data_all.len() as i64;
+        for t in item.type_names() {
+            self.type_item.push(n);
+            self.type_value.push(t);
+        }
+        for t in item.tag_names() {
+            self.tag_item.push(n);
+            self.tag_value.push(t);
+        }
+    }
+
+    /// The arrays in the order [`item_rows`] numbers them.
+    pub(crate) fn params(&self) -> [&(dyn ToSql + Sync); 8] {
+        [
+            &self.data_all,
+            &self.data_any,
+            &self.occurred_from,
+            &self.occurred_until,
+            &self.type_item,
+            &self.type_value,
+            &self.tag_item,
+            &self.tag_value,
+        ]
+    }
+}
+
+/// `[{"k": "v"}, ...]`: one single-pair object per predicate, so the same key may
+/// appear with several values (which a single object could not hold).
+fn pairs_as_json_array(pairs: &[(String, String)]) -> JsonText {
+    JsonText::from_value(&serde_json::Value::Array(pair_objects(pairs).collect()))
+}
+
+/// The same single-pair objects, each its own `jsonb` (for `@> ALL/ANY ($n::jsonb[])`).
+fn pairs_as_json_objects(pairs: &[(String, String)]) -> Vec<JsonText> {
+    pair_objects(pairs)
+        .map(|o| JsonText::from_value(&o))
+        .collect()
+}
+
+fn pair_objects(pairs: &[(String, String)]) -> impl Iterator<Item = serde_json::Value> + '_ {
+    pairs.iter().map(|(k, v)| serde_json::json!({ k: v }))
+}
+
+// jsonb travels as text after a version byte; no parse on either side of the wire.
+const JSONB_VERSION: u8 = 1;
+
+impl ToSql for JsonText {
+    fn to_sql(
+        &self,
+        _ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
+        out.put_u8(JSONB_VERSION);
+        out.put_slice(self.as_str().as_bytes());
+        Ok(IsNull::No)
+    }
+
+    accepts!(JSONB);
+    to_sql_checked!();
+}
+
+impl<'a> FromSql<'a> for JsonText {
+    fn from_sql(_ty: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn StdError + Sync + Send>> {
+        match raw.split_first() {
+            Some((&JSONB_VERSION, text)) => {
+                Ok(JsonText::from_text(std::str::from_utf8(text)?.to_owned()))
+            }
+            _ => Err("unsupported jsonb encoding version".into()),
+        }
+    }
+
+    accepts!(JSONB);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_keys_differ_by_schema_and_are_stable() {
+        assert_ne!(write_lock_key("a"), write_lock_key("b"));
+        assert_eq!(write_lock_key("a"), write_lock_key("a"));
+    }
+}
