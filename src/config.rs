@@ -43,6 +43,10 @@ pub struct Config {
     max_event_bytes: usize,
     max_tags_per_event: usize,
     max_name_bytes: usize,
+    max_query_items: usize,
+    max_item_types: usize,
+    max_item_tags: usize,
+    max_item_data_pairs: usize,
     read_page_size: usize,
     metrics_channel_capacity: usize,
     metrics: bool,
@@ -69,6 +73,10 @@ impl Default for Config {
             max_event_bytes: 1 << 20,
             max_tags_per_event: 256,
             max_name_bytes: 1_024,
+            max_query_items: 1_000,
+            max_item_types: 100,
+            max_item_tags: 100,
+            max_item_data_pairs: 100,
             read_page_size: 1_000,
             metrics_channel_capacity: 65_536,
             metrics: true,
@@ -120,6 +128,7 @@ impl Config {
             ("connect_timeout_ms", self.connect_timeout_ms as usize),
             ("max_event_bytes", self.max_event_bytes),
             ("max_name_bytes", self.max_name_bytes),
+            ("max_query_items", self.max_query_items),
             ("read_page_size", self.read_page_size),
             ("metrics_channel_capacity", self.metrics_channel_capacity),
         ];
@@ -229,7 +238,24 @@ impl Config {
         self
     }
 
-    /// Largest data plus metadata of one event, in bytes. Defaults to 1 MiB.
+    /// The most items a query (of a read or a condition) may have. Defaults to 1000.
+    #[must_use]
+    pub fn with_max_query_items(mut self, items: usize) -> Self {
+        self.max_query_items = items;
+        self
+    }
+
+    /// The most types, tags and data predicates one query item may have, each.
+    /// Defaults to 100 each.
+    #[must_use]
+    pub fn with_max_item_parts(mut self, types: usize, tags: usize, data_pairs: usize) -> Self {
+        self.max_item_types = types;
+        self.max_item_tags = tags;
+        self.max_item_data_pairs = data_pairs;
+        self
+    }
+
+    /// Largest event in bytes: type, tags, data and metadata. Defaults to 1 MiB.
     #[must_use]
     pub fn with_max_event_bytes(mut self, bytes: usize) -> Self {
         self.max_event_bytes = bytes;
@@ -314,6 +340,12 @@ impl Config {
             max_event_bytes: self.max_event_bytes,
             max_tags: self.max_tags_per_event,
             max_name_bytes: self.max_name_bytes,
+            max_batch_events: self.max_batch_events,
+            max_batch_bytes: self.max_batch_bytes,
+            max_query_items: self.max_query_items,
+            max_item_types: self.max_item_types,
+            max_item_tags: self.max_item_tags,
+            max_item_data_pairs: self.max_item_data_pairs,
         }
     }
 }
@@ -342,6 +374,10 @@ impl fmt::Debug for Config {
             .field("max_event_bytes", &self.max_event_bytes)
             .field("max_tags_per_event", &self.max_tags_per_event)
             .field("max_name_bytes", &self.max_name_bytes)
+            .field("max_query_items", &self.max_query_items)
+            .field("max_item_types", &self.max_item_types)
+            .field("max_item_tags", &self.max_item_tags)
+            .field("max_item_data_pairs", &self.max_item_data_pairs)
             .field("read_page_size", &self.read_page_size)
             .field("metrics_channel_capacity", &self.metrics_channel_capacity)
             .field("metrics", &self.metrics)

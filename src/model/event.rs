@@ -45,6 +45,13 @@ pub(crate) struct Limits {
     pub max_event_bytes: usize,
     pub max_tags: usize,
     pub max_name_bytes: usize,
+    /// An append must fit in one batch.
+    pub max_batch_events: usize,
+    pub max_batch_bytes: usize,
+    pub max_query_items: usize,
+    pub max_item_types: usize,
+    pub max_item_tags: usize,
+    pub max_item_data_pairs: usize,
 }
 
 impl Event {
@@ -173,9 +180,12 @@ impl Event {
         &self.metadata
     }
 
-    /// Size of the JSON this event carries, for batch byte caps.
-    pub(crate) fn json_bytes(&self) -> usize {
-        self.data.len() + self.metadata.len()
+    /// The event's size: type, tags, data and metadata, for the size limits.
+    pub(crate) fn size_bytes(&self) -> usize {
+        self.event_type.len()
+            + self.tags.iter().map(String::len).sum::<usize>()
+            + self.data.len()
+            + self.metadata.len()
     }
 
     pub(crate) fn from_stored(
@@ -217,10 +227,11 @@ impl Event {
         for (i, tag) in self.tags.iter().enumerate() {
             check_name(tag, &format!("{at}: tag {i}"), limits)?;
         }
-        let bytes = self.json_bytes();
+        let bytes = self.size_bytes();
         if bytes > limits.max_event_bytes {
             return Err(Error::invalid(format!(
-                "{at}: data and metadata are {bytes} bytes, more than the limit of {}",
+                "{at}: type, tags, data and metadata are {bytes} bytes, more than \
+                 max_event_bytes ({})",
                 limits.max_event_bytes
             )));
         }

@@ -104,6 +104,13 @@ impl Query {
                 "{what} has no items; use Query::all() to match every event"
             )));
         }
+        if self.items.len() > limits.max_query_items {
+            return Err(Error::invalid(format!(
+                "{what} has {} items, more than max_query_items ({})",
+                self.items.len(),
+                limits.max_query_items
+            )));
+        }
         for (i, item) in self.items.iter().enumerate() {
             item.validate(&format!("{what} item {i}"), limits)?;
         }
@@ -266,6 +273,31 @@ impl QueryItem {
     }
 
     fn validate(&self, what: &str, limits: &Limits) -> Result<()> {
+        let pairs = self.data.as_ref().map_or(0, |f| f.pairs.len());
+        for (part, count, limit) in [
+            (
+                "types",
+                self.types.len(),
+                ("max_item_types", limits.max_item_types),
+            ),
+            (
+                "tags",
+                self.tags.len(),
+                ("max_item_tags", limits.max_item_tags),
+            ),
+            (
+                "data predicates",
+                pairs,
+                ("max_item_data_pairs", limits.max_item_data_pairs),
+            ),
+        ] {
+            if count > limit.1 {
+                return Err(Error::invalid(format!(
+                    "{what} has {count} {part}, more than {} ({})",
+                    limit.0, limit.1
+                )));
+            }
+        }
         for (i, t) in self.types.iter().enumerate() {
             check_name(t, &format!("{what}: type {i}"), limits)?;
         }
@@ -390,22 +422,6 @@ impl ReadOptions {
     pub fn backwards(mut self) -> Self {
         self.backwards = true;
         self
-    }
-
-    pub(crate) fn validate(&self) -> Result<()> {
-        for (name, value) in [
-            ("after", self.after),
-            ("before", self.before),
-            ("limit", self.limit),
-        ] {
-            if value.is_some_and(|v| v > i64::MAX as u64) {
-                return Err(Error::invalid(format!(
-                    "read option {name} is larger than {}",
-                    i64::MAX
-                )));
-            }
-        }
-        Ok(())
     }
 }
 

@@ -216,8 +216,11 @@ impl<'a> AppendParams<'a> {
             }
         }
         let Some(condition) = condition else { return };
-        // `after` was checked to fit in i64; no position is below 1, so 0 means "any".
-        let after = condition.after.map_or(0, |a| a as i64);
+        // No position is below 1, so 0 means "any"; none is above i64::MAX either, so
+        // a larger `after` means the same as i64::MAX: nothing can fail the condition.
+        let after = condition
+            .after
+            .map_or(0, |a| i64::try_from(a).unwrap_or(i64::MAX));
         for item in condition.fail_if_events_match.items() {
             self.ci_append.push(idx);
             self.ci_after.push(after);

@@ -117,6 +117,18 @@ impl<'a> ItemArrays<'a> {
         }
     }
 
+    /// The types of [`ItemArrays::params`], for statements sent without a prepare.
+    pub(crate) const TYPES: [Type; 8] = [
+        Type::JSONB_ARRAY,
+        Type::JSONB_ARRAY,
+        Type::TIMESTAMPTZ_ARRAY,
+        Type::TIMESTAMPTZ_ARRAY,
+        Type::INT8_ARRAY,
+        Type::TEXT_ARRAY,
+        Type::INT8_ARRAY,
+        Type::TEXT_ARRAY,
+    ];
+
     /// The arrays in the order [`item_rows`] numbers them.
     pub(crate) fn params(&self) -> [&(dyn ToSql + Sync); 8] {
         [

@@ -2,15 +2,23 @@
 //! larger queries; their bind parameters and the row layout they return.
 
 use chrono::{DateTime, Utc};
-use postgres_types::ToSql;
+use postgres_types::{ToSql, Type};
 
-use super::{pairs_as_json_objects, quote_schema};
+use super::{item_rows, pairs_as_json_objects, quote_schema, ItemArrays, ITEM_FILTERS};
 use crate::model::{JsonText, Query, QueryItem, ReadOptions};
+
+/// Queries of at most this many items get a statement of their own shape (one
+/// `UNION ALL` arm per item, the fastest for small queries); larger ones share one
+/// statement whose text does not depend on the items (arrays through `unnest`), so
+/// neither the statement text nor the number of prepared statements grows with the
+/// item count. `benches/store.rs` measures both kinds.
+pub(crate) const MAX_SHAPED_ITEMS: usize = 8;
 
 /// What a read statement's text depends on.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct ReadShape {
-    items: Vec<ItemShape>,
+    /// `None`: the statement for queries of many items.
+    items: Option<Vec<ItemShape>>,
     backwards: bool,
 }
 
@@ -31,8 +39,19 @@ enum DataShape {
 
 impl ReadShape {
     pub(crate) fn of(query: &Query, options: &ReadOptions) -> Self {
+        if query.items().len() > MAX_SHAPED_ITEMS {
+            return Self::many_items(options);
+        }
         ReadShape {
-            items: query.items().iter().map(ItemShape::of).collect(),
+            items: Some(query.items().iter().map(ItemShape::of).collect()),
+            backwards: options.backwards,
+        }
+    }
+
+    /// The shape of the statement that serves any number of items.
+    pub(crate) fn many_items(options: &ReadOptions) -> Self {
+        ReadShape {
+            items: None,
             backwards: options.backwards,
         }
     }
@@ -71,18 +90,21 @@ const EVENT_COLUMNS: &str =
     "e.position, e.event_id, e.event_type, e.tags, e.data, e.metadata, e.occurred_at, e.recorded_at";
 
 /// The read statement of a shape. `$1` = after (exclusive), `$2` = before (exclusive),
-/// `$3` = limit (NULL: none), then each item's parameters in order.
+/// `$3` = limit (NULL: none), then each item's parameters in order, or for many items
+/// the item arrays.
 pub(crate) fn read_statement(schema: &str, shape: &ReadShape) -> String {
     let s = quote_schema(schema);
     let dir = if shape.backwards { "DESC" } else { "ASC" };
+    let Some(items) = &shape.items else {
+        return many_items_statement(&s, dir);
+    };
     let mut next_param = 4;
-    let body = if let [item] = shape.items.as_slice() {
+    let body = if let [item] = items.as_slice() {
         item_arm(&s, item, EVENT_COLUMNS, dir, &mut next_param)
     } else {
         // Each arm returns whole rows, so an event is fetched once; an event that
         // several items match is kept once.
-        let arms: Vec<String> = shape
-            .items
+        let arms: Vec<String> = items
             .iter()
             .map(|item| {
                 format!(
@@ -100,6 +122,43 @@ pub(crate) fn read_statement(schema: &str, shape: &ReadShape) -> String {
         "SELECT h.head, r.* FROM (SELECT coalesce(max(position), 0) AS head FROM {s}.events) h
          LEFT JOIN LATERAL ({body}) r ON true
          ORDER BY r.position {dir}"
+    )
+}
+
+/// The statement for any number of items: each item row of `ci` probes the index its
+/// parts allow (a tag, else its types, else positions), ordered and limited like an
+/// arm of a shaped statement; the guards on `ci`'s columns are one-time filters, so
+/// only the right probe runs per item.
+fn many_items_statement(s: &str, dir: &str) -> String {
+    let items = item_rows(4);
+    let filters = ITEM_FILTERS;
+    let columns = EVENT_COLUMNS;
+    format!(
+        "WITH ci AS ({items})
+SELECT h.head, r.* FROM (SELECT coalesce(max(position), 0) AS head FROM {s}.events) h
+LEFT JOIN LATERAL (
+    SELECT DISTINCT ON (u.position) u.* FROM (
+        SELECT m.* FROM ci CROSS JOIN LATERAL (
+            (SELECT {columns} FROM {s}.event_tags t JOIN {s}.events e ON e.position = t.position
+             WHERE cardinality(ci.tags) > 0
+               AND t.tag = ci.tags[1] AND t.position > $1 AND t.position < $2
+               AND e.tags @> ci.tags
+               AND (cardinality(ci.types) = 0 OR e.event_type = ANY (ci.types)){filters}
+             ORDER BY t.position {dir} LIMIT $3)
+            UNION ALL
+            (SELECT {columns} FROM {s}.events e
+             WHERE cardinality(ci.tags) = 0 AND cardinality(ci.types) > 0
+               AND e.event_type = ANY (ci.types) AND e.position > $1 AND e.position < $2{filters}
+             ORDER BY e.position {dir} LIMIT $3)
+            UNION ALL
+            (SELECT {columns} FROM {s}.events e
+             WHERE cardinality(ci.tags) = 0 AND cardinality(ci.types) = 0
+               AND e.position > $1 AND e.position < $2{filters}
+             ORDER BY e.position {dir} LIMIT $3)
+        ) m
+    ) u ORDER BY u.position {dir} LIMIT $3
+) r ON true
+ORDER BY r.position {dir}"
     )
 }
 
@@ -150,7 +209,14 @@ pub(crate) struct ReadParams<'a> {
     after: i64,
     before: i64,
     limit: Option<i64>,
-    items: Vec<ItemParams<'a>>,
+    items: ItemsParams<'a>,
+}
+
+enum ItemsParams<'a> {
+    /// Each item's own parameters (a shaped statement).
+    Each(Vec<ItemParams<'a>>),
+    /// All items as arrays (the statement for many items).
+    Arrays(ItemArrays<'a>),
 }
 
 struct ItemParams<'a> {
@@ -161,49 +227,77 @@ struct ItemParams<'a> {
 }
 
 impl<'a> ReadParams<'a> {
-    /// `options` must have been validated (values fit in i64).
-    pub(crate) fn new(query: &'a Query, options: &ReadOptions) -> Self {
-        let items = query
-            .items()
-            .iter()
-            .map(|item| ItemParams {
-                tags: (!item.tag_names().is_empty())
-                    .then(|| item.tag_names().iter().map(String::as_str).collect()),
-                types: (!item.type_names().is_empty())
-                    .then(|| item.type_names().iter().map(String::as_str).collect()),
-                data: item.data_filter().map(|f| pairs_as_json_objects(f.pairs())),
-                occurred: item.has_occurred_range().then(|| {
-                    let (from, until) = item.occurred_range();
-                    [from, until]
-                }),
-            })
-            .collect();
+    /// The parameters of `query` for the statement of `shape` (from `ReadShape::of`
+    /// or `ReadShape::many_items`). Positions and the limit beyond `i64` mean no
+    /// bound: no position exceeds it.
+    pub(crate) fn new(query: &'a Query, options: &ReadOptions, shape: &ReadShape) -> Self {
+        let items = match shape.items {
+            Some(_) => ItemsParams::Each(query.items().iter().map(ItemParams::of).collect()),
+            None => {
+                let mut arrays = ItemArrays::default();
+                query.items().iter().for_each(|item| arrays.push(item));
+                ItemsParams::Arrays(arrays)
+            }
+        };
+        let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         ReadParams {
-            after: options.after.map_or(0, |a| a as i64),
-            before: options.before.map_or(i64::MAX, |b| b as i64),
-            limit: options.limit.map(|l| l as i64),
+            after: options.after.map_or(0, clamp),
+            before: options.before.map_or(i64::MAX, clamp),
+            limit: options.limit.map(clamp),
             items,
         }
     }
 
     pub(crate) fn as_params(&self) -> Vec<&(dyn ToSql + Sync)> {
-        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&self.after, &self.before, &self.limit];
-        for item in &self.items {
-            if let Some(tags) = &item.tags {
-                params.push(tags);
+        self.as_typed_params().into_iter().map(|(p, _)| p).collect()
+    }
+
+    /// The parameters with their types, for a statement sent without a prepare.
+    pub(crate) fn as_typed_params(&self) -> Vec<(&(dyn ToSql + Sync), Type)> {
+        let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![
+            (&self.after, Type::INT8),
+            (&self.before, Type::INT8),
+            (&self.limit, Type::INT8),
+        ];
+        match &self.items {
+            ItemsParams::Arrays(arrays) => {
+                params.extend(arrays.params().into_iter().zip(ItemArrays::TYPES))
             }
-            if let Some(types) = &item.types {
-                params.push(types);
-            }
-            if let Some(data) = &item.data {
-                params.push(data);
-            }
-            if let Some([from, until]) = &item.occurred {
-                params.push(from);
-                params.push(until);
+            ItemsParams::Each(items) => {
+                for item in items {
+                    if let Some(tags) = &item.tags {
+                        params.push((tags, Type::TEXT_ARRAY));
+                    }
+                    if let Some(types) = &item.types {
+                        params.push((types, Type::TEXT_ARRAY));
+                    }
+                    if let Some(data) = &item.data {
+                        params.push((data, Type::JSONB_ARRAY));
+                    }
+                    if let Some([from, until]) = &item.occurred {
+                        params.push((from, Type::TIMESTAMPTZ));
+                        params.push((until, Type::TIMESTAMPTZ));
+                    }
+                }
             }
         }
         params
+    }
+}
+
+impl<'a> ItemParams<'a> {
+    fn of(item: &'a QueryItem) -> Self {
+        ItemParams {
+            tags: (!item.tag_names().is_empty())
+                .then(|| item.tag_names().iter().map(String::as_str).collect()),
+            types: (!item.type_names().is_empty())
+                .then(|| item.type_names().iter().map(String::as_str).collect()),
+            data: item.data_filter().map(|f| pairs_as_json_objects(f.pairs())),
+            occurred: item.has_occurred_range().then(|| {
+                let (from, until) = item.occurred_range();
+                [from, until]
+            }),
+        }
     }
 }
 
@@ -219,6 +313,12 @@ mod tests {
         assert_eq!(ReadShape::of(&a, &opts), ReadShape::of(&b, &opts));
         let text = read_statement("s", &ReadShape::of(&a, &opts));
         assert!(!text.contains("\"A\"") && !text.contains('x'.to_string().repeat(2).as_str()));
-        assert_eq!(ReadParams::new(&a, &opts).as_params().len(), 5);
+        let shape = ReadShape::of(&a, &opts);
+        assert_eq!(ReadParams::new(&a, &opts, &shape).as_params().len(), 5);
+        let many =
+            Query::new((0..=MAX_SHAPED_ITEMS).map(|i| QueryItem::new().tags([i.to_string()])));
+        let fewer = Query::new((0..MAX_SHAPED_ITEMS + 5).map(|_| QueryItem::new().types(["A"])));
+        assert_eq!(ReadShape::of(&many, &opts), ReadShape::of(&fewer, &opts));
+        assert_eq!(ReadShape::of(&many, &opts), ReadShape::many_items(&opts));
     }
 }

@@ -90,8 +90,8 @@ impl Pending {
         }
     }
 
-    fn json_bytes(&self) -> usize {
-        self.events.iter().map(Event::json_bytes).sum()
+    fn size_bytes(&self) -> usize {
+        self.events.iter().map(Event::size_bytes).sum()
     }
 
     fn may_have_been_written(&self) -> bool {
@@ -242,7 +242,7 @@ impl Writer {
         let (mut events, mut bytes) = (0, 0);
         let mut batch = Vec::new();
         while let Some(next) = self.pending.front() {
-            let (e, b) = (next.events.len(), next.json_bytes());
+            let (e, b) = (next.events.len(), next.size_bytes());
             if !batch.is_empty()
                 && (events + e > self.settings.max_batch_events
                     || bytes + b > self.settings.max_batch_bytes)
@@ -276,16 +276,25 @@ pub(crate) fn validate_append(append: &mut Append, limits: &Limits) -> Result<()
             )));
         }
     }
+    // Every append fits in one batch, so the caps hold for every batch.
+    if append.events.len() > limits.max_batch_events {
+        return Err(Error::invalid(format!(
+            "{} events, more than one batch holds (max_batch_events {})",
+            append.events.len(),
+            limits.max_batch_events
+        )));
+    }
+    let bytes: usize = append.events.iter().map(Event::size_bytes).sum();
+    if bytes > limits.max_batch_bytes {
+        return Err(Error::invalid(format!(
+            "{bytes} bytes of events, more than one batch holds (max_batch_bytes {})",
+            limits.max_batch_bytes
+        )));
+    }
     if let Some(condition) = &append.condition {
         condition
             .fail_if_events_match
             .validate("condition query", limits)?;
-        if condition.after.is_some_and(|a| a > i64::MAX as u64) {
-            return Err(Error::invalid(format!(
-                "condition after is larger than {}",
-                i64::MAX
-            )));
-        }
     }
     Ok(())
 }

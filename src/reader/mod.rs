@@ -15,6 +15,10 @@
 //! pipelining may be another caller's read. The abandoned statement finishes on the
 //! server (its answer is dropped), bounded by the connection's `statement_timeout`,
 //! which is `operation_timeout`.
+//!
+//! Files: this one holds the actor, its messages and back-pressure; `statements`
+//! the connections and which statement a read runs (the cache and its admission);
+//! `rows` decodes what a read returns.
 
 use std::cell::Cell;
 use std::num::NonZeroUsize;
@@ -22,15 +26,19 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use lru::LruCache;
-use tokio::sync::{Mutex, Notify};
-use tokio_postgres::{Client, Row, Statement};
+use tokio::sync::Notify;
 
 use crate::connect::Connector;
 use crate::error::{Error, Result};
 use crate::metrics::{self, Component, MetricsSink, Record};
-use crate::model::{Event, JsonText, Limits, Query, ReadOptions, ReadResult, SequencedEvent};
-use crate::sql::{self, read_columns as col, ReadParams, ReadShape};
+use crate::model::{Limits, Query, ReadOptions, ReadResult};
+use crate::sql::{ReadParams, ReadShape};
+
+mod rows;
+mod statements;
+
+pub(crate) use rows::decode;
+use statements::{Connections, Runnable};
 
 /// Reads the events matching `query`. Send it to
 /// [`EventStore::reader`](crate::EventStore::reader) or use
@@ -59,19 +67,11 @@ pub(crate) struct Reader {
 
 /// What the reader's concurrent reads share; single-threaded (the reader's arbiter).
 struct Shared {
-    connector: Connector,
     settings: ReaderSettings,
     metrics: MetricsSink,
-    /// The current connection; replaced (with an empty cache) when it breaks.
-    connection: Mutex<Option<Rc<ReaderConnection>>>,
+    connections: Connections,
     in_flight: Cell<usize>,
     finished: Notify,
-}
-
-struct ReaderConnection {
-    client: Client,
-    /// Held across a prepare, so concurrent reads of a new shape prepare it once.
-    statements: Mutex<Option<LruCache<ReadShape, Statement>>>,
 }
 
 impl Reader {
@@ -80,12 +80,12 @@ impl Reader {
         settings: ReaderSettings,
         metrics: MetricsSink,
     ) -> Self {
+        let connections = Connections::new(connector, &settings, metrics.clone());
         Reader {
             shared: Rc::new(Shared {
-                connector,
                 settings,
                 metrics,
-                connection: Mutex::new(None),
+                connections,
                 in_flight: Cell::new(0),
                 finished: Notify::new(),
             }),
@@ -124,11 +124,7 @@ impl Handler<ReadBy> for Reader {
         ctx: &mut Self::Context,
     ) -> Self::Result {
         let shared = self.shared.clone();
-        let validated = read
-            .query
-            .validate("query", &shared.settings.limits)
-            .and_then(|()| read.options.validate());
-        if let Err(e) = validated {
+        if let Err(e) = read.query.validate("query", &shared.settings.limits) {
             shared.metrics.record(Record::InvalidInput);
             return Box::pin(async move { Err(e) });
         }
@@ -157,11 +153,7 @@ impl Handler<ReadBy> for Reader {
 impl Shared {
     /// Connects if needed, prepares if needed, and reads, all by `deadline`.
     async fn run(&self, read: Read, deadline: Instant) -> Result<ReadResult> {
-        let work = async {
-            let connection = self.connection().await?;
-            self.read(&connection, &read).await
-        };
-        match tokio::time::timeout_at(deadline.into(), work).await {
+        match tokio::time::timeout_at(deadline.into(), self.read(&read)).await {
             Ok(result) => result,
             Err(_) => {
                 // Abandoned, not cancelled: a cancel could hit another caller's read.
@@ -174,62 +166,23 @@ impl Shared {
         }
     }
 
-    /// The live connection, connecting (once, for all waiting reads) when needed.
-    async fn connection(&self) -> Result<Rc<ReaderConnection>> {
-        let mut current = self.connection.lock().await;
-        if let Some(connection) = current.as_ref().filter(|c| !c.client.is_closed()) {
-            return Ok(connection.clone());
-        }
-        let client = self.connector.dedicated().await?;
-        // The server's bound on a statement nobody waits for any more.
-        let statement_timeout = format!("{}ms", self.settings.timeout.as_millis());
-        client
-            .execute(
-                "SELECT set_config('statement_timeout', $1, false)",
-                &[&statement_timeout],
-            )
-            .await
-            .map_err(|e| self.db_error(e))?;
-        let connection = Rc::new(ReaderConnection {
-            client,
-            statements: Mutex::new(self.settings.cache_size.map(LruCache::new)),
-        });
-        *current = Some(connection.clone());
-        Ok(connection)
-    }
-
-    async fn read(&self, connection: &ReaderConnection, read: &Read) -> Result<ReadResult> {
+    async fn read(&self, read: &Read) -> Result<ReadResult> {
         let building = Instant::now();
         let shape = ReadShape::of(&read.query, &read.options);
-        let mut statements = connection.statements.lock().await;
-        let statement = match statements.as_mut().and_then(|cache| cache.get(&shape)) {
-            Some(statement) => statement.clone(),
-            None => {
-                let text = sql::read_statement(&self.settings.schema, &shape);
-                let started = Instant::now();
-                let statement = connection
-                    .client
-                    .prepare(&text)
-                    .await
-                    .map_err(|e| self.db_error(e))?;
-                self.statement(metrics::Statement::Prepare, started);
-                self.metrics.record(Record::StatementPrepared);
-                if let Some(cache) = statements.as_mut() {
-                    cache.put(shape, statement.clone());
-                }
-                statement
-            }
-        };
-        drop(statements);
-        let params = ReadParams::new(&read.query, &read.options);
+        let params = ReadParams::new(&read.query, &read.options, &shape);
+        let runnable = self.connections.runnable(shape).await?;
         self.component(Component::QueryBuilding, building.elapsed());
 
         let started = Instant::now();
-        let rows = connection
-            .client
-            .query(&statement, &params.as_params())
-            .await
-            .map_err(|e| self.db_error(e))?;
+        let rows = match &runnable {
+            Runnable::Prepared(client, statement) => {
+                client.query(statement, &params.as_params()).await
+            }
+            Runnable::OneOff(client, text) => {
+                client.query_typed(text, &params.as_typed_params()).await
+            }
+        }
+        .map_err(|e| self.db_error(e))?;
         self.statement(metrics::Statement::Read, started);
         self.component(Component::SqlExecution, started.elapsed());
 
@@ -258,46 +211,4 @@ impl Shared {
             elapsed,
         });
     }
-}
-
-/// Turns the rows of a read statement into events and the read's head.
-pub(crate) fn decode(rows: &[Row], options: &ReadOptions) -> Result<ReadResult> {
-    let store_head = rows.first().map_or(0, |r| r.get::<_, i64>(col::HEAD)) as u64;
-    let mut events = Vec::with_capacity(rows.len());
-    for row in rows {
-        let Some(position) = row.get::<_, Option<i64>>(col::POSITION) else {
-            continue; // nothing matched: the row only carries the head
-        };
-        let event = Event::from_stored(
-            row.try_get(col::EVENT_ID).map_err(Error::db)?,
-            row.try_get(col::EVENT_TYPE).map_err(Error::db)?,
-            row.try_get(col::TAGS).map_err(Error::db)?,
-            row.try_get::<_, JsonText>(col::DATA).map_err(Error::db)?,
-            row.try_get::<_, JsonText>(col::METADATA)
-                .map_err(Error::db)?,
-            row.try_get(col::OCCURRED_AT).map_err(Error::db)?,
-        );
-        events.push(SequencedEvent {
-            position: position as u64,
-            event,
-            recorded_at: row.try_get(col::RECORDED_AT).map_err(Error::db)?,
-        });
-    }
-    let mut head = store_head;
-    if let Some(before) = options.before {
-        head = head.min(before.saturating_sub(1));
-    }
-    let stopped_at_limit = options.limit.is_some_and(|l| events.len() as u64 >= l);
-    if stopped_at_limit && !options.backwards {
-        // Matching events after the last one returned were not seen; nor anything
-        // beyond the store's head (an `after` past it saw nothing up to `after`).
-        head = events
-            .last()
-            .map_or(options.after.unwrap_or(0), |e| e.position)
-            .min(store_head);
-    }
-    Ok(ReadResult {
-        events,
-        head: (head > 0).then_some(head),
-    })
 }

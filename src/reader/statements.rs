@@ -1,0 +1,160 @@
+//! A reader's connections and which statement a read runs.
+//!
+//! Shapes seen often run as statements prepared once on the main connection and kept
+//! in its LRU cache. A shape is admitted to the cache at its second sighting (a
+//! small "seen once" list remembers first sightings): a stream of one-off shapes then
+//! never evicts the hot ones. A shape's first read goes to a second connection as an
+//! unnamed statement (`query_typed`: one round trip, nothing left on the server), so
+//! parsing and planning it never delays the reads pipelined on the main connection.
+//! With the cache turned off (a benchmark baseline) every read prepares anew on the
+//! main connection.
+
+use std::cell::RefCell;
+use std::num::NonZeroUsize;
+use std::rc::Rc;
+use std::time::Instant;
+
+use lru::LruCache;
+use tokio::sync::Mutex;
+use tokio_postgres::{Client, Statement};
+
+use super::ReaderSettings;
+use crate::connect::Connector;
+use crate::error::{Error, Result};
+use crate::metrics::{self, MetricsSink, Record};
+use crate::sql::{self, ReadShape};
+
+/// First sightings remembered per cached statement.
+const SEEN_ONCE_PER_CACHED: usize = 4;
+
+/// What a read runs: a prepared statement, or a shape's text sent unprepared.
+pub(super) enum Runnable {
+    Prepared(Rc<Client>, Statement),
+    OneOff(Rc<Client>, String),
+}
+
+pub(super) struct Connections {
+    connector: Connector,
+    schema: String,
+    statement_timeout: String,
+    cache_size: Option<NonZeroUsize>,
+    metrics: MetricsSink,
+    /// The main connection and its statements; replaced (with an empty cache) when
+    /// it breaks.
+    main: Mutex<Option<Rc<MainConnection>>>,
+    /// The connection for shapes' first reads, connected when first needed.
+    one_off: Mutex<Option<Rc<Client>>>,
+    seen_once: RefCell<LruCache<ReadShape, ()>>,
+}
+
+struct MainConnection {
+    client: Rc<Client>,
+    /// Held across a prepare, so concurrent reads of a new shape prepare it once.
+    statements: Mutex<Option<LruCache<ReadShape, Statement>>>,
+}
+
+impl Connections {
+    pub(super) fn new(
+        connector: Connector,
+        settings: &ReaderSettings,
+        metrics: MetricsSink,
+    ) -> Self {
+        let seen = settings
+            .cache_size
+            .map_or(1, |n| n.get().saturating_mul(SEEN_ONCE_PER_CACHED));
+        Connections {
+            connector,
+            schema: settings.schema.clone(),
+            statement_timeout: format!("{}ms", settings.timeout.as_millis()),
+            cache_size: settings.cache_size,
+            metrics,
+            main: Mutex::new(None),
+            one_off: Mutex::new(None),
+            seen_once: RefCell::new(LruCache::new(
+                NonZeroUsize::new(seen).unwrap_or(NonZeroUsize::MIN),
+            )),
+        }
+    }
+
+    /// Where and how to run a read of `shape`.
+    pub(super) async fn runnable(&self, shape: ReadShape) -> Result<Runnable> {
+        let main = self.main().await?;
+        let mut statements = main.statements.lock().await;
+        let Some(cache) = statements.as_mut() else {
+            let statement = self.prepare(&main.client, &shape).await?;
+            return Ok(Runnable::Prepared(main.client.clone(), statement));
+        };
+        if let Some(statement) = cache.get(&shape) {
+            return Ok(Runnable::Prepared(main.client.clone(), statement.clone()));
+        }
+        let seen_before = self.seen_once.borrow_mut().pop(&shape).is_some();
+        if !seen_before {
+            drop(statements);
+            let text = sql::read_statement(&self.schema, &shape);
+            self.seen_once.borrow_mut().put(shape, ());
+            return Ok(Runnable::OneOff(self.one_off().await?, text));
+        }
+        let statement = self.prepare(&main.client, &shape).await?;
+        cache.put(shape, statement.clone());
+        Ok(Runnable::Prepared(main.client.clone(), statement))
+    }
+
+    async fn prepare(&self, client: &Client, shape: &ReadShape) -> Result<Statement> {
+        let text = sql::read_statement(&self.schema, shape);
+        let started = Instant::now();
+        let statement = client.prepare(&text).await.map_err(|e| self.db_error(e))?;
+        self.metrics.record(Record::Statement {
+            statement: metrics::Statement::Prepare,
+            elapsed: started.elapsed(),
+        });
+        self.metrics.record(Record::StatementPrepared);
+        Ok(statement)
+    }
+
+    /// The live main connection, connecting (once, for all waiting reads) when needed.
+    async fn main(&self) -> Result<Rc<MainConnection>> {
+        let mut current = self.main.lock().await;
+        if let Some(connection) = current.as_ref().filter(|c| !c.client.is_closed()) {
+            return Ok(connection.clone());
+        }
+        let connection = Rc::new(MainConnection {
+            client: self.connect().await?,
+            statements: Mutex::new(self.cache_size.map(LruCache::new)),
+        });
+        *current = Some(connection.clone());
+        Ok(connection)
+    }
+
+    async fn one_off(&self) -> Result<Rc<Client>> {
+        let mut current = self.one_off.lock().await;
+        if let Some(client) = current.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(client.clone());
+        }
+        let client = self.connect().await?;
+        *current = Some(client.clone());
+        Ok(client)
+    }
+
+    async fn connect(&self) -> Result<Rc<Client>> {
+        let client = self.connector.dedicated().await?;
+        // The server's bound on a statement nobody waits for any more; and generic
+        // plans from the first execution: read statements are built so that one plan
+        // serves every value (ordered index probes), and the statement for many items
+        // would otherwise be planned anew on every execution (its arrays' sizes make
+        // each custom plan look cheaper than the generic one).
+        client
+            .execute(
+                "SELECT set_config('statement_timeout', $1, false),
+                        set_config('plan_cache_mode', 'force_generic_plan', false)",
+                &[&self.statement_timeout],
+            )
+            .await
+            .map_err(|e| self.db_error(e))?;
+        Ok(Rc::new(client))
+    }
+
+    fn db_error(&self, error: tokio_postgres::Error) -> Error {
+        self.metrics.database_error(&error);
+        Error::db(error)
+    }
+}
