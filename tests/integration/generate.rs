@@ -121,14 +121,18 @@ impl Gen {
         event
     }
 
-    /// A query of one to three items of every shape.
+    /// A query of one to three items of every shape, or at times of 9 to 12 (served
+    /// by the statement for many items).
     pub fn query(&mut self) -> Query {
         if self.rng.gen_bool(0.05) {
             return Query::all();
         }
-        let items: Vec<QueryItem> = (0..self.rng.gen_range(1..=3))
-            .map(|_| self.item())
-            .collect();
+        let n = if self.rng.gen_bool(0.1) {
+            self.rng.gen_range(9..=12)
+        } else {
+            self.rng.gen_range(1..=3)
+        };
+        let items: Vec<QueryItem> = (0..n).map(|_| self.item()).collect();
         Query::new(items)
     }
 

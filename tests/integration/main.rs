@@ -17,4 +17,5 @@ mod properties;
 mod reads;
 mod schema;
 mod security;
+mod sizes;
 mod validation;
