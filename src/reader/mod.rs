@@ -150,10 +150,48 @@ impl Handler<ReadBy> for Reader {
     }
 }
 
+/// First pause before reading again after a connection failed; later pauses grow
+/// linearly (connecting has its own backoff, shared by all of a reader's reads).
+const RETRY_BACKOFF: Duration = Duration::from_millis(20);
+
+/// Whether a read failed because its connection did (or none could be made), so that
+/// reading again on a fresh connection may succeed: no connection, a closed one, a
+/// connection error (SQLSTATE class 08) or a server shutting down or starting up
+/// (57P01-57P03). Anything else the server refused for a reason retrying cannot fix.
+fn connection_failed(error: &Error) -> bool {
+    match error {
+        Error::Connect(_) => true,
+        Error::Database { source, .. } => match source.code() {
+            None => true,
+            Some(code) => {
+                let code = code.code();
+                code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+            }
+        },
+        _ => false,
+    }
+}
+
 impl Shared {
-    /// Connects if needed, prepares if needed, and reads, all by `deadline`.
+    /// Connects if needed, prepares if needed, and reads, all by `deadline`; a read
+    /// whose connection fails is read again on a fresh one (a read is always safe to
+    /// repeat), with a growing pause, until it succeeds or the deadline passes.
     async fn run(&self, read: Read, deadline: Instant) -> Result<ReadResult> {
-        match tokio::time::timeout_at(deadline.into(), self.read(&read)).await {
+        let attempts = async {
+            for attempt in 0u32.. {
+                if attempt > 0 {
+                    tokio::time::sleep(RETRY_BACKOFF * attempt.min(10)).await;
+                }
+                match self.read(&read).await {
+                    Err(error) if connection_failed(&error) => {
+                        tracing::debug!(%error, attempt, "read failed with its connection; reading again");
+                    }
+                    result => return result,
+                }
+            }
+            unreachable!("attempts are bounded by the deadline")
+        };
+        match tokio::time::timeout_at(deadline.into(), attempts).await {
             Ok(result) => result,
             Err(_) => {
                 // Abandoned, not cancelled: a cancel could hit another caller's read.

@@ -7,12 +7,13 @@
 //! unnamed statement (`query_typed`: one round trip, nothing left on the server), so
 //! parsing and planning it never delays the reads pipelined on the main connection.
 //! With the cache turned off (a benchmark baseline) every read prepares anew on the
-//! main connection.
+//! main connection. A connection that breaks is replaced on the next read; connecting
+//! after a failure waits a growing pause shared by all of the reader's reads.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::num::NonZeroUsize;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use lru::LruCache;
 use tokio::sync::Mutex;
@@ -45,6 +46,22 @@ pub(super) struct Connections {
     /// The connection for shapes' first reads, connected when first needed.
     one_off: Mutex<Option<Rc<Client>>>,
     seen_once: RefCell<LruCache<ReadShape, ()>>,
+    /// After a failed connect, no new attempt before this instant (a growing pause,
+    /// shared by every read of this reader, so a server that is down sees a few
+    /// attempts a second, not one per read).
+    reconnect: Cell<Backoff>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Backoff {
+    failures: u32,
+    not_before: Option<Instant>,
+}
+
+/// The pause after `failures` failed connects in a row: 50 ms, doubling, at most 1 s.
+fn reconnect_pause(failures: u32) -> Duration {
+    (Duration::from_millis(50) * 2u32.saturating_pow(failures.saturating_sub(1).min(5)))
+        .min(Duration::from_secs(1))
 }
 
 struct MainConnection {
@@ -73,6 +90,7 @@ impl Connections {
             seen_once: RefCell::new(LruCache::new(
                 NonZeroUsize::new(seen).unwrap_or(NonZeroUsize::MIN),
             )),
+            reconnect: Cell::new(Backoff::default()),
         }
     }
 
@@ -135,7 +153,28 @@ impl Connections {
         Ok(client)
     }
 
+    /// A new configured connection, after the pause that earlier failures call for.
     async fn connect(&self) -> Result<Rc<Client>> {
+        if let Some(not_before) = self.reconnect.get().not_before {
+            tokio::time::sleep_until(not_before.into()).await;
+        }
+        match self.connect_now().await {
+            Ok(client) => {
+                self.reconnect.set(Backoff::default());
+                Ok(client)
+            }
+            Err(error) => {
+                let failures = self.reconnect.get().failures + 1;
+                self.reconnect.set(Backoff {
+                    failures,
+                    not_before: Some(Instant::now() + reconnect_pause(failures)),
+                });
+                Err(error)
+            }
+        }
+    }
+
+    async fn connect_now(&self) -> Result<Rc<Client>> {
         let client = self.connector.dedicated().await?;
         // The server's bound on a statement nobody waits for any more; and generic
         // plans from the first execution: read statements are built so that one plan

@@ -15,6 +15,7 @@ mod ordering;
 mod outcomes;
 mod properties;
 mod reads;
+mod restarts;
 mod schema;
 mod security;
 mod sizes;
