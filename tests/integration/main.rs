@@ -6,6 +6,7 @@ mod appends;
 mod batching;
 mod checker;
 mod concurrency;
+mod demo;
 mod exactness;
 mod faults;
 mod generate;

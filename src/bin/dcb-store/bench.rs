@@ -91,6 +91,9 @@ pub struct Measurement {
     pub invariants: Option<bool>,
     /// Mean appends per writer batch over the whole run (0 with metrics off).
     pub batch_mean: f64,
+    /// Operations that failed inside the window, and the time they took.
+    pub errors: u64,
+    pub time_lost_s: f64,
 }
 
 /// What one operation did.
@@ -234,7 +237,7 @@ async fn measure(
                 max_courses_per_student: 5,
             };
             scenario.define_courses(&store).await?;
-            let accepted = Rc::new(RefCell::new(0u64));
+            let accepted = Rc::new(RefCell::new(std::collections::HashSet::new()));
             let counted = accepted.clone();
             let decider_store = store.clone();
             let window = drive(clients, timing, move |_| {
@@ -249,16 +252,18 @@ async fn measure(
                         )
                     };
                     let outcome = scenario.subscribe(&store, course, student).await?;
-                    *accepted.borrow_mut() += u64::from(outcome.accepted);
+                    if let Some(id) = outcome.accepted {
+                        accepted.borrow_mut().insert(id);
+                    }
                     Ok(OpOutcome {
-                        events: u64::from(outcome.accepted),
+                        events: u64::from(outcome.accepted.is_some()),
                         conflicts: outcome.conflicts,
                     })
                 }
             })
             .await?;
-            let accepted = *accepted.borrow();
-            let violations = scenario.violations(&store, accepted).await?;
+            let accepted = accepted.borrow().clone();
+            let (violations, _) = scenario.violations(&store, &accepted).await?;
             for v in &violations {
                 eprintln!("invariant violated: {v}");
             }
@@ -313,6 +318,8 @@ async fn measure(
         peak_rss_mib: window.peak_rss_mib,
         invariants,
         batch_mean,
+        errors: window.errors,
+        time_lost_s: window.time_lost.as_secs_f64(),
     })
 }
 
@@ -327,6 +334,8 @@ struct Window {
     ops: u64,
     events: u64,
     conflicts: u64,
+    errors: u64,
+    time_lost: Duration,
     latency_us: Histogram<u64>,
     elapsed: Duration,
     cpu_s: f64,
@@ -335,7 +344,8 @@ struct Window {
 
 /// Runs `clients` callers in a closed loop (each starts its next operation when the
 /// last one ends) for warm-up plus the measured time; counts what completes inside
-/// the window.
+/// the window. A failed operation (the server restarting, say) is counted with the
+/// time it took, followed by a short pause, and the caller goes on.
 async fn drive<F, Fut>(clients: usize, timing: Timing, op: F) -> Result<Window, Error>
 where
     F: Fn(usize) -> Fut + Clone + 'static,
@@ -348,6 +358,8 @@ where
         ops: 0,
         events: 0,
         conflicts: 0,
+        errors: 0,
+        time_lost: Duration::ZERO,
         latency_us: Histogram::new(3).map_err(|e| Error::Config(e.to_string()))?,
         elapsed: timing.measured,
         cpu_s: 0.0,
@@ -367,7 +379,20 @@ where
                         reset_peak_rss();
                         *cpu_at_start.borrow_mut() = Some(cpu_seconds());
                     }
-                    let outcome = op(client).await?;
+                    let outcome = match op(client).await {
+                        Ok(outcome) => outcome,
+                        Err(e) => {
+                            let done = Instant::now();
+                            if done >= window_start && done < window_end {
+                                let mut s = stats.borrow_mut();
+                                s.errors += 1;
+                                s.time_lost += done - began;
+                            }
+                            tracing::debug!(error = %e, "operation failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    };
                     let done = Instant::now();
                     if done >= window_start && done < window_end {
                         let mut s = stats.borrow_mut();
@@ -441,7 +466,7 @@ fn peak_rss_mib() -> f64 {
 
 fn print_table(results: &[Measurement]) {
     println!(
-        "{:<15} {:<11} {:>7} {:>9} {:>10} {:>10} {:>9} {:>8} {:>8} {:>8} {:>7} {:>8} {:>6} {:>4}",
+        "{:<15} {:<11} {:>7} {:>9} {:>10} {:>10} {:>9} {:>8} {:>8} {:>8} {:>7} {:>8} {:>6} {:>4} {:>7} {:>7}",
         "workload",
         "mode",
         "clients",
@@ -455,11 +480,13 @@ fn print_table(results: &[Measurement]) {
         "cpu s",
         "rss MiB",
         "batch",
-        "inv"
+        "inv",
+        "errors",
+        "lost s"
     );
     for m in results {
         println!(
-            "{:<15} {:<11} {:>7} {:>9} {:>10.0} {:>10.0} {:>9} {:>8.2} {:>8.2} {:>8.2} {:>7.2} {:>8.1} {:>6.1} {:>4}",
+            "{:<15} {:<11} {:>7} {:>9} {:>10.0} {:>10.0} {:>9} {:>8.2} {:>8.2} {:>8.2} {:>7.2} {:>8.1} {:>6.1} {:>4} {:>7} {:>7.1}",
             m.workload,
             format!("{:?}", m.mode).to_lowercase(),
             m.clients,
@@ -477,7 +504,9 @@ fn print_table(results: &[Measurement]) {
                 Some(true) => "PASS",
                 Some(false) => "FAIL",
                 None => "-",
-            }
+            },
+            m.errors,
+            m.time_lost_s
         );
     }
 }

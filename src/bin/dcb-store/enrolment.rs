@@ -1,14 +1,18 @@
 //! The course-subscription scenario from dcb.events, shared by `demo` and `bench
 //! enrolment`: courses with a capacity, students subscribing, at most N courses per
 //! student. A decision reads one two-item query, decides, and appends with the
-//! condition built from the read's head, reading again and retrying on conflict.
+//! condition built from the read's head, reading again and retrying on conflict. An
+//! append whose outcome is unknown (`may_have_been_written`) is sent again unchanged,
+//! same id, which returns its positions if it was written.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use dcb_store::{AppendCondition, Error, Event, EventStore, Query, QueryItem, ReadOptions};
 use futures_util::future::join_all;
 use futures_util::StreamExt;
 use serde_json::json;
+use uuid::Uuid;
 
 const COURSE_DEFINED: &str = "CourseDefined";
 const SUBSCRIBED: &str = "StudentSubscribedToCourse";
@@ -24,10 +28,15 @@ pub struct Scenario {
 
 /// What one decision did.
 pub struct Outcome {
-    pub accepted: bool,
+    /// The id of the subscription event, when the decision was to subscribe and the
+    /// store acknowledged it.
+    pub accepted: Option<Uuid>,
     /// Appends refused by their condition before the decision settled.
     pub conflicts: u64,
 }
+
+/// Times an append whose outcome is unknown is sent again before the decision gives up.
+const UNKNOWN_OUTCOME_RETRIES: u32 = 3;
 
 fn course_tag(c: usize) -> String {
     format!("course:{c}")
@@ -105,7 +114,7 @@ impl Scenario {
                 || student_courses >= self.max_courses_per_student
             {
                 return Ok(Outcome {
-                    accepted: false,
+                    accepted: None,
                     conflicts,
                 });
             }
@@ -114,16 +123,11 @@ impl Scenario {
                 json!({"courseId": course, "studentId": student}),
             )
             .with_tags([course_tag.clone(), student_tag.clone()]);
-            match store
-                .append(
-                    vec![event],
-                    Some(AppendCondition::new(query.clone(), read.head)),
-                )
-                .await
-            {
-                Ok(_) => {
+            let condition = AppendCondition::new(query.clone(), read.head);
+            match append_until_known(store, event.clone(), condition).await {
+                Ok(()) => {
                     return Ok(Outcome {
-                        accepted: true,
+                        accepted: Some(event.id()),
                         conflicts,
                     })
                 }
@@ -133,19 +137,21 @@ impl Scenario {
         }
     }
 
-    /// Reads every subscription back and lists what breaks an invariant: a course
-    /// over capacity, a double subscription, a student over the limit, or a count of
-    /// stored subscriptions different from the `accepted` decisions.
+    /// Reads every subscription back (of all processes deciding on this schema) and
+    /// lists what breaks an invariant: a course over capacity, a double subscription,
+    /// a student over the limit, or a subscription this process was told is stored
+    /// (`acknowledged`) that is not. Returns them with the number of subscriptions.
     pub async fn violations(
         &self,
         store: &EventStore,
-        accepted: u64,
-    ) -> Result<Vec<String>, Error> {
+        acknowledged: &HashSet<Uuid>,
+    ) -> Result<(Vec<String>, u64), Error> {
         let mut per_course: HashMap<u64, u64> = HashMap::new();
         let mut per_student: HashMap<u64, u64> = HashMap::new();
         let mut pairs = HashSet::new();
         let mut violations = Vec::new();
         let mut subscriptions = 0;
+        let mut found = 0;
         let query = Query::new([QueryItem::new().types([SUBSCRIBED])]);
         let mut events = store.read_stream(query, ReadOptions::default());
         while let Some(event) = events.next().await {
@@ -154,6 +160,7 @@ impl Scenario {
             let field = |name: &str| data[name].as_u64().unwrap_or(u64::MAX);
             let (c, s) = (field("courseId"), field("studentId"));
             subscriptions += 1;
+            found += u64::from(acknowledged.contains(&event.event.id()));
             *per_course.entry(c).or_default() += 1;
             *per_student.entry(s).or_default() += 1;
             if !pairs.insert((c, s)) {
@@ -176,11 +183,36 @@ impl Scenario {
                 ));
             }
         }
-        if subscriptions != accepted {
+        // Ids are unique in the store, so each acknowledged one is there once or not.
+        if found != acknowledged.len() as u64 {
             violations.push(format!(
-                "{accepted} subscriptions were accepted but {subscriptions} are stored"
+                "{} subscriptions were acknowledged but only {found} of them are stored",
+                acknowledged.len()
             ));
         }
-        Ok(violations)
+        Ok((violations, subscriptions))
+    }
+}
+
+/// Appends `event` under `condition`; when the outcome is unknown, sends the very same
+/// append again (same id: a stored one comes back with its positions).
+async fn append_until_known(
+    store: &EventStore,
+    event: Event,
+    condition: AppendCondition,
+) -> Result<(), Error> {
+    let mut attempt = 0;
+    loop {
+        match store
+            .append(vec![event.clone()], Some(condition.clone()))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) if e.may_have_been_written() && attempt < UNKNOWN_OUTCOME_RETRIES => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
