@@ -21,14 +21,7 @@ const SETTLE: Duration = Duration::from_millis(200);
 
 impl Stall {
     pub async fn start(store: &EventStore) -> Stall {
-        let client = support::client().await;
-        client
-            .batch_execute(&format!(
-                "BEGIN; LOCK TABLE \"{}\".events IN EXCLUSIVE MODE",
-                store.config().schema()
-            ))
-            .await
-            .unwrap();
+        let client = support::lock_events(store.config().schema(), "EXCLUSIVE").await;
         let store = store.clone();
         let blocker = actix::spawn(async move {
             store

@@ -1,7 +1,6 @@
 //! Batching and statement reuse, checked from outside the store: the server's own
 //! commit counter, and a wire-protocol proxy that counts `Parse` messages.
 
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -143,25 +142,13 @@ async fn parse_counting_proxy(target: (String, u16)) -> (u16, Arc<AtomicU64>) {
 
 #[actix::test]
 async fn repeated_reads_and_appends_are_not_parsed_again_by_the_server() {
-    let config = tokio_postgres::Config::from_str(support::database_url()).unwrap();
-    let host = match config.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        _ => "127.0.0.1".to_owned(),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    let (proxy_port, parses) = parse_counting_proxy((host, port)).await;
-    let mut parts = vec![
-        "host=127.0.0.1".to_owned(),
-        format!("port={proxy_port}"),
-        format!("dbname={}", config.get_dbname().unwrap_or("postgres")),
-    ];
-    if let Some(user) = config.get_user() {
-        parts.push(format!("user={user}"));
-    }
+    let (proxy_port, parses) = parse_counting_proxy(support::server_address()).await;
     let schema = support::unique_schema("parse");
-    let store = EventStore::connect(support::config(&schema).with_database_url(parts.join(" ")))
-        .await
-        .unwrap();
+    let store = EventStore::connect(
+        support::config(&schema).with_database_url(support::url_via(proxy_port)),
+    )
+    .await
+    .unwrap();
     let query = |i: usize| Query::new([QueryItem::new().types(["E"]).tags([format!("k:{i}")])]);
     // Warm up: the writer prepares at its first batch, each reader at its first read.
     store

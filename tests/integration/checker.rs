@@ -70,13 +70,7 @@ async fn every_decision_of_several_processes_holds_in_the_serial_order() {
             };
             planned.push((store, events, condition));
         }
-        let blocker = support::client().await;
-        blocker
-            .batch_execute(&format!(
-                "BEGIN; LOCK TABLE \"{schema}\".events IN EXCLUSIVE MODE"
-            ))
-            .await
-            .unwrap();
+        let blocker = support::lock_events(&schema, "EXCLUSIVE").await;
         let calls = planned.into_iter().map(|(store, events, condition)| {
             actix::spawn(async move {
                 let result = store.append(events.clone(), condition.clone()).await;

@@ -491,13 +491,7 @@ async fn two_processes_decide_exactly_whatever_the_servers_default_isolation() {
             .collect();
         // Both writers queue behind a table lock held from outside, so the second
         // one's transaction starts while the first one's is still open.
-        let blocker = support::client().await;
-        blocker
-            .batch_execute(&format!(
-                "BEGIN; LOCK TABLE \"{schema}\".events IN EXCLUSIVE MODE"
-            ))
-            .await
-            .unwrap();
+        let blocker = support::lock_events(&schema, "EXCLUSIVE").await;
         let calls = actix::spawn(join_all(calls));
         tokio::time::sleep(Duration::from_millis(300)).await;
         blocker.batch_execute("COMMIT").await.unwrap();

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use dcb_store::{EmbeddedPostgres, Error, Event, EventStore, Query, QueryItem, ReadOptions};
+use dcb_store::{Error, Event, EventStore, Query, QueryItem, ReadOptions};
 use futures_util::future::join_all;
 use uuid::Uuid;
 
@@ -205,12 +205,7 @@ async fn a_retried_append_returns_its_original_positions() {
 
 #[actix::test]
 async fn the_store_recovers_from_a_server_restart_under_load() {
-    let server = std::sync::Arc::new(
-        tokio::task::spawn_blocking(EmbeddedPostgres::start)
-            .await
-            .unwrap()
-            .unwrap(),
-    );
+    let server = support::throwaway_server().await;
     let store = EventStore::connect(
         dcb_store::Config::default()
             .with_database_url(server.url())
@@ -257,13 +252,7 @@ async fn a_stuck_statement_times_out_and_the_store_recovers() {
         .append(vec![support::event("E", &["t"])], None)
         .await
         .unwrap();
-    let admin = support::client().await;
-    admin
-        .batch_execute(&format!(
-            "BEGIN; LOCK TABLE \"{schema}\".events IN ACCESS EXCLUSIVE MODE"
-        ))
-        .await
-        .unwrap();
+    let admin = support::lock_events(&schema, "ACCESS EXCLUSIVE").await;
     let append = store.append(vec![support::event("E", &["t"])], None).await;
     assert!(
         matches!(

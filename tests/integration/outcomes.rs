@@ -2,7 +2,6 @@
 //! are lost says "may have been written" (and was); a timed-out read harms no other
 //! read; one deadline bounds a batch, its retries and its one-by-one isolation.
 
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,30 +14,6 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::appends::Stall;
 use crate::support;
 
-/// The test server's host and port.
-fn server_address() -> (String, u16) {
-    let config = tokio_postgres::Config::from_str(support::database_url()).unwrap();
-    let host = match config.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        _ => "127.0.0.1".to_owned(),
-    };
-    (host, config.get_ports().first().copied().unwrap_or(5432))
-}
-
-/// `support::database_url()` through 127.0.0.1:`port`.
-fn url_via(port: u16) -> String {
-    let config = tokio_postgres::Config::from_str(support::database_url()).unwrap();
-    let mut parts = vec![
-        "host=127.0.0.1".to_owned(),
-        format!("port={port}"),
-        format!("dbname={}", config.get_dbname().unwrap_or("postgres")),
-    ];
-    if let Some(user) = config.get_user() {
-        parts.push(format!("user={user}"));
-    }
-    parts.join(" ")
-}
-
 /// A proxy that loses the answers of a transaction, as a server that crashes right
 /// after a commit: while `armed`, once a client sends `BEGIN` it gets no more
 /// answers; its messages up to and including `COMMIT` still reach the server, which
@@ -46,7 +21,7 @@ fn url_via(port: u16) -> String {
 async fn answer_losing_proxy(armed: Arc<AtomicBool>) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let target = server_address();
+    let target = support::server_address();
     let gone = Arc::new(AtomicBool::new(false));
     actix::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
@@ -133,7 +108,7 @@ async fn an_append_whose_answers_are_lost_may_have_been_written_and_a_retry_find
     let port = answer_losing_proxy(armed.clone()).await;
     let proxied = EventStore::connect(
         support::config(&schema)
-            .with_database_url(url_via(port))
+            .with_database_url(support::url_via(port))
             .with_operation_timeout(Duration::from_secs(2)),
     )
     .await
@@ -179,13 +154,7 @@ async fn a_read_that_times_out_does_not_cancel_another_callers_read() {
         .read(&Query::all(), ReadOptions::default())
         .await
         .unwrap();
-    let admin = support::client().await;
-    admin
-        .batch_execute(&format!(
-            "BEGIN; LOCK TABLE \"{schema}\".events IN ACCESS EXCLUSIVE MODE"
-        ))
-        .await
-        .unwrap();
+    let admin = support::lock_events(&schema, "ACCESS EXCLUSIVE").await;
     let slow_store = store.clone();
     let slow =
         actix::spawn(async move { slow_store.read(&Query::all(), ReadOptions::default()).await });

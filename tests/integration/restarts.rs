@@ -7,19 +7,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dcb_store::{EmbeddedPostgres, Error, EventStore, Query, QueryItem, ReadOptions};
+use dcb_store::{Error, EventStore, Query, QueryItem, ReadOptions};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::support;
 
 #[actix::test]
 async fn reads_and_appends_ride_through_a_server_restart() {
-    let server = Arc::new(
-        tokio::task::spawn_blocking(EmbeddedPostgres::start)
-            .await
-            .unwrap()
-            .unwrap(),
-    );
+    let server = support::throwaway_server().await;
     let store = EventStore::connect(
         dcb_store::Config::default()
             .with_database_url(server.url())
@@ -106,12 +101,7 @@ async fn reads_and_appends_ride_through_a_server_restart() {
 async fn switchable_proxy(up: Arc<AtomicBool>, attempts: Arc<AtomicU64>) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let config: tokio_postgres::Config = support::database_url().parse().unwrap();
-    let host = match config.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        _ => "127.0.0.1".to_owned(),
-    };
-    let target_port = config.get_ports().first().copied().unwrap_or(5432);
+    let (host, target_port) = support::server_address();
     actix::spawn(async move {
         while let Ok((mut client, _)) = listener.accept().await {
             attempts.fetch_add(1, Ordering::SeqCst);
@@ -149,17 +139,10 @@ async fn readers_back_off_while_the_server_is_down_and_come_back_with_it() {
         .append(vec![support::event("E", &["d"])], None)
         .await
         .unwrap();
-    let config: tokio_postgres::Config = support::database_url().parse().unwrap();
-    let mut url = format!(
-        "host=127.0.0.1 port={port} dbname={}",
-        config.get_dbname().unwrap_or("postgres")
-    );
-    if let Some(user) = config.get_user() {
-        url.push_str(&format!(" user={user}"));
-    }
-    let store = EventStore::connect(support::config(&schema).with_database_url(url))
-        .await
-        .unwrap();
+    let store =
+        EventStore::connect(support::config(&schema).with_database_url(support::url_via(port)))
+            .await
+            .unwrap();
     let query = Query::new([QueryItem::new().tags(["d"])]);
     for _ in 0..4 {
         store.read(&query, ReadOptions::default()).await.unwrap();

@@ -150,3 +150,49 @@ fn target_parts(config: &tokio_postgres::Config) -> Vec<String> {
     }
     parts
 }
+
+/// The test server's host and port (for proxies in front of it).
+pub fn server_address() -> (String, u16) {
+    let config = <tokio_postgres::Config as std::str::FromStr>::from_str(database_url()).unwrap();
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "127.0.0.1".to_owned(),
+    };
+    (host, config.get_ports().first().copied().unwrap_or(5432))
+}
+
+/// The test server's connection string, but through 127.0.0.1:`port` (a proxy).
+pub fn url_via(port: u16) -> String {
+    let config = <tokio_postgres::Config as std::str::FromStr>::from_str(database_url()).unwrap();
+    let mut parts = vec![
+        "host=127.0.0.1".to_owned(),
+        format!("port={port}"),
+        format!("dbname={}", config.get_dbname().unwrap_or("postgres")),
+    ];
+    if let Some(user) = config.get_user() {
+        parts.push(format!("user={user}"));
+    }
+    parts.join(" ")
+}
+
+/// Locks `schema`'s events table from outside in `mode` (e.g. `EXCLUSIVE`: appends
+/// wait, reads do not) until `COMMIT` on the returned client.
+pub async fn lock_events(schema: &str, mode: &str) -> tokio_postgres::Client {
+    let client = client().await;
+    client
+        .batch_execute(&format!(
+            "BEGIN; LOCK TABLE \"{schema}\".events IN {mode} MODE"
+        ))
+        .await
+        .unwrap();
+    client
+}
+
+/// A throwaway server of the test's own (to restart, say).
+pub async fn throwaway_server() -> std::sync::Arc<EmbeddedPostgres> {
+    let server = tokio::task::spawn_blocking(EmbeddedPostgres::start)
+        .await
+        .expect("start task")
+        .expect("start a throwaway server");
+    std::sync::Arc::new(server)
+}
