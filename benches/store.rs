@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use dcb_store::bench_support::{self, ShapeCache};
+use dcb_store::internals::{self, ShapeCache};
 use dcb_store::{
     AppendCondition, Config, EmbeddedPostgres, Event, EventStore, Query, QueryItem, ReadOptions,
 };
@@ -41,7 +41,7 @@ fn encode(c: &mut Criterion) {
         })
         .collect();
     c.bench_function("encode a round of 100 appends", |b| {
-        b.iter(|| black_box(bench_support::encode_append_round(black_box(&appends))))
+        b.iter(|| black_box(internals::encode_append_round(black_box(&appends))))
     });
 }
 
@@ -78,10 +78,10 @@ fn plan_rounds(c: &mut Criterion) {
         ("match everything", batch_of(|_| QueryItem::new())),
     ];
     for (name, appends) in &cases {
-        let (rounds, planned) = bench_support::plan_rounds(appends);
+        let (rounds, planned) = internals::plan_rounds(appends);
         println!("{name}: {planned} appends planned into {rounds} rounds");
         group.bench_function(*name, |b| {
-            b.iter(|| black_box(bench_support::plan_rounds(black_box(appends))))
+            b.iter(|| black_box(internals::plan_rounds(black_box(appends))))
         });
     }
     group.finish();
@@ -144,18 +144,18 @@ fn with_store(c: &mut Criterion) {
             .await
             .expect("set");
         let bulk = client
-            .prepare(&bench_support::read_statement(&schema, &query, &options))
+            .prepare(&internals::read_statement(&schema, &query, &options))
             .await
             .expect("prepare");
         let point_statement = client
-            .prepare(&bench_support::read_statement(&schema, &point, &options))
+            .prepare(&internals::read_statement(&schema, &point, &options))
             .await
             .expect("prepare");
         (store, client, bulk, point_statement)
     });
 
     let rows = system
-        .block_on(bench_support::raw_read(
+        .block_on(internals::raw_read(
             &client,
             &bulk_statement,
             &query,
@@ -164,9 +164,7 @@ fn with_store(c: &mut Criterion) {
         .expect("rows");
     assert_eq!(rows.len(), 1_000);
     c.bench_function("decode 1000 rows into events", |b| {
-        b.iter(|| {
-            black_box(bench_support::decode_rows(black_box(&rows), &options).expect("decode"))
-        })
+        b.iter(|| black_box(internals::decode_rows(black_box(&rows), &options).expect("decode")))
     });
 
     let mut group = c.benchmark_group("point read round trip");
@@ -177,7 +175,7 @@ fn with_store(c: &mut Criterion) {
                 let started = Instant::now();
                 for _ in 0..iters {
                     black_box(
-                        bench_support::raw_read(&client, &point_statement, &point, &options)
+                        internals::raw_read(&client, &point_statement, &point, &options)
                             .await
                             .expect("read"),
                     );
@@ -209,11 +207,11 @@ fn with_store(c: &mut Criterion) {
     for (name, query) in [("1 item", &point), ("2 items", &two)] {
         let (shaped, many) = system.block_on(async {
             let shaped = client
-                .prepare(&bench_support::read_statement(&schema, query, &options))
+                .prepare(&internals::read_statement(&schema, query, &options))
                 .await
                 .expect("prepare");
             let many = client
-                .prepare(&bench_support::many_items_read_statement(&schema, &options))
+                .prepare(&internals::many_items_read_statement(&schema, &options))
                 .await
                 .expect("prepare");
             (shaped, many)
@@ -224,7 +222,7 @@ fn with_store(c: &mut Criterion) {
                     let started = Instant::now();
                     for _ in 0..iters {
                         black_box(
-                            bench_support::raw_read(&client, &shaped, query, &options)
+                            internals::raw_read(&client, &shaped, query, &options)
                                 .await
                                 .expect("read"),
                         );
@@ -239,7 +237,7 @@ fn with_store(c: &mut Criterion) {
                     let started = Instant::now();
                     for _ in 0..iters {
                         black_box(
-                            bench_support::raw_read_many_items(&client, &many, query, &options)
+                            internals::raw_read_many_items(&client, &many, query, &options)
                                 .await
                                 .expect("read"),
                         );

@@ -50,6 +50,9 @@ pub struct Config {
     read_page_size: usize,
     metrics_channel_capacity: usize,
     metrics: bool,
+    /// Start a throwaway server when no URL is configured (never from a file).
+    #[serde(skip)]
+    throwaway_server: bool,
 }
 
 impl Default for Config {
@@ -80,24 +83,69 @@ impl Default for Config {
             read_page_size: 1_000,
             metrics_channel_capacity: 65_536,
             metrics: true,
+            throwaway_server: false,
         }
     }
 }
 
 impl Config {
-    /// Defaults, overridden by the TOML file at `path` (when it exists) and then by
-    /// the environment: `DATABASE_URL` and `DCB_STORE_SCHEMA`.
+    /// Defaults, overridden by the TOML file at `path` and then by the environment:
+    /// `DATABASE_URL` and `DCB_STORE_SCHEMA`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the file does not exist, cannot be read or parsed, or
+    /// holds an invalid setting.
+    #[cfg(feature = "toml")]
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let mut config = match std::fs::read_to_string(path) {
-            Ok(text) => toml::from_str(&text)
-                .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Config::default(),
-            Err(e) => return Err(Error::Config(format!("{}: {e}", path.display()))),
-        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Like [`Config::load`], but a file that does not exist means the defaults (still
+    /// overridden by the environment).
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the file exists but cannot be read or parsed, or holds
+    /// an invalid setting.
+    #[cfg(feature = "toml")]
+    pub fn load_or_default(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::from_toml(&text, path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut config = Config::default();
+                config.apply_env();
+                config.validate()?;
+                Ok(config)
+            }
+            Err(e) => Err(Error::Config(format!("{}: {e}", path.display()))),
+        }
+    }
+
+    #[cfg(feature = "toml")]
+    fn from_toml(text: &str, path: &Path) -> Result<Self> {
+        let mut config: Config =
+            toml::from_str(text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         config.apply_env();
         config.validate()?;
         Ok(config)
+    }
+
+    /// When no database URL is configured, start a throwaway PostgreSQL (removed when
+    /// the store is dropped) instead of failing. For demos and tests only: nothing
+    /// written to it survives. Off by default.
+    #[cfg(feature = "embedded")]
+    #[must_use]
+    pub fn with_throwaway_server(mut self) -> Self {
+        self.throwaway_server = true;
+        self
+    }
+
+    #[cfg(feature = "embedded")]
+    pub(crate) fn throwaway_server(&self) -> bool {
+        self.throwaway_server
     }
 
     /// Applies `DATABASE_URL` and `DCB_STORE_SCHEMA` when they are set and not empty.
@@ -147,8 +195,9 @@ impl Config {
         Ok(())
     }
 
-    /// The PostgreSQL connection string (URL or `key=value` form). Defaults to none,
-    /// which makes the binary and the tests start an embedded throwaway server.
+    /// The PostgreSQL connection string (URL or `key=value` form). Defaults to none:
+    /// then [`EventStore::connect`](crate::EventStore::connect) fails, unless a
+    /// throwaway server was asked for.
     #[must_use]
     pub fn with_database_url(mut self, url: impl Into<String>) -> Self {
         self.database_url = Some(url.into());

@@ -32,12 +32,14 @@
 //!
 //! See `ARCHITECTURE.md` for the actors, their messages and the invariants.
 
-#[doc(hidden)]
-pub mod bench_support;
 mod config;
 mod connect;
+#[cfg(feature = "embedded")]
 mod embedded;
 mod error;
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub mod internals;
 mod metrics;
 mod model;
 mod reader;
@@ -48,6 +50,7 @@ mod tls;
 mod writer;
 
 pub use config::{redact_password, Config};
+#[cfg(feature = "embedded")]
 pub use embedded::EmbeddedPostgres;
 pub use error::{Error, Result};
 pub use metrics::{LatencySummary, MetricsSnapshot, SizeSummary};

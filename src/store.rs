@@ -12,6 +12,7 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::connect::Connector;
+#[cfg(feature = "embedded")]
 use crate::embedded::EmbeddedPostgres;
 use crate::error::{Error, Result};
 use crate::metrics::{self, GetSnapshot, MetricsActor, MetricsSink, MetricsSnapshot, Record};
@@ -21,6 +22,31 @@ use crate::model::{
 use crate::reader::{Read, ReadBy, Reader, ReaderSettings};
 use crate::schema;
 use crate::writer::{Append, QueueAppend, Shutdown, Writer, WriterSettings};
+
+/// What keeps a throwaway server alive as long as the store that started it.
+#[cfg(feature = "embedded")]
+type Throwaway = Option<EmbeddedPostgres>;
+#[cfg(not(feature = "embedded"))]
+type Throwaway = ();
+
+const NO_DATABASE_URL: &str = "no database URL: set DATABASE_URL, or database_url in the \
+     configuration file (Config::with_database_url)";
+
+/// The database to connect to: the configured URL, or a throwaway server when one was
+/// asked for; never a silent fallback.
+async fn database(config: &Config) -> Result<(String, Throwaway)> {
+    if let Some(url) = config.database_url() {
+        return Ok((url.to_owned(), Throwaway::default()));
+    }
+    #[cfg(feature = "embedded")]
+    if config.throwaway_server() {
+        let server = tokio::task::spawn_blocking(EmbeddedPostgres::start)
+            .await
+            .map_err(|e| Error::Embedded(e.to_string()))??;
+        return Ok((server.url(), Some(server)));
+    }
+    Err(Error::Config(NO_DATABASE_URL.into()))
+}
 
 /// A DCB event store on PostgreSQL. Cheap to clone; all clones share the actors,
 /// which stop when the last clone is dropped.
@@ -48,7 +74,8 @@ struct Inner {
     metrics_actor: Addr<MetricsActor>,
     metrics: MetricsSink,
     arbiters: Vec<Arbiter>,
-    _embedded: Option<EmbeddedPostgres>,
+    /// A throwaway server started for this store, stopped with it.
+    _throwaway: Throwaway,
 }
 
 impl Drop for Inner {
@@ -63,19 +90,14 @@ impl EventStore {
     /// Connects, creates or migrates the schema, and starts the actors. Must be
     /// called inside a running actix `System`.
     ///
-    /// With no `database_url` configured, starts an embedded throwaway PostgreSQL
-    /// (see [`EmbeddedPostgres`]) that lives as long as the store.
+    /// # Errors
+    /// [`Error::Config`] at once, starting nothing, when no database URL is configured
+    /// (unless a throwaway server was asked for with `Config::with_throwaway_server`,
+    /// feature `embedded`) or a setting is invalid; [`Error::Connect`] when the
+    /// server cannot be reached; [`Error::Database`] when the schema cannot be created.
     pub async fn connect(config: Config) -> Result<Self> {
         config.validate()?;
-        let (url, embedded) = match config.database_url() {
-            Some(url) => (url.to_owned(), None),
-            None => {
-                let server = tokio::task::spawn_blocking(EmbeddedPostgres::start)
-                    .await
-                    .map_err(|e| Error::Embedded(e.to_string()))??;
-                (server.url(), Some(server))
-            }
-        };
+        let (url, throwaway) = database(&config).await?;
         let connector = Connector::new(&config, &url, config.pool_size()).await?;
         let mut client = connector.dedicated().await?;
         schema::migrate(&mut client, config.schema()).await?;
@@ -138,7 +160,7 @@ impl EventStore {
                 metrics_actor,
                 metrics,
                 arbiters: vec![writer_arbiter, reader_arbiter],
-                _embedded: embedded,
+                _throwaway: throwaway,
             }),
         })
     }
@@ -325,7 +347,7 @@ impl EventStore {
         config.validate()?;
         let url = config
             .database_url()
-            .ok_or_else(|| Error::Config("migrate needs a database url (DATABASE_URL)".into()))?;
+            .ok_or_else(|| Error::Config(NO_DATABASE_URL.into()))?;
         let connector = Connector::new(config, url, 1).await?;
         let mut client = connector.dedicated().await?;
         let applied = schema::migrate(&mut client, config.schema()).await?;

@@ -25,9 +25,27 @@ pub enum TlsMode {
     VerifyFull,
 }
 
+/// The crypto provider the features select, passed explicitly to every TLS
+/// configuration, so whatever provider the application installs process-wide (or
+/// none) does not matter.
+#[cfg(feature = "tls-aws-lc-rs")]
+fn crypto_provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::aws_lc_rs::default_provider()
+}
+
+#[cfg(all(feature = "tls-ring", not(feature = "tls-aws-lc-rs")))]
+fn crypto_provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
+#[cfg(not(any(feature = "tls-ring", feature = "tls-aws-lc-rs")))]
+compile_error!(
+    "dcb-store needs a TLS crypto provider: enable feature `tls-ring` or `tls-aws-lc-rs`"
+);
+
 /// The rustls connector for `mode`; `root_cert_pem` is needed for `VerifyFull`.
 pub(crate) fn connector(mode: TlsMode, root_cert_pem: Option<&[u8]>) -> Result<MakeRustlsConnect> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(crypto_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Config(format!("tls: {e}")))?;

@@ -6,7 +6,7 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use dcb_store::bench_support;
+use dcb_store::internals;
 use dcb_store::{AppendCondition, Error, Event, Query, QueryItem, ReadOptions};
 use libfuzzer_sys::fuzz_target;
 
@@ -40,9 +40,9 @@ fuzz_target!(|input: Input| {
     let query = Query::new([item]);
     let condition = AppendCondition::new(query.clone(), input.after);
 
-    match bench_support::validate_append(vec![event.clone()], Some(condition.clone())) {
+    match internals::validate_append(vec![event.clone()], Some(condition.clone())) {
         Ok(()) => {
-            let params = bench_support::encode_append_round(&[(vec![event], Some(condition))]);
+            let params = internals::encode_append_round(&[(vec![event], Some(condition))]);
             assert_eq!(params, 19);
         }
         Err(Error::InvalidInput { reason }) => assert!(!reason.is_empty()),
@@ -59,17 +59,17 @@ fuzz_target!(|input: Input| {
     if input.backwards {
         options = options.backwards();
     }
-    if bench_support::validate_read(&query, &options).is_ok() {
+    if internals::validate_read(&query, &options).is_ok() {
         // The text depends on the query's shape only: the same shape with placeholder
         // values gives the very same statement, so no user value is in it.
-        let sql = bench_support::read_statement("fuzz", &query, &options);
+        let sql = internals::read_statement("fuzz", &query, &options);
         let placeholder = |present: bool, v: &str| if present { vec![v.to_owned()] } else { vec![] };
         let mut shadow = QueryItem::new()
             .types(placeholder(!input.query_types.is_empty(), "T"))
             .tags(placeholder(!input.query_tags.is_empty(), "t"));
         let pairs = if input.data_pairs.is_empty() { vec![] } else { vec![("k", "v")] };
         shadow = if input.all { shadow.data_all(pairs) } else { shadow.data_any(pairs) };
-        let shadow_sql = bench_support::read_statement("fuzz", &Query::new([shadow]), &options);
+        let shadow_sql = internals::read_statement("fuzz", &Query::new([shadow]), &options);
         assert_eq!(sql, shadow_sql, "statement text depends on values");
     }
 });

@@ -35,6 +35,7 @@ mod batch;
 mod rounds;
 
 use batch::{BatchJob, WriterConnection};
+#[cfg(feature = "internals")]
 pub(crate) use rounds::plan as plan_rounds;
 
 /// Appends `events` atomically, unless `condition` fails. Send it to

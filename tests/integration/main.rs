@@ -6,7 +6,7 @@ mod appends;
 mod batching;
 mod checker;
 mod concurrency;
-mod demo;
+mod embedding;
 mod exactness;
 mod faults;
 mod generate;

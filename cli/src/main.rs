@@ -17,6 +17,7 @@ use dcb_store::{Config, EventStore};
 #[command(name = "dcb-store", version, about = "A DCB event store on PostgreSQL")]
 struct Cli {
     /// Configuration file; missing is fine (defaults apply). DATABASE_URL overrides it.
+    /// With no database URL at all, the command starts a throwaway PostgreSQL.
     #[arg(long, global = true, default_value = "config.toml")]
     config: PathBuf,
     #[command(subcommand)]
@@ -57,10 +58,21 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, dcb_store::Error> {
-    let config = Config::load(&cli.config)?;
+    let config = Config::load_or_default(&cli.config)?;
+    // The demo and the benchmarks may run on a throwaway server; `migrate` may not.
+    let or_throwaway = |config: Config| {
+        if config.database_url().is_some() {
+            return config;
+        }
+        eprintln!(
+            "dcb-store: no database URL (DATABASE_URL or database_url in {}): using a throwaway PostgreSQL, deleted at exit",
+            cli.config.display()
+        );
+        config.with_throwaway_server()
+    };
     match cli.command {
-        Command::Demo(args) => demo::run(config, args).await,
-        Command::Bench(args) => bench::run(config, args).await,
+        Command::Demo(args) => demo::run(or_throwaway(config), args).await,
+        Command::Bench(args) => bench::run(or_throwaway(config), args).await,
         Command::Migrate { app_role } => {
             let applied = EventStore::migrate_with_role(&config, app_role.as_deref()).await?;
             println!(

@@ -3,12 +3,25 @@
 //! stored and pass.
 
 use std::process::{Command, Output, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use dcb_store::EmbeddedPostgres;
 
-use crate::support;
+/// `DATABASE_URL`, or else a throwaway server shared by this file's tests.
+fn database_url() -> String {
+    static SERVER: OnceLock<(String, Option<EmbeddedPostgres>)> = OnceLock::new();
+    SERVER
+        .get_or_init(|| match std::env::var("DATABASE_URL") {
+            Ok(url) if !url.is_empty() => (url, None),
+            _ => {
+                let server = EmbeddedPostgres::start().expect("start a throwaway server");
+                (server.url(), Some(server))
+            }
+        })
+        .0
+        .clone()
+}
 
 /// `dcb-store demo` with a small world against `url`.
 fn demo(url: &str, schema: &str, seconds: u64) -> std::process::Child {
@@ -53,9 +66,12 @@ fn the_demo_rides_through_a_server_restart() {
 
 #[test]
 fn two_demos_on_one_schema_both_pass() {
-    let url = support::database_url();
-    let schema = support::unique_schema("two_demos");
-    let (a, b) = (demo(url, &schema, 4), demo(url, &schema, 4));
+    let url = database_url();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let schema = format!("t_two_demos_{}_{nanos}", std::process::id());
+    let (a, b) = (demo(&url, &schema, 4), demo(&url, &schema, 4));
     let (a, b) = (
         a.wait_with_output().expect("demo a ends"),
         b.wait_with_output().expect("demo b ends"),

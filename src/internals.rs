@@ -1,5 +1,6 @@
-//! Internals exposed for the criterion benchmarks (`benches/`) and the fuzz target
-//! (`fuzz/`) only. Not part of the public API: hidden from the docs and free to change.
+//! Internals exposed, with the `internals` feature, for the criterion benchmarks
+//! (`benches/`) and the fuzz target (`fuzz/`) only. Not part of the public API:
+//! hidden from the docs and free to change.
 
 use std::num::NonZeroUsize;
 
