@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use serde::Deserialize;
@@ -55,7 +56,7 @@ pub(crate) fn connector(mode: TlsMode, root_cert_pem: Option<&[u8]>) -> Result<M
                 Error::Config("tls_mode verify-full needs tls_root_cert (a PEM file)".into())
             })?;
             let mut roots = RootCertStore::empty();
-            for cert in rustls_pemfile::certs(&mut &pem[..]) {
+            for cert in CertificateDer::pem_slice_iter(pem) {
                 let cert = cert.map_err(|e| Error::Config(format!("tls_root_cert: {e}")))?;
                 roots
                     .add(cert)
