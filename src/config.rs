@@ -279,6 +279,50 @@ impl Config {
         self
     }
 
+    /// Connections the pool keeps for short tasks (migrations); the actors hold
+    /// dedicated connections of their own. Defaults to 4.
+    #[must_use]
+    pub fn with_pool_size(mut self, connections: u32) -> Self {
+        self.pool_size = connections;
+        self
+    }
+
+    /// Reads each reader's mailbox holds before callers wait. Defaults to 256.
+    #[must_use]
+    pub fn with_reader_mailbox(mut self, reads: usize) -> Self {
+        self.reader_mailbox = reads;
+        self
+    }
+
+    /// Reads one reader pipelines on its connection at once. Defaults to 32.
+    #[must_use]
+    pub fn with_reader_max_in_flight(mut self, reads: usize) -> Self {
+        self.reader_max_in_flight = reads;
+        self
+    }
+
+    /// Time limit of making one connection. Defaults to 10 s.
+    #[must_use]
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout_ms = timeout.as_millis().try_into().unwrap_or(u64::MAX);
+        self
+    }
+
+    /// The most tags one event may carry. Defaults to 256.
+    #[must_use]
+    pub fn with_max_tags_per_event(mut self, tags: usize) -> Self {
+        self.max_tags_per_event = tags;
+        self
+    }
+
+    /// Instrumentation records buffered for the metrics actor; beyond this they are
+    /// dropped (and counted), never waited for. Defaults to 65536.
+    #[must_use]
+    pub fn with_metrics_channel_capacity(mut self, records: usize) -> Self {
+        self.metrics_channel_capacity = records;
+        self
+    }
+
     /// The longest event type, tag or data key accepted, in bytes; at most
     /// [`MAX_NAME_BYTES`](crate::MAX_NAME_BYTES). Defaults to 1024.
     #[must_use]
@@ -450,7 +494,7 @@ fn check_identifier(name: &str) -> Result<()> {
 }
 
 /// Hides the password of a connection string in either form, for logs and `Debug`.
-pub fn redact_password(conninfo: &str) -> String {
+pub(crate) fn redact_password(conninfo: &str) -> String {
     if let Some(scheme_end) = conninfo.find("://") {
         let rest = &conninfo[scheme_end + 3..];
         let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());

@@ -52,7 +52,8 @@ pub enum Error {
     },
 
     /// The writer's mailbox is full: the store is taking appends as fast as it can.
-    /// Returned by [`EventStore::try_append`](crate::EventStore::try_append); nothing
+    /// Returned by [`EventStore::append_with`](crate::EventStore::append_with) with
+    /// [`AppendOptions::fail_when_busy`](crate::AppendOptions::fail_when_busy); nothing
     /// was queued. Back off and retry, or use `append`, which waits for room.
     #[error("the store is overloaded: the writer's mailbox is full")]
     Overloaded,

@@ -31,6 +31,15 @@
 //! - Instrumentation goes through a bounded channel to a metrics actor.
 //!
 //! See `ARCHITECTURE.md` for the actors, their messages and the invariants.
+//!
+//! # Features
+//! - `tls-ring` (default) or `tls-aws-lc-rs`: rustls's crypto provider for TLS.
+//! - `toml` (default): [`Config::load`] and [`Config::load_or_default`].
+//! - `embedded`: `EmbeddedPostgres` and `Config::with_throwaway_server`, a throwaway
+//!   server for demos and tests.
+//! - `internals`: internals for the benchmarks and the fuzz target; not a stable API.
+
+#![warn(missing_docs)]
 
 mod config;
 mod connect;
@@ -49,17 +58,19 @@ mod store;
 mod tls;
 mod writer;
 
-pub use config::{redact_password, Config};
+pub use config::Config;
 #[cfg(feature = "embedded")]
 pub use embedded::EmbeddedPostgres;
 pub use error::{Error, Result};
 pub use metrics::{LatencySummary, MetricsSnapshot, SizeSummary};
 pub use model::{
-    AppendCondition, AppendResult, DataFilter, Event, Query, QueryItem, ReadOptions, ReadResult,
-    SequencedEvent, MAX_NAME_BYTES,
+    AppendCondition, AppendOptions, AppendResult, DataFilter, Event, Query, QueryItem, ReadOptions,
+    ReadResult, SequencedEvent, MAX_NAME_BYTES,
 };
 pub use reader::Read;
 pub use schema::SCHEMA_VERSION;
 pub use store::EventStore;
 pub use tls::TlsMode;
+/// SQLSTATE codes, as [`Error::sql_state`] returns them.
+pub use tokio_postgres::error::SqlState;
 pub use writer::Append;

@@ -17,7 +17,8 @@ use crate::embedded::EmbeddedPostgres;
 use crate::error::{Error, Result};
 use crate::metrics::{self, GetSnapshot, MetricsActor, MetricsSink, MetricsSnapshot, Record};
 use crate::model::{
-    AppendCondition, AppendResult, Event, Query, ReadOptions, ReadResult, SequencedEvent,
+    AppendCondition, AppendOptions, AppendResult, Event, Query, ReadOptions, ReadResult,
+    SequencedEvent,
 };
 use crate::reader::{Read, ReadBy, Reader, ReaderSettings};
 use crate::schema;
@@ -76,6 +77,15 @@ struct Inner {
     arbiters: Vec<Arbiter>,
     /// A throwaway server started for this store, stopped with it.
     _throwaway: Throwaway,
+}
+
+impl std::fmt::Debug for EventStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventStore")
+            .field("schema", &self.inner.config.schema())
+            .field("readers", &self.inner.readers.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Drop for Inner {
@@ -165,34 +175,79 @@ impl EventStore {
         })
     }
 
-    /// Appends `events` atomically at consecutive positions, unless `condition` fails
-    /// ([`Error::ConditionFailed`]). Invalid input fails with [`Error::InvalidInput`]
-    /// before it reaches a batch. Bounded by `operation_timeout`.
+    /// Appends `events` atomically at consecutive positions, unless `condition` fails.
+    /// Waits for room when the writer is busy; bounded by `operation_timeout`. See
+    /// [`EventStore::append_with`] for per-call options.
+    ///
+    /// # Errors
+    /// [`Error::ConditionFailed`] when an event matching the condition's query exists
+    /// after its `after`; [`Error::InvalidInput`] (saying what and where) for input
+    /// that can never be stored, before it reaches a batch;
+    /// [`Error::DuplicateEventId`] for an id stored with other content;
+    /// [`Error::Timeout`], [`Error::Database`] or [`Error::Closed`] otherwise, each
+    /// saying whether the append [may have been written](Error::may_have_been_written)
+    /// (then appending the same events again, same ids, is safe).
+    ///
+    /// # Example
+    /// ```no_run
+    /// # use dcb_store::*;
+    /// # async fn decide(store: &EventStore) -> Result<()> {
+    /// let course = Query::new([QueryItem::new().tags(["course:c1"])]);
+    /// let seen = store.read(&course, ReadOptions::default()).await?;
+    /// let event = Event::new("CourseDefined", serde_json::json!({"capacity": 30}))
+    ///     .with_tags(["course:c1"]);
+    /// match store.append(vec![event], Some(AppendCondition::new(course, seen.head))).await {
+    ///     Ok(at) => println!("stored at {}", at.first_position),
+    ///     Err(Error::ConditionFailed { .. }) => println!("decided elsewhere first"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn append(
         &self,
         events: Vec<Event>,
         condition: Option<AppendCondition>,
     ) -> Result<AppendResult> {
-        self.append_within(events, condition, self.inner.config.operation_timeout())
+        self.append_with(events, condition, AppendOptions::default())
             .await
     }
 
-    /// [`EventStore::append`] with the caller's own time limit. When it runs out the
-    /// caller gets [`Error::Timeout`] with `may_have_been_written: true` (the append
-    /// may still be in a batch): retrying with the same event ids is safe.
-    pub async fn append_within(
+    /// [`EventStore::append`] with per-call options: a time limit of its own, or
+    /// failing at once with [`Error::Overloaded`] instead of waiting when the writer's
+    /// mailbox is full.
+    ///
+    /// # Errors
+    /// As [`EventStore::append`], and [`Error::Overloaded`] with
+    /// [`AppendOptions::fail_when_busy`].
+    pub async fn append_with(
         &self,
         events: Vec<Event>,
         condition: Option<AppendCondition>,
-        limit: Duration,
+        options: AppendOptions,
     ) -> Result<AppendResult> {
         let started = Instant::now();
+        let limit = options
+            .timeout
+            .unwrap_or_else(|| self.inner.config.operation_timeout());
         let span = tracing::debug_span!("append", events = events.len());
         let (reply, answer) = tokio::sync::oneshot::channel();
         let append = QueueAppend {
-            append: Append { events, condition },
+            append: Append::new(events, condition),
             reply,
         };
+        if options.fail_when_busy {
+            match self.inner.writer.try_send(append) {
+                Ok(()) => {}
+                Err(actix::prelude::SendError::Full(_)) => {
+                    self.record(metrics::Method::Append, started, false);
+                    return Err(Error::Overloaded);
+                }
+                Err(actix::prelude::SendError::Closed(_)) => return Err(Error::CLOSED),
+            }
+            let result = self.bounded(answer.instrument(span), limit, true).await;
+            self.record(metrics::Method::Append, started, result.is_ok());
+            return result;
+        }
         let writer = self.inner.writer.clone();
         let queued_and_answered = async move {
             // Waits for room in the mailbox; then the append answers on its own channel.
@@ -206,31 +261,6 @@ impl EventStore {
         result
     }
 
-    /// Like [`EventStore::append`], but fails at once with [`Error::Overloaded`] when
-    /// the writer's mailbox is full instead of waiting for room.
-    pub async fn try_append(
-        &self,
-        events: Vec<Event>,
-        condition: Option<AppendCondition>,
-    ) -> Result<AppendResult> {
-        let started = Instant::now();
-        let (reply, result) = tokio::sync::oneshot::channel();
-        let append = Append { events, condition };
-        // `try_send` has no reply channel of its own: a forwarding message carries one.
-        match self.inner.writer.try_send(QueueAppend { append, reply }) {
-            Ok(()) => {}
-            Err(actix::prelude::SendError::Full(_)) => {
-                self.record(metrics::Method::Append, started, false);
-                return Err(Error::Overloaded);
-            }
-            Err(actix::prelude::SendError::Closed(_)) => return Err(Error::CLOSED),
-        }
-        let limit = self.inner.config.operation_timeout();
-        let result = self.bounded(result, limit, true).await;
-        self.record(metrics::Method::Append, started, result.is_ok());
-        result
-    }
-
     /// Stops taking appends, writes every append already queued, and answers each
     /// caller; appends sent afterwards fail with [`Error::Closed`]. Reads keep working
     /// until the last handle is dropped.
@@ -239,26 +269,33 @@ impl EventStore {
     }
 
     /// Reads the events matching `query`, with `head` for an append condition.
-    /// Bounded by `operation_timeout`.
+    /// Bounded by `options`' timeout, by default `operation_timeout`; a read whose
+    /// connection fails is read again on a fresh one within that time.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a query beyond the limits or with invalid parts;
+    /// [`Error::Timeout`] when the time runs out; [`Error::Database`] when the server
+    /// refuses the read for a reason retrying cannot fix.
+    ///
+    /// # Example
+    /// ```no_run
+    /// # use dcb_store::*;
+    /// # async fn latest(store: &EventStore) -> Result<()> {
+    /// let query = Query::new([QueryItem::new().types(["CourseDefined"])]);
+    /// let newest = store.read(&query, ReadOptions::default().backwards().limit(10)).await?;
+    /// for e in &newest.events {
+    ///     println!("{} {}", e.position, e.event.event_type());
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn read(&self, query: &Query, options: ReadOptions) -> Result<ReadResult> {
-        self.read_within(query, options, self.inner.config.operation_timeout())
-            .await
-    }
-
-    /// [`EventStore::read`] with the caller's own time limit.
-    pub async fn read_within(
-        &self,
-        query: &Query,
-        options: ReadOptions,
-        limit: Duration,
-    ) -> Result<ReadResult> {
         let started = Instant::now();
+        let limit = options
+            .timeout
+            .unwrap_or_else(|| self.inner.config.operation_timeout());
         let span = tracing::debug_span!("read", items = query.items().len());
         let sent = self.next_reader().send(ReadBy {
-            read: Read {
-                query: query.clone(),
-                options,
-            },
+            read: Read::new(query.clone(), options),
             deadline: started + limit,
         });
         let result = self.bounded(sent.instrument(span), limit, false).await;

@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 /// How connections to PostgreSQL are protected.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum TlsMode {
     /// Plain TCP (loopback or trusted networks). The default.
     #[default]

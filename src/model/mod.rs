@@ -3,16 +3,16 @@
 
 mod event;
 mod json;
+mod options;
 mod query;
 mod timestamp;
 
 pub(crate) use event::Limits;
 pub use event::{Event, SequencedEvent, MAX_NAME_BYTES};
 pub(crate) use json::JsonText;
+pub use options::{AppendOptions, ReadOptions};
 pub(crate) use query::MatchView;
-pub use query::{
-    AppendCondition, AppendResult, DataFilter, Query, QueryItem, ReadOptions, ReadResult,
-};
+pub use query::{AppendCondition, AppendResult, DataFilter, Query, QueryItem, ReadResult};
 
 /// How many times this thread has parsed event data for matching (tests only).
 #[cfg(test)]

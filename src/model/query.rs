@@ -379,54 +379,9 @@ impl AppendCondition {
     }
 }
 
-/// How to read: bounds, a limit and a direction. All optional.
-///
-/// ```
-/// use dcb_store::ReadOptions;
-/// let page = ReadOptions::default().after(17).limit(100);
-/// let newest_first = ReadOptions::default().backwards().limit(1);
-/// # let _ = (page, newest_first);
-/// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ReadOptions {
-    pub(crate) after: Option<u64>,
-    pub(crate) before: Option<u64>,
-    pub(crate) limit: Option<u64>,
-    pub(crate) backwards: bool,
-}
-
-impl ReadOptions {
-    /// Only events at positions greater than `position`.
-    #[must_use]
-    pub fn after(mut self, position: u64) -> Self {
-        self.after = Some(position);
-        self
-    }
-
-    /// Only events at positions lower than `position` (for paging backwards).
-    #[must_use]
-    pub fn before(mut self, position: u64) -> Self {
-        self.before = Some(position);
-        self
-    }
-
-    /// At most `limit` events.
-    #[must_use]
-    pub fn limit(mut self, limit: u64) -> Self {
-        self.limit = Some(limit);
-        self
-    }
-
-    /// Newest first.
-    #[must_use]
-    pub fn backwards(mut self) -> Self {
-        self.backwards = true;
-        self
-    }
-}
-
 /// Where an append's events were stored: consecutive positions `first..=last`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AppendResult {
     /// Position of the first event of the append.
     pub first_position: u64,
@@ -436,6 +391,7 @@ pub struct AppendResult {
 
 /// The events a read found, and the position to build an append condition from.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct ReadResult {
     /// Matching events in the requested order.
     pub events: Vec<SequencedEvent>,

@@ -45,11 +45,19 @@ use statements::{Connections, Runnable};
 /// [`EventStore::read`](crate::EventStore::read).
 #[derive(Clone, Debug, Message)]
 #[rtype(result = "Result<ReadResult>")]
+#[non_exhaustive]
 pub struct Read {
     /// What to read.
     pub query: Query,
-    /// Bounds, limit and direction.
+    /// Bounds, limit, direction and time limit.
     pub options: ReadOptions,
+}
+
+impl Read {
+    /// A read of `query` with `options`.
+    pub fn new(query: Query, options: ReadOptions) -> Self {
+        Read { query, options }
+    }
 }
 
 pub(crate) struct ReaderSettings {
@@ -110,7 +118,8 @@ impl Handler<Read> for Reader {
     type Result = ResponseFuture<Result<ReadResult>>;
 
     fn handle(&mut self, read: Read, ctx: &mut Self::Context) -> Self::Result {
-        let deadline = Instant::now() + self.shared.settings.timeout;
+        let limit = read.options.timeout.unwrap_or(self.shared.settings.timeout);
+        let deadline = Instant::now() + limit;
         self.handle(ReadBy { read, deadline }, ctx)
     }
 }

@@ -41,13 +41,25 @@ pub(crate) use rounds::plan as plan_rounds;
 /// Appends `events` atomically, unless `condition` fails. Send it to
 /// [`EventStore::appender`](crate::EventStore::appender) or use
 /// [`EventStore::append`](crate::EventStore::append).
+///
+/// A message-driven caller hears [`Error::Closed`] only as a mailbox error if the
+/// store stops mid-batch; the handle's methods say whether such an append may have
+/// been written.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<AppendResult>")]
+#[non_exhaustive]
 pub struct Append {
     /// The events, stored at consecutive positions in this order.
     pub events: Vec<Event>,
     /// The condition that must hold for the append to happen.
     pub condition: Option<AppendCondition>,
+}
+
+impl Append {
+    /// An append of `events` under `condition`.
+    pub fn new(events: Vec<Event>, condition: Option<AppendCondition>) -> Self {
+        Append { events, condition }
+    }
 }
 
 /// Stops the writer after every append queued before it is written; appends sent

@@ -286,19 +286,16 @@ async fn appends_through_the_actix_recipient_behave_like_the_handle() {
     let store = support::store("recipient").await;
     let appender = store.appender();
     let r = appender
-        .send(dcb_store::Append {
-            events: vec![Event::new("E", serde_json::json!({"n": 1})).with_tags(["r"])],
-            condition: None,
-        })
+        .send(dcb_store::Append::new(
+            vec![Event::new("E", serde_json::json!({"n": 1})).with_tags(["r"])],
+            None,
+        ))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(r.first_position, 1);
     let refused = appender
-        .send(dcb_store::Append {
-            events: vec![],
-            condition: None,
-        })
+        .send(dcb_store::Append::new(vec![], None))
         .await
         .unwrap();
     assert!(matches!(refused, Err(Error::InvalidInput { .. })));

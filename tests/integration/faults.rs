@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use dcb_store::{Error, Event, EventStore, Query, QueryItem, ReadOptions};
+use dcb_store::{AppendOptions, Error, Event, EventStore, Query, QueryItem, ReadOptions};
 use futures_util::future::join_all;
 use uuid::Uuid;
 
@@ -269,10 +269,9 @@ async fn a_stuck_statement_times_out_and_the_store_recovers() {
     // A caller's own deadline, shorter than the store's.
     let started = std::time::Instant::now();
     let quick = store
-        .read_within(
+        .read(
             &Query::all(),
-            ReadOptions::default(),
-            Duration::from_millis(100),
+            ReadOptions::default().timeout(Duration::from_millis(100)),
         )
         .await;
     assert!(matches!(quick, Err(Error::Timeout { .. })), "{quick:?}");
@@ -281,10 +280,10 @@ async fn a_stuck_statement_times_out_and_the_store_recovers() {
         "the caller's deadline applies"
     );
     let quick = store
-        .append_within(
+        .append_with(
             vec![support::event("E", &["t"])],
             None,
-            Duration::from_millis(100),
+            AppendOptions::default().timeout(Duration::from_millis(100)),
         )
         .await;
     assert!(
@@ -324,7 +323,11 @@ async fn overload_pushes_back_and_throughput_recovers() {
             let store = store.clone();
             actix::spawn(async move {
                 store
-                    .try_append(vec![support::event("E", &["o"])], None)
+                    .append_with(
+                        vec![support::event("E", &["o"])],
+                        None,
+                        AppendOptions::default().fail_when_busy(),
+                    )
                     .await
             })
         })
@@ -341,7 +344,11 @@ async fn overload_pushes_back_and_throughput_recovers() {
     // Throughput recovers once the load drops.
     for _ in 0..20 {
         store
-            .try_append(vec![support::event("E", &["o"])], None)
+            .append_with(
+                vec![support::event("E", &["o"])],
+                None,
+                AppendOptions::default().fail_when_busy(),
+            )
             .await
             .unwrap();
     }

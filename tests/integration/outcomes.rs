@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dcb_store::{Error, EventStore, Query, QueryItem, ReadOptions};
+use dcb_store::{AppendOptions, Error, EventStore, Query, QueryItem, ReadOptions};
 use futures_util::future::join_all;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -160,10 +160,9 @@ async fn a_read_that_times_out_does_not_cancel_another_callers_read() {
         actix::spawn(async move { slow_store.read(&Query::all(), ReadOptions::default()).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     let quick = store
-        .read_within(
+        .read(
             &Query::all(),
-            ReadOptions::default(),
-            Duration::from_millis(300),
+            ReadOptions::default().timeout(Duration::from_millis(300)),
         )
         .await;
     assert!(matches!(quick, Err(Error::Timeout { .. })), "{quick:?}");
@@ -213,10 +212,10 @@ async fn one_deadline_bounds_a_refused_batch_and_its_one_by_one_retry() {
             actix::spawn(async move {
                 let started = Instant::now();
                 let result = store
-                    .append_within(
+                    .append_with(
                         vec![support::event("Sleepy", &[])],
                         None,
-                        Duration::from_secs(30),
+                        AppendOptions::default().timeout(Duration::from_secs(30)),
                     )
                     .await;
                 (result, started.elapsed())

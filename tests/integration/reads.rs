@@ -229,10 +229,7 @@ async fn reads_through_the_actix_recipient_match_the_handle() {
     let store = store_with(3).await;
     let r = store
         .reader()
-        .send(dcb_store::Read {
-            query: Query::all(),
-            options: ReadOptions::default(),
-        })
+        .send(dcb_store::Read::new(Query::all(), ReadOptions::default()))
         .await
         .unwrap()
         .unwrap();

@@ -156,7 +156,7 @@ async fn readers_back_off_while_the_server_is_down_and_come_back_with_it() {
             let (store, query) = (store.clone(), query.clone());
             actix::spawn(async move {
                 store
-                    .read_within(&query, ReadOptions::default(), down_for)
+                    .read(&query, ReadOptions::default().timeout(down_for))
                     .await
             })
         })

@@ -114,17 +114,13 @@ async fn passwords_never_appear_in_errors_or_debug_output() {
     assert!(!format!("{config:?}").contains("hunter2"));
     let error = EventStore::connect(config)
         .await
-        .err()
-        .expect("nothing listens on port 1");
+        .expect_err("nothing listens on port 1");
     assert!(matches!(error, Error::Connect(_)), "{error:?}");
     assert!(!error.to_string().contains("hunter2"), "{error}");
     assert!(!format!("{error:?}").contains("hunter2"), "{error:?}");
     let bad_url =
         Config::default().with_database_url("postgres://app:hunter2-secret@host:notaport/db");
-    let error = EventStore::connect(bad_url)
-        .await
-        .err()
-        .expect("invalid url");
+    let error = EventStore::connect(bad_url).await.expect_err("invalid url");
     assert!(!error.to_string().contains("hunter2"), "{error}");
 }
 
