@@ -1,5 +1,7 @@
 //! Configuration: defaults, then `config.toml`, then environment variables, then setters.
 //!
+//! Longer than most files because every setting has a documented setter.
+//!
 //! Raw settings are parsed here and checked once in [`Config::validate`]; the rest of
 //! the crate reads the checked values.
 
@@ -11,6 +13,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::model::{Limits, MAX_NAME_BYTES};
+use crate::sql::Identifier;
 use crate::tls::TlsMode;
 
 /// Settings of an [`EventStore`](crate::EventStore).
@@ -163,7 +166,7 @@ impl Config {
 
     /// Checks every setting; [`EventStore::connect`](crate::EventStore::connect) calls it.
     pub fn validate(&self) -> Result<()> {
-        check_identifier(&self.schema)?;
+        self.schema_identifier()?;
         let positive = [
             ("readers", self.readers),
             ("pool_size", self.pool_size as usize),
@@ -428,6 +431,11 @@ impl Config {
     pub(crate) fn metrics_channel_capacity(&self) -> usize {
         self.metrics_channel_capacity
     }
+    /// The schema name, checked to be a plain identifier.
+    pub(crate) fn schema_identifier(&self) -> Result<Identifier> {
+        Identifier::parse(&self.schema, "schema")
+    }
+
     pub(crate) fn limits(&self) -> Limits {
         Limits {
             max_event_bytes: self.max_event_bytes,
@@ -480,19 +488,6 @@ impl fmt::Debug for Config {
 
 /// Schema names are identifiers, which SQL cannot take as bind parameters; they are
 /// checked here so that quoting them into statement text is safe.
-fn check_identifier(name: &str) -> Result<()> {
-    let mut chars = name.chars();
-    let valid_start = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
-    if !valid_start || name.len() > 63 || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return Err(Error::Config(format!(
-            "schema {name:?} is not a plain identifier (letters, digits, _; at most 63 bytes)"
-        )));
-    }
-    Ok(())
-}
-
 /// Hides the password of a connection string in either form, for logs and `Debug`.
 pub(crate) fn redact_password(conninfo: &str) -> String {
     if let Some(scheme_end) = conninfo.find("://") {
@@ -568,9 +563,12 @@ mod tests {
 
     #[test]
     fn schema_names_must_be_identifiers() {
-        assert!(check_identifier("shop_1").is_ok());
+        assert!(Config::default().with_schema("shop_1").validate().is_ok());
         for bad in ["", "1a", "a-b", "a\"b", "a;drop", &"x".repeat(64)] {
-            assert!(check_identifier(bad).is_err(), "{bad}");
+            assert!(
+                Config::default().with_schema(bad).validate().is_err(),
+                "{bad}"
+            );
         }
     }
 }

@@ -51,13 +51,23 @@ impl ShapeCache {
 }
 
 /// The read statement's text for this query's shape in `schema`.
+///
+/// # Panics
+/// When `schema` is not a plain identifier.
 pub fn read_statement(schema: &str, query: &Query, options: &ReadOptions) -> String {
-    sql::read_statement(schema, &ReadShape::of(query, options))
+    sql::read_statement(&identifier(schema), &ReadShape::of(query, options))
+}
+
+fn identifier(schema: &str) -> sql::Identifier {
+    sql::Identifier::parse(schema, "schema").expect("a plain identifier")
 }
 
 /// The text of the statement that serves queries of any number of items.
+///
+/// # Panics
+/// When `schema` is not a plain identifier.
 pub fn many_items_read_statement(schema: &str, options: &ReadOptions) -> String {
-    sql::read_statement(schema, &ReadShape::many_items(options))
+    sql::read_statement(&identifier(schema), &ReadShape::many_items(options))
 }
 
 /// Runs the prepared statement for many items on a raw client, whatever the
@@ -96,5 +106,5 @@ pub fn validate_append(events: Vec<Event>, condition: Option<AppendCondition>) -
 
 /// Validates a read as a reader does, with the default limits.
 pub fn validate_read(query: &Query, _options: &ReadOptions) -> Result<()> {
-    query.validate("query", &crate::Config::default().limits())
+    crate::model::validate_query(query, "query", &crate::Config::default().limits())
 }

@@ -1,5 +1,8 @@
 //! The metrics actor and the records the hot path sends it.
 //!
+//! Longer than most: the actor, the records and the Prometheus rendering still share
+//! this file; the rendering moves out when the exposition is reworked (issue 8, item 4).
+//!
 //! Appends and reads only `try_send` a small [`Record`] into a bounded crossbeam
 //! channel (counting what did not fit); the actor drains it on a timer and on every
 //! snapshot request, so timing and counting never block or slow an operation. It

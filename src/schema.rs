@@ -8,7 +8,7 @@
 use tokio_postgres::Client;
 
 use crate::error::{Error, Result};
-use crate::sql::quote_schema;
+use crate::sql::Identifier;
 
 /// The migration steps, in order: (version, name, SQL with `{schema}` placeholders).
 const MIGRATIONS: &[(i32, &str, &str)] = &[
@@ -46,11 +46,12 @@ const MIGRATION_LOCK_KEY: i64 = 0x6463_625f_6d69_6772; // "dcb_migr"
 /// update, delete or DDL (the immutability triggers hold even for the owner).
 pub(crate) async fn grant_application_role(
     client: &Client,
-    schema: &str,
-    role: &str,
+    schema: &Identifier,
+    role: &Identifier,
 ) -> Result<()> {
-    let s = quote_schema(schema);
-    let role = quote_role(role)?;
+    let s = schema.quoted();
+    // Role names reach GRANT as identifiers (it takes no bind parameters).
+    let role = role.quoted();
     client
         .batch_execute(&format!(
             "REVOKE ALL ON ALL TABLES IN SCHEMA {s} FROM {role};
@@ -62,29 +63,13 @@ pub(crate) async fn grant_application_role(
         .map_err(Error::db)
 }
 
-/// Role names are identifiers (no bind parameters in GRANT); checked like schema names.
-fn quote_role(role: &str) -> Result<String> {
-    let plain = role
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && role.len() <= 63
-        && role.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if !plain {
-        return Err(Error::Config(format!(
-            "role {role:?} is not a plain identifier (letters, digits, _; at most 63 bytes)"
-        )));
-    }
-    Ok(format!("\"{role}\""))
-}
-
 /// The latest schema version this build knows.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 
 /// Brings `schema` up to [`SCHEMA_VERSION`]; returns the versions it applied.
 /// Refuses a database whose encoding is not UTF8: there, text the store accepts (any
 /// Unicode) could be refused by the server's conversion, failing whole batches.
-pub(crate) async fn migrate(client: &mut Client, schema: &str) -> Result<Vec<i32>> {
+pub(crate) async fn migrate(client: &mut Client, schema: &Identifier) -> Result<Vec<i32>> {
     let encoding: String = client
         .query_one("SELECT current_setting('server_encoding')", &[])
         .await
@@ -95,7 +80,7 @@ pub(crate) async fn migrate(client: &mut Client, schema: &str) -> Result<Vec<i32
             "the database's encoding is {encoding}; the store needs a UTF8 database"
         )));
     }
-    let s = quote_schema(schema);
+    let s = schema.quoted();
     // Up to date: nothing to lock or create. This is also the path of an application
     // role that may read the schema but not change it.
     let current = client
@@ -132,7 +117,8 @@ pub(crate) async fn migrate(client: &mut Client, schema: &str) -> Result<Vec<i32
         .collect();
     if let Some(newer) = applied.iter().find(|v| **v > SCHEMA_VERSION) {
         return Err(Error::Config(format!(
-            "schema {schema} is at version {newer}, newer than this build's {SCHEMA_VERSION}"
+            "schema {} is at version {newer}, newer than this build's {SCHEMA_VERSION}",
+            schema.as_str()
         )));
     }
     let mut done = Vec::new();
@@ -153,7 +139,7 @@ pub(crate) async fn migrate(client: &mut Client, schema: &str) -> Result<Vec<i32
     }
     tx.commit().await.map_err(Error::db)?;
     if !done.is_empty() {
-        tracing::info!(schema, versions = ?done, "applied schema migrations");
+        tracing::info!(schema = schema.as_str(), versions = ?done, "applied schema migrations");
     }
     Ok(done)
 }

@@ -1,4 +1,7 @@
 //! The public handle: starts the actors, routes calls to them, and stops them.
+//!
+//! Longer than most files because it is the public API: most of its lines are the
+//! doc comments and examples of the entry points.
 
 use std::num::NonZeroUsize;
 use std::pin::Pin;
@@ -22,6 +25,7 @@ use crate::model::{
 };
 use crate::reader::{Read, ReadBy, Reader, ReaderSettings};
 use crate::schema;
+use crate::sql::Identifier;
 use crate::writer::{Append, QueueAppend, Shutdown, Writer, WriterSettings};
 
 /// What keeps a throwaway server alive as long as the store that started it.
@@ -108,9 +112,10 @@ impl EventStore {
     pub async fn connect(config: Config) -> Result<Self> {
         config.validate()?;
         let (url, throwaway) = database(&config).await?;
+        let schema = config.schema_identifier()?;
         let connector = Connector::new(&config, &url, config.pool_size()).await?;
         let mut client = connector.dedicated().await?;
-        schema::migrate(&mut client, config.schema()).await?;
+        schema::migrate(&mut client, &schema).await?;
         drop(client);
 
         let (metrics_actor, metrics) =
@@ -124,7 +129,7 @@ impl EventStore {
             let connector = connector.clone();
             let metrics = metrics.clone();
             let settings = WriterSettings {
-                schema: config.schema().to_owned(),
+                schema: schema.clone(),
                 limits: config.limits(),
                 max_batch_events: config.max_batch_events(),
                 max_batch_bytes: config.max_batch_bytes(),
@@ -143,7 +148,7 @@ impl EventStore {
                 let connector = connector.clone();
                 let metrics = metrics.clone();
                 let settings = ReaderSettings {
-                    schema: config.schema().to_owned(),
+                    schema: schema.clone(),
                     limits: config.limits(),
                     cache_size,
                     max_in_flight: config.reader_max_in_flight(),
@@ -387,9 +392,13 @@ impl EventStore {
             .ok_or_else(|| Error::Config(NO_DATABASE_URL.into()))?;
         let connector = Connector::new(config, url, 1).await?;
         let mut client = connector.dedicated().await?;
-        let applied = schema::migrate(&mut client, config.schema()).await?;
-        if let Some(role) = application_role {
-            schema::grant_application_role(&client, config.schema(), role).await?;
+        let schema = config.schema_identifier()?;
+        let role = application_role
+            .map(|role| Identifier::parse(role, "role"))
+            .transpose()?;
+        let applied = schema::migrate(&mut client, &schema).await?;
+        if let Some(role) = &role {
+            schema::grant_application_role(&client, &schema, role).await?;
         }
         Ok(applied)
     }

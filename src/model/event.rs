@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::json::JsonText;
 use super::timestamp;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// An event: a type, a set of tags, JSON data and JSON metadata.
 ///
@@ -37,21 +37,6 @@ pub struct SequencedEvent {
     pub event: Event,
     /// When the database stored the event.
     pub recorded_at: DateTime<Utc>,
-}
-
-/// Limits an event must keep to; set from [`Config`](crate::Config).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Limits {
-    pub max_event_bytes: usize,
-    pub max_tags: usize,
-    pub max_name_bytes: usize,
-    /// An append must fit in one batch.
-    pub max_batch_events: usize,
-    pub max_batch_bytes: usize,
-    pub max_query_items: usize,
-    pub max_item_types: usize,
-    pub max_item_tags: usize,
-    pub max_item_data_pairs: usize,
 }
 
 impl Event {
@@ -206,70 +191,8 @@ impl Event {
         }
     }
 
-    /// Checks everything PostgreSQL would refuse, and the configured limits, and
-    /// fixes `occurred_at` so that the in-memory and the stored event agree.
-    /// `at` names the event in messages (e.g. `event 2`).
-    pub(crate) fn prepare_for_append(
-        &mut self,
-        at: usize,
-        limits: &Limits,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        let at = format!("event {at}");
-        check_name(&self.event_type, &format!("{at}: type"), limits)?;
-        if self.tags.len() > limits.max_tags {
-            return Err(Error::invalid(format!(
-                "{at}: {} tags, more than the limit of {}",
-                self.tags.len(),
-                limits.max_tags
-            )));
-        }
-        for (i, tag) in self.tags.iter().enumerate() {
-            check_name(tag, &format!("{at}: tag {i}"), limits)?;
-        }
-        let bytes = self.size_bytes();
-        if bytes > limits.max_event_bytes {
-            return Err(Error::invalid(format!(
-                "{at}: type, tags, data and metadata are {bytes} bytes, more than \
-                 max_event_bytes ({})",
-                limits.max_event_bytes
-            )));
-        }
-        self.data.validate(&format!("{at}: data"))?;
-        self.metadata.validate(&format!("{at}: metadata"))?;
-        if !self.metadata.is_object() {
-            return Err(Error::invalid(format!(
-                "{at}: metadata must be a JSON object"
-            )));
-        }
-        let occurred_at = *self.occurred_at.get_or_insert(timestamp::stored(now));
-        timestamp::check_range(occurred_at, &format!("{at}: occurred_at"))
+    /// `occurred_at`, set to `now` (as stored) when the caller gave none.
+    pub(crate) fn occurred_at_or(&mut self, now: DateTime<Utc>) -> DateTime<Utc> {
+        *self.occurred_at.get_or_insert(timestamp::stored(now))
     }
-}
-
-/// The longest type or tag any store accepts (`max_name_bytes` may not exceed it):
-/// a B-tree entry holds at most 2704 bytes, and `(tag, position)` and
-/// `(event_type, position)` entries add up to 20 bytes of header, length and position
-/// to the name. Incompressible names longer than this would make PostgreSQL refuse
-/// the whole batch they travel in.
-pub const MAX_NAME_BYTES: usize = 2_048;
-
-/// Checks a type, tag, or predicate key: not empty, no NUL, within the length limit.
-pub(crate) fn check_name(name: &str, what: &str, limits: &Limits) -> Result<()> {
-    if name.is_empty() {
-        return Err(Error::invalid(format!("{what} is empty")));
-    }
-    if name.contains('\0') {
-        return Err(Error::invalid(format!(
-            "{what} contains a NUL character, which PostgreSQL text cannot store"
-        )));
-    }
-    if name.len() > limits.max_name_bytes {
-        return Err(Error::invalid(format!(
-            "{what} is {} bytes, more than the limit of {}",
-            name.len(),
-            limits.max_name_bytes
-        )));
-    }
-    Ok(())
 }

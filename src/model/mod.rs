@@ -6,13 +6,15 @@ mod json;
 mod options;
 mod query;
 mod timestamp;
+mod validate;
 
-pub(crate) use event::Limits;
-pub use event::{Event, SequencedEvent, MAX_NAME_BYTES};
+pub use event::{Event, SequencedEvent};
 pub(crate) use json::JsonText;
 pub use options::{AppendOptions, ReadOptions};
 pub(crate) use query::MatchView;
 pub use query::{AppendCondition, AppendResult, DataFilter, Query, QueryItem, ReadResult};
+pub use validate::MAX_NAME_BYTES;
+pub(crate) use validate::{prepare_append, validate_query, Limits};
 
 /// How many times this thread has parsed event data for matching (tests only).
 #[cfg(test)]

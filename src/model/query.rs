@@ -5,10 +5,9 @@
 
 use chrono::{DateTime, Utc};
 
-use super::event::{check_name, Event, Limits};
+use super::event::Event;
 use super::json::DataMembers;
 use super::timestamp;
-use crate::error::{Error, Result};
 
 /// A query: a list of items, OR'd together. An event matches when any item matches it.
 ///
@@ -96,25 +95,6 @@ impl Query {
     /// [`Query::matches`] on a view that parses the event's data at most once.
     pub(crate) fn matches_view(&self, view: &MatchView<'_>) -> bool {
         self.items.iter().any(|item| item.matches_view(view))
-    }
-
-    pub(crate) fn validate(&self, what: &str, limits: &Limits) -> Result<()> {
-        if self.items.is_empty() {
-            return Err(Error::invalid(format!(
-                "{what} has no items; use Query::all() to match every event"
-            )));
-        }
-        if self.items.len() > limits.max_query_items {
-            return Err(Error::invalid(format!(
-                "{what} has {} items, more than max_query_items ({})",
-                self.items.len(),
-                limits.max_query_items
-            )));
-        }
-        for (i, item) in self.items.iter().enumerate() {
-            item.validate(&format!("{what} item {i}"), limits)?;
-        }
-        Ok(())
     }
 }
 
@@ -270,66 +250,6 @@ impl QueryItem {
             None => true,
             Some(filter) => filter.matches(view.data()),
         }
-    }
-
-    fn validate(&self, what: &str, limits: &Limits) -> Result<()> {
-        let pairs = self.data.as_ref().map_or(0, |f| f.pairs.len());
-        for (part, count, limit) in [
-            (
-                "types",
-                self.types.len(),
-                ("max_item_types", limits.max_item_types),
-            ),
-            (
-                "tags",
-                self.tags.len(),
-                ("max_item_tags", limits.max_item_tags),
-            ),
-            (
-                "data predicates",
-                pairs,
-                ("max_item_data_pairs", limits.max_item_data_pairs),
-            ),
-        ] {
-            if count > limit.1 {
-                return Err(Error::invalid(format!(
-                    "{what} has {count} {part}, more than {} ({})",
-                    limit.0, limit.1
-                )));
-            }
-        }
-        for (i, t) in self.types.iter().enumerate() {
-            check_name(t, &format!("{what}: type {i}"), limits)?;
-        }
-        for (i, t) in self.tags.iter().enumerate() {
-            check_name(t, &format!("{what}: tag {i}"), limits)?;
-        }
-        if let Some(filter) = &self.data {
-            for (i, (k, v)) in filter.pairs.iter().enumerate() {
-                check_name(k, &format!("{what}: data key {i}"), limits)?;
-                if v.contains('\0') {
-                    return Err(Error::invalid(format!(
-                        "{what}: data value {i} contains a NUL character"
-                    )));
-                }
-            }
-        }
-        for (name, bound) in [
-            ("occurred_from", self.occurred_from),
-            ("occurred_until", self.occurred_until),
-        ] {
-            if let Some(bound) = bound {
-                timestamp::check_range(bound, &format!("{what}: {name}"))?;
-            }
-        }
-        if let (Some(from), Some(until)) = (self.occurred_from, self.occurred_until) {
-            if from > until {
-                return Err(Error::invalid(format!(
-                    "{what}: occurred_from {from} is after occurred_until {until}"
-                )));
-            }
-        }
-        Ok(())
     }
 }
 

@@ -31,8 +31,8 @@ use tokio::sync::Notify;
 use crate::connect::Connector;
 use crate::error::{Error, Result};
 use crate::metrics::{self, Component, MetricsSink, Record};
-use crate::model::{Limits, Query, ReadOptions, ReadResult};
-use crate::sql::{ReadParams, ReadShape};
+use crate::model::{validate_query, Limits, Query, ReadOptions, ReadResult};
+use crate::sql::{Identifier, ReadParams, ReadShape};
 
 mod rows;
 mod statements;
@@ -61,7 +61,7 @@ impl Read {
 }
 
 pub(crate) struct ReaderSettings {
-    pub schema: String,
+    pub schema: Identifier,
     pub limits: Limits,
     /// `None`: prepare every read anew (no cache).
     pub cache_size: Option<NonZeroUsize>,
@@ -133,7 +133,7 @@ impl Handler<ReadBy> for Reader {
         ctx: &mut Self::Context,
     ) -> Self::Result {
         let shared = self.shared.clone();
-        if let Err(e) = read.query.validate("query", &shared.settings.limits) {
+        if let Err(e) = validate_query(&read.query, "query", &shared.settings.limits) {
             shared.metrics.record(Record::InvalidInput);
             return Box::pin(async move { Err(e) });
         }

@@ -23,7 +23,7 @@ use super::ReaderSettings;
 use crate::connect::Connector;
 use crate::error::{Error, Result};
 use crate::metrics::{self, MetricsSink, Record};
-use crate::sql::{self, ReadShape};
+use crate::sql::{self, Identifier, ReadShape};
 
 /// First sightings remembered per cached statement.
 const SEEN_ONCE_PER_CACHED: usize = 4;
@@ -36,7 +36,7 @@ pub(super) enum Runnable {
 
 pub(super) struct Connections {
     connector: Connector,
-    schema: String,
+    schema: Identifier,
     statement_timeout: String,
     cache_size: Option<NonZeroUsize>,
     metrics: MetricsSink,

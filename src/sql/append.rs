@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use postgres_types::ToSql;
 use uuid::Uuid;
 
-use super::{item_rows, quote_schema, ItemArrays, ITEM_FILTERS};
+use super::{item_rows, Identifier, ItemArrays, ITEM_FILTERS};
 use crate::model::{AppendCondition, Event, JsonText};
 
 /// The append statement: checks every append's event ids and condition against the
@@ -16,8 +16,8 @@ use crate::model::{AppendCondition, Event, JsonText};
 /// condition, which its own events may now fail. Tags compare as sets.
 ///
 /// Parameters are parallel arrays (see [`AppendParams`]); `$19` is the number of appends.
-pub(crate) fn append_statement(schema: &str) -> String {
-    let s = quote_schema(schema);
+pub(crate) fn append_statement(schema: &Identifier) -> String {
+    let s = schema.quoted();
     let filters = ITEM_FILTERS;
     let items = item_rows(11);
     format!(

@@ -30,16 +30,45 @@ pub(crate) use read::{read_columns, read_statement, ReadParams, ReadShape};
 /// process, takes it before it reads the head, so positions become visible in order.
 pub(crate) const WRITE_LOCK: &str = "SELECT pg_advisory_xact_lock($1)";
 
-/// The quoted schema name, checked by `config` before it gets here.
-pub(crate) fn quote_schema(schema: &str) -> String {
-    format!("\"{schema}\"")
+/// A plain SQL identifier (ASCII letters, digits and `_`, not starting with a digit, at
+/// most 63 bytes): the only identifiers that reach statement text (schema and role
+/// names). Only [`Identifier::parse`] builds one, so quoting never receives an
+/// unchecked string.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Identifier(String);
+
+impl Identifier {
+    /// Checks `name`; `what` names it in the error (`schema`, `role`).
+    pub(crate) fn parse(name: &str, what: &str) -> crate::error::Result<Self> {
+        let mut chars = name.chars();
+        let valid_start = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+        if !valid_start || name.len() > 63 || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(crate::error::Error::Config(format!(
+                "{what} {name:?} is not a plain identifier (letters, digits, _; at most 63 bytes)"
+            )));
+        }
+        Ok(Identifier(name.to_owned()))
+    }
+
+    /// The name as given.
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The name quoted for statement text.
+    pub(crate) fn quoted(&self) -> String {
+        format!("\"{}\"", self.0)
+    }
 }
 
 /// The advisory lock key of a schema: stable across processes and releases.
-pub(crate) fn write_lock_key(schema: &str) -> i64 {
+pub(crate) fn write_lock_key(schema: &Identifier) -> i64 {
     // FNV-1a: a fixed, documented hash (std's hasher is randomly seeded per process).
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in b"dcb-store:write:".iter().chain(schema.as_bytes()) {
+    for byte in b"dcb-store:write:".iter().chain(schema.as_str().as_bytes()) {
         hash ^= u64::from(*byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
@@ -198,7 +227,16 @@ mod tests {
 
     #[test]
     fn lock_keys_differ_by_schema_and_are_stable() {
-        assert_ne!(write_lock_key("a"), write_lock_key("b"));
-        assert_eq!(write_lock_key("a"), write_lock_key("a"));
+        let id = |name| Identifier::parse(name, "schema").unwrap();
+        assert_ne!(write_lock_key(&id("a")), write_lock_key(&id("b")));
+        assert_eq!(write_lock_key(&id("a")), write_lock_key(&id("a")));
+    }
+
+    #[test]
+    fn only_plain_identifiers_are_accepted() {
+        assert!(Identifier::parse("shop_1", "schema").is_ok());
+        for bad in ["", "1a", "a-b", "a\"b", "a b", "é", &"a".repeat(64)] {
+            assert!(Identifier::parse(bad, "schema").is_err(), "{bad}");
+        }
     }
 }

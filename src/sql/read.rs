@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use postgres_types::{ToSql, Type};
 
-use super::{item_rows, pairs_as_json_objects, quote_schema, ItemArrays, ITEM_FILTERS};
+use super::{item_rows, pairs_as_json_objects, Identifier, ItemArrays, ITEM_FILTERS};
 use crate::model::{JsonText, Query, QueryItem, ReadOptions};
 
 /// Queries of at most this many items get a statement of their own shape (one
@@ -92,8 +92,8 @@ const EVENT_COLUMNS: &str =
 /// The read statement of a shape. `$1` = after (exclusive), `$2` = before (exclusive),
 /// `$3` = limit (NULL: none), then each item's parameters in order, or for many items
 /// the item arrays.
-pub(crate) fn read_statement(schema: &str, shape: &ReadShape) -> String {
-    let s = quote_schema(schema);
+pub(crate) fn read_statement(schema: &Identifier, shape: &ReadShape) -> String {
+    let s = schema.quoted();
     let dir = if shape.backwards { "DESC" } else { "ASC" };
     let Some(items) = &shape.items else {
         return many_items_statement(&s, dir);
@@ -311,7 +311,10 @@ mod tests {
         let b = Query::new([QueryItem::new().types(["B", "C"]).tags(["z"])]);
         let opts = ReadOptions::default();
         assert_eq!(ReadShape::of(&a, &opts), ReadShape::of(&b, &opts));
-        let text = read_statement("s", &ReadShape::of(&a, &opts));
+        let text = read_statement(
+            &Identifier::parse("s", "schema").unwrap(),
+            &ReadShape::of(&a, &opts),
+        );
         assert!(!text.contains("\"A\"") && !text.contains('x'.to_string().repeat(2).as_str()));
         let shape = ReadShape::of(&a, &opts);
         assert_eq!(ReadParams::new(&a, &opts, &shape).as_params().len(), 5);

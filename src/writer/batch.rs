@@ -2,6 +2,9 @@
 //! fresh connection when the connection fails, split append by append when the
 //! server refuses it, and bounded as a whole by one deadline.
 //!
+//! One file for one state machine (send, answer, retry, isolate, time out), since what
+//! an error says about an append depends on all of its steps.
+//!
 //! What an error says about an append is decided here: an append may have been
 //! written once its batch's `COMMIT` has been handed to the connection, because with
 //! pipelining the server may run it before any answer comes back. A connection that

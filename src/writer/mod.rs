@@ -22,14 +22,13 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use actix::prelude::*;
-use chrono::Utc;
 use tokio::sync::oneshot;
 
 use crate::connect::Connector;
 use crate::error::{Error, Result};
 use crate::metrics::{MetricsSink, Record};
 use crate::model::{AppendCondition, AppendResult, Event, Limits};
-use crate::sql;
+use crate::sql::{self, Identifier};
 
 mod batch;
 mod rounds;
@@ -149,7 +148,7 @@ impl Drop for Pending {
 
 /// Settings the writer needs, fixed at start.
 pub(crate) struct WriterSettings {
-    pub schema: String,
+    pub schema: Identifier,
     pub limits: Limits,
     pub max_batch_events: usize,
     pub max_batch_bytes: usize,
@@ -275,41 +274,7 @@ impl Writer {
 
 /// Refuses what cannot be stored, before it reaches a batch; fixes `occurred_at`.
 pub(crate) fn validate_append(append: &mut Append, limits: &Limits) -> Result<()> {
-    if append.events.is_empty() {
-        return Err(Error::invalid("an append needs at least one event"));
-    }
-    let now = Utc::now();
-    let mut ids = std::collections::HashSet::with_capacity(append.events.len());
-    for (i, event) in append.events.iter_mut().enumerate() {
-        event.prepare_for_append(i, limits, now)?;
-        if !ids.insert(event.id()) {
-            return Err(Error::invalid(format!(
-                "event {i}: id {} appears twice in this append",
-                event.id()
-            )));
-        }
-    }
-    // Every append fits in one batch, so the caps hold for every batch.
-    if append.events.len() > limits.max_batch_events {
-        return Err(Error::invalid(format!(
-            "{} events, more than one batch holds (max_batch_events {})",
-            append.events.len(),
-            limits.max_batch_events
-        )));
-    }
-    let bytes: usize = append.events.iter().map(Event::size_bytes).sum();
-    if bytes > limits.max_batch_bytes {
-        return Err(Error::invalid(format!(
-            "{bytes} bytes of events, more than one batch holds (max_batch_bytes {})",
-            limits.max_batch_bytes
-        )));
-    }
-    if let Some(condition) = &append.condition {
-        condition
-            .fail_if_events_match
-            .validate("condition query", limits)?;
-    }
-    Ok(())
+    crate::model::prepare_append(&mut append.events, append.condition.as_ref(), limits)
 }
 
 impl Actor for Writer {
