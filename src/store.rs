@@ -26,7 +26,7 @@ use crate::model::{
 use crate::reader::{Read, ReadBy, Reader, ReaderSettings};
 use crate::schema;
 use crate::sql::Identifier;
-use crate::writer::{Append, QueueAppend, Shutdown, Writer, WriterSettings};
+use crate::writer::{Append, Ping, QueueAppend, Shutdown, Writer, WriterSettings};
 
 /// What keeps a throwaway server alive as long as the store that started it.
 #[cfg(feature = "embedded")]
@@ -264,6 +264,22 @@ impl EventStore {
             .await;
         self.record(metrics::Method::Append, started, result.is_ok());
         result
+    }
+
+    /// Checks that the store can write and read: a round trip on the writer's
+    /// connection (between batches) and a read through a reader, each within
+    /// `operation_timeout`. For health checks.
+    ///
+    /// # Errors
+    /// What the writer or the reader met: [`Error::Connect`], [`Error::Database`],
+    /// [`Error::Timeout`] or [`Error::Closed`].
+    pub async fn ping(&self) -> Result<()> {
+        let limit = self.inner.config.operation_timeout();
+        self.bounded(self.inner.writer.send(Ping), limit, false)
+            .await?;
+        self.read(&Query::all(), ReadOptions::default().limit(0).timeout(limit))
+            .await?;
+        Ok(())
     }
 
     /// Stops taking appends, writes every append already queued, and answers each

@@ -192,6 +192,29 @@ impl BatchJob {
         }
     }
 
+    /// A round trip on the writer's connection (connecting if needed), by the
+    /// operation timeout; gives the connection back if it is still good.
+    pub(super) async fn ping(
+        self,
+        connection: Option<WriterConnection>,
+    ) -> (Option<WriterConnection>, Result<()>) {
+        let deadline = Instant::now() + self.settings.timeout;
+        let connection = match connection.filter(|c| !c.client.is_closed()) {
+            Some(c) => c,
+            None => match self.connect_by(deadline).await {
+                Some(Ok(c)) => c,
+                Some(Err(e)) => return (None, Err(e)),
+                None => return (None, Err(self.timeout_error())),
+            },
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(remaining, connection.client.simple_query("SELECT 1")).await {
+            Ok(Ok(_)) => (Some(connection), Ok(())),
+            Ok(Err(e)) => (None, Err(Error::db(e))),
+            Err(_) => (None, Err(self.timeout_error())),
+        }
+    }
+
     /// Connects and prepares, by `deadline`; `None` when the deadline passed first.
     async fn connect_by(&self, deadline: Instant) -> Option<Result<WriterConnection>> {
         let remaining = deadline.saturating_duration_since(Instant::now());

@@ -61,6 +61,11 @@ impl Append {
     }
 }
 
+/// Checks the writer's connection with a round trip, between batches.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<()>")]
+pub(crate) struct Ping;
+
 /// Stops the writer after every append queued before it is written; appends sent
 /// after it fail with [`Error::Closed`].
 #[derive(Debug, Message)]
@@ -221,13 +226,7 @@ impl Writer {
             self.pending.push_front(rest);
         }
         self.writing = true;
-        let job = BatchJob {
-            connector: self.connector.clone(),
-            settings: self.settings.clone(),
-            append_sql: self.append_sql.clone(),
-            lock_key: self.lock_key,
-            metrics: self.metrics.clone(),
-        };
+        let job = self.job();
         let connection = self.connection.take();
         ctx.wait(
             job.run(connection, batch, plan.rounds)
@@ -239,6 +238,16 @@ impl Writer {
                     act.notify_if_drained();
                 }),
         );
+    }
+
+    fn job(&self) -> BatchJob {
+        BatchJob {
+            connector: self.connector.clone(),
+            settings: self.settings.clone(),
+            append_sql: self.append_sql.clone(),
+            lock_key: self.lock_key,
+            metrics: self.metrics.clone(),
+        }
     }
 
     fn notify_if_drained(&mut self) {
@@ -323,6 +332,28 @@ impl Handler<QueueAppend> for Writer {
 
     fn handle(&mut self, message: QueueAppend, ctx: &mut Self::Context) {
         self.queue(message.append, message.reply, ctx);
+    }
+}
+
+impl Handler<Ping> for Writer {
+    type Result = ResponseFuture<Result<()>>;
+
+    /// Runs between batches (a message is handled only when no batch is being
+    /// written) and holds the mailbox for its round trip, so no batch needs the
+    /// connection meanwhile.
+    fn handle(&mut self, _: Ping, ctx: &mut Self::Context) -> Self::Result {
+        let (reply, answer) = oneshot::channel();
+        let connection = self.connection.take();
+        ctx.wait(
+            self.job()
+                .ping(connection)
+                .into_actor(self)
+                .map(|(connection, result), act, _| {
+                    act.connection = connection;
+                    let _ = reply.send(result);
+                }),
+        );
+        Box::pin(async move { answer.await.unwrap_or(Err(Error::CLOSED)) })
     }
 }
 

@@ -35,3 +35,22 @@ fn a_named_configuration_file_must_exist_unless_defaults_are_asked_for() {
     let shipped = Config::load(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")).unwrap();
     assert_eq!(shipped.schema(), "dcb");
 }
+
+#[actix::test]
+async fn ping_goes_through_the_writer_and_a_reader_within_the_timeout() {
+    let schema = crate::support::unique_schema("ping");
+    let store = EventStore::connect(
+        crate::support::config(&schema).with_operation_timeout(Duration::from_millis(500)),
+    )
+    .await
+    .unwrap();
+    store.ping().await.unwrap();
+    // Reads wait behind an exclusive lock: the ping reports it within its deadline.
+    let lock = crate::support::lock_events(&schema, "ACCESS EXCLUSIVE").await;
+    let started = Instant::now();
+    let result = store.ping().await;
+    assert!(matches!(result, Err(Error::Timeout { .. })), "{result:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    lock.batch_execute("COMMIT").await.unwrap();
+    store.ping().await.unwrap();
+}
