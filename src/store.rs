@@ -277,8 +277,11 @@ impl EventStore {
         let limit = self.inner.config.operation_timeout();
         self.bounded(self.inner.writer.send(Ping), limit, false)
             .await?;
-        self.read(&Query::all(), ReadOptions::default().limit(0).timeout(limit))
-            .await?;
+        self.read(
+            &Query::all(),
+            ReadOptions::default().limit(0).timeout(limit),
+        )
+        .await?;
         Ok(())
     }
 

@@ -344,15 +344,12 @@ impl Handler<Ping> for Writer {
     fn handle(&mut self, _: Ping, ctx: &mut Self::Context) -> Self::Result {
         let (reply, answer) = oneshot::channel();
         let connection = self.connection.take();
-        ctx.wait(
-            self.job()
-                .ping(connection)
-                .into_actor(self)
-                .map(|(connection, result), act, _| {
-                    act.connection = connection;
-                    let _ = reply.send(result);
-                }),
-        );
+        ctx.wait(self.job().ping(connection).into_actor(self).map(
+            |(connection, result), act, _| {
+                act.connection = connection;
+                let _ = reply.send(result);
+            },
+        ));
         Box::pin(async move { answer.await.unwrap_or(Err(Error::CLOSED)) })
     }
 }

@@ -50,7 +50,11 @@ async fn ping_goes_through_the_writer_and_a_reader_within_the_timeout() {
     let started = Instant::now();
     let result = store.ping().await;
     assert!(matches!(result, Err(Error::Timeout { .. })), "{result:?}");
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     lock.batch_execute("COMMIT").await.unwrap();
     store.ping().await.unwrap();
 }

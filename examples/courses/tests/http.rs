@@ -1,0 +1,259 @@
+//! The example application over real HTTP: started on a free port with one shared
+//! store, driven with a real client (`awc`); and the built binary shut down with
+//! SIGTERM.
+
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use actix_web::{web, App, HttpServer};
+use courses_example::{error_response, CourseView};
+use dcb_store::{Config, EmbeddedPostgres, Error, EventStore};
+use serde_json::{json, Value};
+
+/// `DATABASE_URL`, or else a throwaway server shared by this file's tests.
+fn database_url() -> String {
+    static SERVER: OnceLock<(String, Option<EmbeddedPostgres>)> = OnceLock::new();
+    SERVER
+        .get_or_init(|| match std::env::var("DATABASE_URL") {
+            Ok(url) if !url.is_empty() => (url, None),
+            _ => {
+                let server = EmbeddedPostgres::start().expect("start a throwaway server");
+                (server.url(), Some(server))
+            }
+        })
+        .0
+        .clone()
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("t_{prefix}_{}_{nanos}", std::process::id())
+}
+
+/// The application on a free port of its own; its base URL.
+async fn start_app(schema: &str) -> String {
+    let config = Config::default()
+        .with_database_url(database_url())
+        .with_schema(schema);
+    let store = web::Data::new(EventStore::connect(config).await.expect("connect"));
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let port = listener.local_addr().expect("address").port();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(store.clone())
+            .configure(courses_example::routes)
+    })
+    .workers(2)
+    .listen(listener)
+    .expect("listen")
+    .run();
+    actix_rt::spawn(server);
+    format!("http://127.0.0.1:{port}")
+}
+
+async fn post(client: &awc::Client, url: String, body: Option<Value>) -> (u16, Value) {
+    let request = client.post(url);
+    let mut response = match body {
+        Some(body) => request.send_json(&body).await,
+        None => request.send().await,
+    }
+    .expect("request");
+    let status = response.status().as_u16();
+    let body = response.json::<Value>().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+async fn get(client: &awc::Client, url: String) -> (u16, Value) {
+    let mut response = client.get(url).send().await.expect("request");
+    let status = response.status().as_u16();
+    let body = response.json::<Value>().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+#[actix_rt::test]
+async fn courses_are_defined_shown_and_subscribed_over_http() {
+    let base = start_app(&unique("http")).await;
+    let client = awc::Client::default();
+    let define = |id: &str, capacity: u32| json!({"id": id, "capacity": capacity});
+    assert_eq!(
+        post(&client, format!("{base}/courses"), Some(define("c1", 2)))
+            .await
+            .0,
+        201
+    );
+    let again = post(&client, format!("{base}/courses"), Some(define("c1", 5))).await;
+    assert_eq!(again.0, 409, "{}", again.1);
+    let (status, course) = get(&client, format!("{base}/courses/c1")).await;
+    assert_eq!(status, 200);
+    let course: CourseView = serde_json::from_value(course).unwrap();
+    assert_eq!((course.capacity, course.students.len()), (2, 0));
+
+    assert_eq!(
+        post(&client, format!("{base}/courses/c1/students/s1"), None)
+            .await
+            .0,
+        201
+    );
+    let twice = post(&client, format!("{base}/courses/c1/students/s1"), None).await;
+    assert_eq!(twice.0, 409, "{}", twice.1);
+    assert_eq!(
+        post(&client, format!("{base}/courses/nope/students/s1"), None)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(get(&client, format!("{base}/courses/nope")).await.0, 404);
+    let (_, course) = get(&client, format!("{base}/courses/c1")).await;
+    assert_eq!(course["students"], json!(["s1"]));
+    let (status, courses) = get(&client, format!("{base}/students/s1/courses")).await;
+    assert_eq!((status, courses["courses"].clone()), (200, json!(["c1"])));
+
+    // Input the store refuses is a 400 saying why.
+    let long = "x".repeat(3_000);
+    let (status, body) = post(&client, format!("{base}/courses"), Some(define(&long, 1))).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap_or("").contains("bytes"),
+        "{body}"
+    );
+}
+
+#[actix_rt::test]
+async fn concurrent_subscriptions_never_overbook_a_course() {
+    let base = start_app(&unique("overbook")).await;
+    let client = awc::Client::default();
+    let define = json!({"id": "hot", "capacity": 10});
+    assert_eq!(
+        post(&client, format!("{base}/courses"), Some(define))
+            .await
+            .0,
+        201
+    );
+    let calls = (0..40).map(|i| {
+        let (client, base) = (client.clone(), base.clone());
+        async move { post(&client, format!("{base}/courses/hot/students/s{i}"), None).await }
+    });
+    let outcomes = futures_util::future::join_all(calls).await;
+    let created = outcomes.iter().filter(|(s, _)| *s == 201).count();
+    let refused = outcomes.iter().filter(|(s, _)| *s == 409).count();
+    assert_eq!((created, refused), (10, 30), "{outcomes:?}");
+    let (_, course) = get(&client, format!("{base}/courses/hot")).await;
+    assert_eq!(course["students"].as_array().map(Vec::len), Some(10));
+}
+
+#[actix_rt::test]
+async fn metrics_and_health_are_served() {
+    let base = start_app(&unique("ops")).await;
+    let client = awc::Client::default();
+    let define = json!({"id": "m", "capacity": 1});
+    assert_eq!(
+        post(&client, format!("{base}/courses"), Some(define))
+            .await
+            .0,
+        201
+    );
+    let mut response = client.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    let body = String::from_utf8(response.body().await.unwrap().to_vec()).unwrap();
+    assert!(body.contains("dcb_appends_total"), "{body}");
+    let (status, health) = get(&client, format!("{base}/health")).await;
+    assert_eq!((status, health["status"].clone()), (200, json!("ok")));
+}
+
+#[test]
+fn store_errors_map_to_the_statuses_users_expect() {
+    let status = |e: Error| error_response(&e).status().as_u16();
+    assert_eq!(status(Error::ConditionFailed { after: Some(3) }), 409);
+    assert_eq!(
+        status(Error::DuplicateEventId {
+            id: Default::default()
+        }),
+        409
+    );
+    assert_eq!(
+        status(Error::InvalidInput {
+            reason: "event 0: type is empty".into()
+        }),
+        400
+    );
+    assert_eq!(
+        status(Error::Timeout {
+            after: Duration::from_secs(1),
+            may_have_been_written: false
+        }),
+        504
+    );
+    let busy = error_response(&Error::Overloaded);
+    assert_eq!(busy.status().as_u16(), 503);
+    assert_eq!(
+        busy.headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    assert_eq!(status(Error::Config("x".into())), 500);
+}
+
+#[test]
+fn the_service_stops_gracefully_on_sigterm() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let child = Command::new(env!("CARGO_BIN_EXE_courses"))
+        .env("DATABASE_URL", database_url())
+        .env("LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the service");
+    let system = actix_rt::System::new();
+    let base = format!("http://127.0.0.1:{port}");
+    system.block_on(async {
+        let client = awc::Client::default();
+        let mut up = false;
+        for _ in 0..100 {
+            if let Ok(r) = client.get(format!("{base}/health")).send().await {
+                up = r.status().is_success();
+                if up {
+                    break;
+                }
+            }
+            actix_rt::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(up, "the service answers /health");
+        let course = json!({"id": unique("term"), "capacity": 3});
+        let (status, _) = post(&client, format!("{base}/courses"), Some(course)).await;
+        assert!(status == 201 || status == 409);
+    });
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let output = child.wait_with_output().expect("the service exits");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("every queued append was written"),
+        "{stdout}"
+    );
+}
