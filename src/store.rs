@@ -118,8 +118,11 @@ impl EventStore {
         schema::migrate(&mut client, &schema).await?;
         drop(client);
 
-        let (metrics_actor, metrics) =
-            MetricsActor::new(config.metrics_channel_capacity(), config.metrics_enabled());
+        let (metrics_actor, metrics) = MetricsActor::new(
+            config.schema(),
+            config.metrics_channel_capacity(),
+            config.metrics_enabled(),
+        );
         let writer_arbiter = Arbiter::new();
         let reader_arbiter = Arbiter::new();
         let metrics_actor =

@@ -1,7 +1,7 @@
 //! The metrics actor and the records the hot path sends it.
 //!
-//! Longer than most: the actor, the records and the Prometheus rendering still share
-//! this file; the rendering moves out when the exposition is reworked (issue 8, item 4).
+//! Longer than most files: the records, the actor that folds them, and the public
+//! snapshot types belong together; the Prometheus rendering is in `prometheus.rs`.
 //!
 //! Appends and reads only `try_send` a small [`Record`] into a bounded crossbeam
 //! channel (counting what did not fit); the actor drains it on a timer and on every
@@ -10,7 +10,6 @@
 //! latency histograms, plus counters, and renders Prometheus text.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +17,17 @@ use std::time::Duration;
 use actix::prelude::*;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use hdrhistogram::Histogram;
+
+mod prometheus;
+
+/// Upper bounds (seconds) of the latency histograms' buckets, as exported.
+pub(crate) const LATENCY_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Upper bounds of the batch-size histograms' buckets (appends or events per batch).
+pub(crate) const SIZE_BUCKETS: [u64; 12] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048];
 
 /// Operations callers invoke.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -125,12 +135,20 @@ pub struct LatencySummary {
     pub p99_ms: f64,
     /// Largest sample.
     pub max_ms: f64,
+    /// Sum of all samples, in seconds.
+    pub sum_seconds: f64,
+    /// Cumulative counts: samples at or below each upper bound (seconds), one per
+    /// exported bucket (`+Inf` is `count`).
+    pub buckets: Vec<(f64, u64)>,
 }
 
 /// A point-in-time copy of everything the metrics actor knows.
 #[derive(Clone, Debug, Default, PartialEq)]
 #[non_exhaustive]
 pub struct MetricsSnapshot {
+    /// The store's schema: the `schema` label of every exported metric, so that two
+    /// stores in one process (or many processes) do not collide.
+    pub schema: String,
     /// Per public method (`append`, `read`), as the caller saw it.
     pub methods: BTreeMap<String, LatencySummary>,
     /// Per SQL statement (`begin`, `lock`, `append`, `commit`, `read`, `prepare`).
@@ -183,6 +201,10 @@ pub struct SizeSummary {
     pub p99: u64,
     /// Largest.
     pub max: u64,
+    /// Sum of all samples.
+    pub sum: u64,
+    /// Cumulative counts: samples at or below each upper bound.
+    pub buckets: Vec<(u64, u64)>,
 }
 
 /// Asks the metrics actor for a snapshot (after draining its channel).
@@ -192,13 +214,14 @@ pub(crate) struct GetSnapshot;
 
 /// The actor that owns the histograms and counters.
 pub(crate) struct MetricsActor {
+    schema: String,
     receiver: Receiver<Record>,
     dropped: Arc<AtomicU64>,
-    methods: BTreeMap<Method, Histogram<u64>>,
-    statements: BTreeMap<Statement, Histogram<u64>>,
-    components: BTreeMap<(Method, Component), Histogram<u64>>,
-    batch_appends: Histogram<u64>,
-    batch_events: Histogram<u64>,
+    methods: BTreeMap<Method, Series>,
+    statements: BTreeMap<Statement, Series>,
+    components: BTreeMap<(Method, Component), Series>,
+    batch_appends: Series,
+    batch_events: Series,
     counters: Counters,
     database_errors: BTreeMap<[u8; 2], u64>,
 }
@@ -223,17 +246,18 @@ const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
 
 impl MetricsActor {
     /// The actor and the sink the hot path records into.
-    pub(crate) fn new(capacity: usize, enabled: bool) -> (Self, MetricsSink) {
+    pub(crate) fn new(schema: &str, capacity: usize, enabled: bool) -> (Self, MetricsSink) {
         let (sender, receiver) = crossbeam_channel::bounded(capacity);
         let dropped = Arc::new(AtomicU64::new(0));
         let actor = MetricsActor {
+            schema: schema.to_owned(),
             receiver,
             dropped: dropped.clone(),
             methods: BTreeMap::new(),
             statements: BTreeMap::new(),
             components: BTreeMap::new(),
-            batch_appends: new_histogram(),
-            batch_events: new_histogram(),
+            batch_appends: Series::default(),
+            batch_events: Series::default(),
             counters: Counters::default(),
             database_errors: BTreeMap::new(),
         };
@@ -255,10 +279,7 @@ impl MetricsActor {
                 elapsed,
                 ok,
             } => {
-                observe(
-                    self.methods.entry(method).or_insert_with(new_histogram),
-                    elapsed,
-                );
+                self.methods.entry(method).or_default().observe(elapsed);
                 match (method, ok) {
                     (Method::Append, true) => c.appends += 1,
                     (Method::Append, false) => c.appends_failed += 1,
@@ -266,22 +287,20 @@ impl MetricsActor {
                     (Method::Read, false) => c.reads_failed += 1,
                 }
             }
-            Record::Statement { statement, elapsed } => observe(
-                self.statements
-                    .entry(statement)
-                    .or_insert_with(new_histogram),
-                elapsed,
-            ),
+            Record::Statement { statement, elapsed } => self
+                .statements
+                .entry(statement)
+                .or_default()
+                .observe(elapsed),
             Record::Component {
                 method,
                 component,
                 elapsed,
-            } => observe(
-                self.components
-                    .entry((method, component))
-                    .or_insert_with(new_histogram),
-                elapsed,
-            ),
+            } => self
+                .components
+                .entry((method, component))
+                .or_default()
+                .observe(elapsed),
             Record::Outcomes {
                 events,
                 conditions_failed,
@@ -296,8 +315,8 @@ impl MetricsActor {
             } => {
                 c.batches += 1;
                 c.deferred_rounds += u64::from(rounds.saturating_sub(1));
-                let _ = self.batch_appends.record(u64::from(appends.max(1)));
-                let _ = self.batch_events.record(u64::from(events.max(1)));
+                self.batch_appends.count(u64::from(appends.max(1)));
+                self.batch_events.count(u64::from(events.max(1)));
             }
             Record::InvalidInput => c.invalid_inputs += 1,
             Record::DatabaseError { class } => *self.database_errors.entry(class).or_default() += 1,
@@ -309,15 +328,16 @@ impl MetricsActor {
     fn snapshot(&self) -> MetricsSnapshot {
         let c = &self.counters;
         MetricsSnapshot {
+            schema: self.schema.clone(),
             methods: self
                 .methods
                 .iter()
-                .map(|(m, h)| (method_name(*m).to_owned(), summarize(h)))
+                .map(|(m, h)| (method_name(*m).to_owned(), h.latency()))
                 .collect(),
             statements: self
                 .statements
                 .iter()
-                .map(|(s, h)| (statement_name(*s).to_owned(), summarize(h)))
+                .map(|(s, h)| (statement_name(*s).to_owned(), h.latency()))
                 .collect(),
             components: self
                 .components
@@ -325,7 +345,7 @@ impl MetricsActor {
                 .map(|((m, c), h)| {
                     (
                         format!("{}.{}", method_name(*m), component_name(*c)),
-                        summarize(h),
+                        h.latency(),
                     )
                 })
                 .collect(),
@@ -337,8 +357,8 @@ impl MetricsActor {
             conditions_failed: c.conditions_failed,
             invalid_inputs: c.invalid_inputs,
             batches: c.batches,
-            batch_appends: size_summary(&self.batch_appends),
-            batch_events: size_summary(&self.batch_events),
+            batch_appends: self.batch_appends.sizes(),
+            batch_events: self.batch_events.sizes(),
             deferred_rounds: c.deferred_rounds,
             database_errors: self
                 .database_errors
@@ -369,34 +389,74 @@ impl Handler<GetSnapshot> for MetricsActor {
     }
 }
 
-fn new_histogram() -> Histogram<u64> {
-    // Microseconds from 1 µs to 1 hour, 3 significant digits; `record` saturates above.
-    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant histogram bounds are valid")
+/// One distribution: an HDR histogram (quantiles for the snapshot), and the exact sum
+/// for the exported histogram. Latencies are kept in microseconds.
+struct Series {
+    histogram: Histogram<u64>,
+    sum: u128,
 }
 
-fn observe(histogram: &mut Histogram<u64>, elapsed: Duration) {
-    histogram.saturating_record(elapsed.as_micros().clamp(1, u128::from(u64::MAX)) as u64);
-}
-
-fn summarize(h: &Histogram<u64>) -> LatencySummary {
-    let ms = |us: u64| us as f64 / 1000.0;
-    LatencySummary {
-        count: h.len(),
-        mean_ms: if h.is_empty() { 0.0 } else { h.mean() / 1000.0 },
-        p50_ms: ms(h.value_at_quantile(0.5)),
-        p90_ms: ms(h.value_at_quantile(0.9)),
-        p99_ms: ms(h.value_at_quantile(0.99)),
-        max_ms: ms(h.max()),
+impl Default for Series {
+    fn default() -> Self {
+        Series {
+            // 1 to 3.6e9 (an hour in microseconds), 3 significant digits; saturates above.
+            histogram: Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .expect("constant histogram bounds are valid"),
+            sum: 0,
+        }
     }
 }
 
-fn size_summary(h: &Histogram<u64>) -> SizeSummary {
-    SizeSummary {
-        count: h.len(),
-        mean: if h.is_empty() { 0.0 } else { h.mean() },
-        p50: h.value_at_quantile(0.5),
-        p99: h.value_at_quantile(0.99),
-        max: h.max(),
+impl Series {
+    fn observe(&mut self, elapsed: Duration) {
+        self.count(elapsed.as_micros().clamp(1, u128::from(u64::MAX)) as u64);
+    }
+
+    fn count(&mut self, value: u64) {
+        self.histogram.saturating_record(value);
+        self.sum += u128::from(value);
+    }
+
+    /// Samples at or below `upper` (the histogram's precision: 0.1 %).
+    fn at_or_below(&self, upper: u64) -> u64 {
+        if self.histogram.is_empty() || upper == 0 {
+            return 0;
+        }
+        self.histogram.count_between(0, upper)
+    }
+
+    fn latency(&self) -> LatencySummary {
+        let h = &self.histogram;
+        let ms = |us: u64| us as f64 / 1000.0;
+        LatencySummary {
+            count: h.len(),
+            mean_ms: if h.is_empty() { 0.0 } else { h.mean() / 1000.0 },
+            p50_ms: ms(h.value_at_quantile(0.5)),
+            p90_ms: ms(h.value_at_quantile(0.9)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            max_ms: ms(h.max()),
+            sum_seconds: self.sum as f64 / 1e6,
+            buckets: LATENCY_BUCKETS
+                .iter()
+                .map(|&le| (le, self.at_or_below((le * 1e6).round() as u64)))
+                .collect(),
+        }
+    }
+
+    fn sizes(&self) -> SizeSummary {
+        let h = &self.histogram;
+        SizeSummary {
+            count: h.len(),
+            mean: if h.is_empty() { 0.0 } else { h.mean() },
+            p50: h.value_at_quantile(0.5),
+            p99: h.value_at_quantile(0.99),
+            max: h.max(),
+            sum: u64::try_from(self.sum).unwrap_or(u64::MAX),
+            buckets: SIZE_BUCKETS
+                .iter()
+                .map(|&le| (le, self.at_or_below(le)))
+                .collect(),
+        }
     }
 }
 
@@ -423,107 +483,5 @@ fn component_name(c: Component) -> &'static str {
         Component::QueryBuilding => "query_building",
         Component::SqlExecution => "sql_execution",
         Component::ResultProcessing => "result_processing",
-    }
-}
-
-impl MetricsSnapshot {
-    /// The snapshot in Prometheus text exposition format (version 0.0.4).
-    pub fn to_prometheus(&self) -> String {
-        let mut out = String::new();
-        let counters: [(&str, &str, u64); 13] = [
-            ("dcb_appends_total", "Appends that succeeded.", self.appends),
-            (
-                "dcb_appends_failed_total",
-                "Appends that failed.",
-                self.appends_failed,
-            ),
-            (
-                "dcb_events_appended_total",
-                "Events written.",
-                self.events_appended,
-            ),
-            ("dcb_reads_total", "Reads that succeeded.", self.reads),
-            (
-                "dcb_reads_failed_total",
-                "Reads that failed.",
-                self.reads_failed,
-            ),
-            (
-                "dcb_conditions_failed_total",
-                "Appends refused by their condition.",
-                self.conditions_failed,
-            ),
-            (
-                "dcb_invalid_inputs_total",
-                "Operations refused as invalid input.",
-                self.invalid_inputs,
-            ),
-            (
-                "dcb_batches_total",
-                "Writer batches (transactions).",
-                self.batches,
-            ),
-            (
-                "dcb_deferred_rounds_total",
-                "Extra statement rounds for intra-batch conflicts.",
-                self.deferred_rounds,
-            ),
-            (
-                "dcb_timeouts_total",
-                "Operations that timed out.",
-                self.timeouts,
-            ),
-            (
-                "dcb_statements_prepared_total",
-                "Read statements prepared (cache misses).",
-                self.statements_prepared,
-            ),
-            (
-                "dcb_metrics_dropped_records_total",
-                "Instrumentation records dropped.",
-                self.dropped_records,
-            ),
-            (
-                "dcb_batch_appends_count",
-                "Batches measured for size.",
-                self.batch_appends.count,
-            ),
-        ];
-        for (name, help, value) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP dcb_database_errors_total Database errors by SQLSTATE class.\n# TYPE dcb_database_errors_total counter"
-        );
-        for (class, n) in &self.database_errors {
-            let _ = writeln!(out, "dcb_database_errors_total{{class=\"{class}\"}} {n}");
-        }
-        let groups = [
-            ("dcb_method_latency_ms", "method", &self.methods),
-            ("dcb_statement_latency_ms", "statement", &self.statements),
-            ("dcb_component_latency_ms", "component", &self.components),
-        ];
-        for (name, label, map) in groups {
-            let _ = writeln!(
-                out,
-                "# HELP {name} Latency in milliseconds.\n# TYPE {name} summary"
-            );
-            for (key, s) in map {
-                for (q, v) in [("0.5", s.p50_ms), ("0.9", s.p90_ms), ("0.99", s.p99_ms)] {
-                    let _ = writeln!(out, "{name}{{{label}=\"{key}\",quantile=\"{q}\"}} {v}");
-                }
-                let _ = writeln!(
-                    out,
-                    "{name}_sum{{{label}=\"{key}\"}} {}",
-                    s.mean_ms * s.count as f64
-                );
-                let _ = writeln!(out, "{name}_count{{{label}=\"{key}\"}} {}", s.count);
-            }
-        }
-        out
     }
 }

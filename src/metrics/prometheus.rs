@@ -1,0 +1,203 @@
+//! The Prometheus text exposition (format 0.0.4) of a [`MetricsSnapshot`]: counters
+//! named `_total`, latencies as histograms in seconds with fixed buckets (they add up
+//! across processes, unlike quantiles), batch sizes as histograms, and a `schema`
+//! label on every series so that several stores, in one process or many, never
+//! collide. `dashboards/dcb-store.json` queries these names.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use super::{LatencySummary, MetricsSnapshot, SizeSummary};
+
+impl MetricsSnapshot {
+    /// The snapshot in Prometheus text exposition format (version 0.0.4); serve it as
+    /// `text/plain; version=0.0.4`.
+    ///
+    /// ```
+    /// let text = dcb_store::MetricsSnapshot::default().to_prometheus();
+    /// assert!(text.contains("# TYPE dcb_appends_total counter"));
+    /// ```
+    pub fn to_prometheus(&self) -> String {
+        let mut out = Exposition {
+            out: String::new(),
+            schema: escape(&self.schema),
+        };
+        let counters: [(&str, &str, u64); 12] = [
+            ("dcb_appends_total", "Appends that succeeded.", self.appends),
+            (
+                "dcb_appends_failed_total",
+                "Appends that failed, failed conditions included.",
+                self.appends_failed,
+            ),
+            (
+                "dcb_events_appended_total",
+                "Events written.",
+                self.events_appended,
+            ),
+            ("dcb_reads_total", "Reads that succeeded.", self.reads),
+            (
+                "dcb_reads_failed_total",
+                "Reads that failed.",
+                self.reads_failed,
+            ),
+            (
+                "dcb_conditions_failed_total",
+                "Appends refused by their condition.",
+                self.conditions_failed,
+            ),
+            (
+                "dcb_invalid_inputs_total",
+                "Operations refused as invalid input.",
+                self.invalid_inputs,
+            ),
+            (
+                "dcb_batches_total",
+                "Writer batches (transactions).",
+                self.batches,
+            ),
+            (
+                "dcb_deferred_rounds_total",
+                "Extra statement rounds for conflicts within a batch.",
+                self.deferred_rounds,
+            ),
+            (
+                "dcb_timeouts_total",
+                "Operations that timed out.",
+                self.timeouts,
+            ),
+            (
+                "dcb_statements_prepared_total",
+                "Read statements prepared (cache admissions).",
+                self.statements_prepared,
+            ),
+            (
+                "dcb_metrics_dropped_records_total",
+                "Instrumentation records dropped because the metrics channel was full.",
+                self.dropped_records,
+            ),
+        ];
+        for (name, help, value) in counters {
+            out.family(name, help, "counter");
+            out.sample(name, &[], value);
+        }
+        out.family(
+            "dcb_database_errors_total",
+            "Database errors by SQLSTATE class.",
+            "counter",
+        );
+        for (class, n) in &self.database_errors {
+            out.sample("dcb_database_errors_total", &[("class", class)], *n);
+        }
+        out.latencies(
+            "dcb_method_duration_seconds",
+            "Time callers waited for an operation, by method.",
+            labelled(&self.methods, "method"),
+        );
+        out.latencies(
+            "dcb_statement_duration_seconds",
+            "SQL statement time, by statement.",
+            labelled(&self.statements, "statement"),
+        );
+        let components = self.components.iter().map(|(key, summary)| {
+            let (method, component) = key.split_once('.').unwrap_or((key, ""));
+            (vec![("method", method), ("component", component)], summary)
+        });
+        out.latencies(
+            "dcb_component_duration_seconds",
+            "Time inside an operation, by method and component (query building, SQL execution, result processing).",
+            components.collect(),
+        );
+        out.sizes(
+            "dcb_batch_appends",
+            "Appends per writer batch.",
+            &self.batch_appends,
+        );
+        out.sizes(
+            "dcb_batch_events",
+            "Events per writer batch.",
+            &self.batch_events,
+        );
+        out.out
+    }
+}
+
+fn labelled<'a>(
+    map: &'a BTreeMap<String, LatencySummary>,
+    label: &'static str,
+) -> Vec<(Vec<(&'static str, &'a str)>, &'a LatencySummary)> {
+    map.iter()
+        .map(|(key, summary)| (vec![(label, key.as_str())], summary))
+        .collect()
+}
+
+struct Exposition {
+    out: String,
+    /// Escaped once.
+    schema: String,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &str, help: &str, kind: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    /// One sample line: `name{schema="…",labels…} value`.
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        let _ = write!(self.out, "{name}{{schema=\"{}\"", self.schema);
+        for (key, value) in labels {
+            let _ = write!(self.out, ",{key}=\"{}\"", escape(value));
+        }
+        let _ = writeln!(self.out, "}} {value}");
+    }
+
+    fn latencies(
+        &mut self,
+        name: &str,
+        help: &str,
+        series: Vec<(Vec<(&str, &str)>, &LatencySummary)>,
+    ) {
+        self.family(name, help, "histogram");
+        for (labels, summary) in series {
+            let buckets = summary.buckets.iter().map(|(le, n)| (format_le(*le), *n));
+            self.histogram(name, &labels, buckets, summary.count, summary.sum_seconds);
+        }
+    }
+
+    fn sizes(&mut self, name: &str, help: &str, sizes: &SizeSummary) {
+        self.family(name, help, "histogram");
+        let buckets = sizes.buckets.iter().map(|(le, n)| (le.to_string(), *n));
+        self.histogram(name, &[], buckets, sizes.count, sizes.sum as f64);
+    }
+
+    fn histogram(
+        &mut self,
+        name: &str,
+        labels: &[(&str, &str)],
+        buckets: impl Iterator<Item = (String, u64)>,
+        count: u64,
+        sum: f64,
+    ) {
+        let bucket = format!("{name}_bucket");
+        for (le, n) in buckets.chain(std::iter::once(("+Inf".to_owned(), count))) {
+            let mut with_le = labels.to_vec();
+            with_le.push(("le", &le));
+            self.sample(&bucket, &with_le, n);
+        }
+        self.sample(&format!("{name}_sum"), labels, sum);
+        self.sample(&format!("{name}_count"), labels, count);
+    }
+}
+
+/// A bucket bound as Prometheus clients write it (`0.0001`, `1`, `2.5`).
+fn format_le(le: f64) -> String {
+    let text = format!("{le}");
+    text.trim_end_matches(".0").to_owned()
+}
+
+/// A label value escaped as the exposition format requires.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
