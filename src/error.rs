@@ -113,6 +113,24 @@ impl Error {
         }
     }
 
+    /// A short, stable name of the variant (`condition_failed`, `timeout`, ...), for
+    /// logs, spans (`error.type`) and metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::InvalidInput { .. } => "invalid_input",
+            Error::ConditionFailed { .. } => "condition_failed",
+            Error::DuplicateEventId { .. } => "duplicate_event_id",
+            Error::Timeout { .. } => "timeout",
+            Error::Overloaded => "overloaded",
+            Error::Closed { .. } => "closed",
+            Error::Database { .. } => "database",
+            Error::Connect(_) => "connect",
+            Error::Config(_) => "config",
+            Error::Embedded(_) => "embedded",
+            Error::Decode(_) => "decode",
+        }
+    }
+
     /// The SQLSTATE code when this is an error the server reported.
     pub fn sql_state(&self) -> Option<&tokio_postgres::error::SqlState> {
         match self {

@@ -28,6 +28,16 @@ use crate::schema;
 use crate::sql::Identifier;
 use crate::writer::{Append, Ping, QueueAppend, Shutdown, Writer, WriterSettings};
 
+/// Records an operation's outcome on its span, as OpenTelemetry reads it: status
+/// `ERROR` and the error's kind.
+fn traced<T>(span: &tracing::Span, result: Result<T>) -> Result<T> {
+    if let Err(error) = &result {
+        span.record("otel.status_code", "ERROR");
+        span.record("error.type", error.kind());
+    }
+    result
+}
+
 /// What keeps a throwaway server alive as long as the store that started it.
 #[cfg(feature = "embedded")]
 type Throwaway = Option<EmbeddedPostgres>;
@@ -237,11 +247,21 @@ impl EventStore {
         let limit = options
             .timeout
             .unwrap_or_else(|| self.inner.config.operation_timeout());
-        let span = tracing::debug_span!("append", events = events.len());
+        let span = tracing::info_span!(
+            "dcb.append",
+            db.system = "postgresql",
+            db.namespace = self.inner.config.schema(),
+            db.operation.name = "append",
+            events = events.len(),
+            otel.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
         let (reply, answer) = tokio::sync::oneshot::channel();
         let append = QueueAppend {
             append: Append::new(events, condition),
             reply,
+            // The batch that writes this append links back to this span.
+            caller: span.clone(),
         };
         if options.fail_when_busy {
             match self.inner.writer.try_send(append) {
@@ -252,9 +272,11 @@ impl EventStore {
                 }
                 Err(actix::prelude::SendError::Closed(_)) => return Err(Error::CLOSED),
             }
-            let result = self.bounded(answer.instrument(span), limit, true).await;
+            let result = self
+                .bounded(answer.instrument(span.clone()), limit, true)
+                .await;
             self.record(metrics::Method::Append, started, result.is_ok());
-            return result;
+            return traced(&span, result);
         }
         let writer = self.inner.writer.clone();
         let queued_and_answered = async move {
@@ -263,10 +285,10 @@ impl EventStore {
             answer.await.map_err(|_| ())
         };
         let result = self
-            .bounded(queued_and_answered.instrument(span), limit, true)
+            .bounded(queued_and_answered.instrument(span.clone()), limit, true)
             .await;
         self.record(metrics::Method::Append, started, result.is_ok());
-        result
+        traced(&span, result)
     }
 
     /// Checks that the store can write and read: a round trip on the writer's
@@ -320,14 +342,24 @@ impl EventStore {
         let limit = options
             .timeout
             .unwrap_or_else(|| self.inner.config.operation_timeout());
-        let span = tracing::debug_span!("read", items = query.items().len());
+        let span = tracing::info_span!(
+            "dcb.read",
+            db.system = "postgresql",
+            db.namespace = self.inner.config.schema(),
+            db.operation.name = "read",
+            items = query.items().len(),
+            otel.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
         let sent = self.next_reader().send(ReadBy {
             read: Read::new(query.clone(), options),
             deadline: started + limit,
         });
-        let result = self.bounded(sent.instrument(span), limit, false).await;
+        let result = self
+            .bounded(sent.instrument(span.clone()), limit, false)
+            .await;
         self.record(metrics::Method::Read, started, result.is_ok());
-        result
+        traced(&span, result)
     }
 
     /// Awaits an actor's answer for at most `limit`; a lost answer means the actor

@@ -43,7 +43,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,dcb_store=info".into()),
+                // Operation spans are at info: keep them off unless asked for (RUST_LOG).
+                .unwrap_or_else(|_| "warn,dcb_store::schema=info".into()),
         )
         .with_writer(std::io::stderr)
         .init();

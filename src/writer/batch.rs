@@ -68,7 +68,19 @@ impl BatchJob {
         rounds: Vec<Vec<usize>>,
     ) -> Option<WriterConnection> {
         let events: usize = batch.iter().map(|p| p.events.len()).sum();
-        let span = tracing::debug_span!("batch", appends = batch.len(), events);
+        let span = tracing::info_span!(
+            "dcb.batch",
+            db.system = "postgresql",
+            db.namespace = self.settings.schema.as_str(),
+            db.operation.name = "batch",
+            appends = batch.len(),
+            events,
+            otel.status_code = tracing::field::Empty,
+        );
+        // One request can be traced into the batch that wrote it.
+        for pending in &batch {
+            span.follows_from(pending.caller.id());
+        }
         let timeout = self.settings.timeout;
         async move {
             let deadline = Instant::now() + timeout;
@@ -445,6 +457,7 @@ fn connection_failed(error: tokio_postgres::Error, sent: bool, batch: &mut [Pend
 /// Answers every append of `batch` with the same error (each adds whether it may
 /// have been written).
 fn fail_all(batch: Vec<Pending>, error: &Error) {
+    tracing::Span::current().record("otel.status_code", "ERROR");
     for pending in batch {
         pending.answer(Err(error.clone()));
     }

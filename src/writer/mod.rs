@@ -80,6 +80,8 @@ pub(crate) struct Shutdown;
 pub(crate) struct QueueAppend {
     pub append: Append,
     pub reply: oneshot::Sender<Result<AppendResult>>,
+    /// The caller's span, which the batch's span follows from.
+    pub caller: tracing::Span,
 }
 
 /// An append waiting for its batch, and what is known of its outcome so far.
@@ -94,16 +96,23 @@ struct Pending {
     /// The first failure after which this append may have been written (a
     /// connection lost after its batch was sent); later errors must say so too.
     unknown_outcome: Option<Error>,
+    /// The caller's span (none for message-driven callers).
+    caller: tracing::Span,
 }
 
 impl Pending {
-    fn new(append: Append, reply: oneshot::Sender<Result<AppendResult>>) -> Self {
+    fn new(
+        append: Append,
+        reply: oneshot::Sender<Result<AppendResult>>,
+        caller: tracing::Span,
+    ) -> Self {
         Pending {
             events: append.events,
             condition: append.condition,
             reply: Some(reply),
             in_flight: std::cell::Cell::new(false),
             unknown_outcome: None,
+            caller,
         }
     }
 
@@ -301,6 +310,7 @@ impl Writer {
         &mut self,
         mut append: Append,
         reply: oneshot::Sender<Result<AppendResult>>,
+        caller: tracing::Span,
         ctx: &mut Context<Self>,
     ) {
         if self.closing {
@@ -312,7 +322,7 @@ impl Writer {
             let _ = reply.send(Err(e));
             return;
         }
-        self.pending.push_back(Pending::new(append, reply));
+        self.pending.push_back(Pending::new(append, reply, caller));
         self.schedule_flush(ctx);
     }
 }
@@ -322,7 +332,8 @@ impl Handler<Append> for Writer {
 
     fn handle(&mut self, append: Append, ctx: &mut Self::Context) -> Self::Result {
         let (reply, result) = oneshot::channel();
-        self.queue(append, reply, ctx);
+        // A message-driven caller hands no span over.
+        self.queue(append, reply, tracing::Span::none(), ctx);
         Box::pin(async move { result.await.unwrap_or(Err(Error::CLOSED)) })
     }
 }
@@ -331,7 +342,7 @@ impl Handler<QueueAppend> for Writer {
     type Result = ();
 
     fn handle(&mut self, message: QueueAppend, ctx: &mut Self::Context) {
-        self.queue(message.append, message.reply, ctx);
+        self.queue(message.append, message.reply, message.caller, ctx);
     }
 }
 
@@ -378,7 +389,7 @@ mod tests {
             events: vec![Event::new("E", serde_json::json!({}))],
             condition: None,
         };
-        (Pending::new(append, reply), answer)
+        (Pending::new(append, reply, tracing::Span::none()), answer)
     }
 
     #[test]
