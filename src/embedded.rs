@@ -33,6 +33,23 @@ impl std::fmt::Debug for EmbeddedPostgres {
 }
 
 impl EmbeddedPostgres {
+    /// Where tests and demos run, the rule in one place: `DATABASE_URL` when it is set
+    /// and something answers at its address, else a throwaway server (returned with
+    /// the URL, to be kept alive as long as it is used). Blocks while a server starts.
+    ///
+    /// # Errors
+    /// [`Error::Embedded`] when no throwaway server can be started.
+    pub fn url_from_env_or_start() -> Result<(String, Option<Self>)> {
+        if let Some(url) = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) {
+            if answers(&url) {
+                return Ok((url, None));
+            }
+            tracing::warn!("DATABASE_URL does not answer; starting a throwaway PostgreSQL");
+        }
+        let server = Self::start()?;
+        Ok((server.url(), Some(server)))
+    }
+
     /// Creates a cluster and starts it. Blocks for a second or two; call it from
     /// `spawn_blocking` inside async code.
     pub fn start() -> Result<Self> {
@@ -272,4 +289,27 @@ fn spawn_watchdog(data_dir: &str, dir: &Path) -> std::io::Result<Child> {
         .stderr(Stdio::null())
         .process_group(0)
         .spawn()
+}
+
+/// Whether something accepts TCP connections at one of `url`'s hosts and ports.
+fn answers(url: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    let Ok(config) = url.parse::<tokio_postgres::Config>() else {
+        return false;
+    };
+    let ports = config.get_ports();
+    config.get_hosts().iter().enumerate().any(|(i, host)| {
+        let tokio_postgres::config::Host::Tcp(host) = host else {
+            return false;
+        };
+        let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+        (host.as_str(), port)
+            .to_socket_addrs()
+            .is_ok_and(|mut addrs| {
+                addrs.any(|a| {
+                    std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(2))
+                        .is_ok()
+                })
+            })
+    })
 }

@@ -18,47 +18,15 @@ static SERVER: OnceLock<Server> = OnceLock::new();
 pub fn database_url() -> &'static str {
     &SERVER
         .get_or_init(|| {
-            let configured = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty());
-            if let Some(url) = configured {
-                if reachable(&url) {
-                    return Server {
-                        url,
-                        _embedded: None,
-                    };
-                }
-                eprintln!("DATABASE_URL is not reachable; starting an embedded PostgreSQL");
-            }
             // A static is never dropped: the server's watchdog removes it when we exit.
-            let embedded = EmbeddedPostgres::start().expect("start embedded PostgreSQL");
+            let (url, embedded) =
+                EmbeddedPostgres::url_from_env_or_start().expect("a database for the tests");
             Server {
-                url: embedded.url(),
-                _embedded: Some(embedded),
+                url,
+                _embedded: embedded,
             }
         })
         .url
-}
-
-fn reachable(url: &str) -> bool {
-    let url = url.to_owned();
-    // Its own thread and runtime: this may be called from inside a test's runtime.
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async {
-            matches!(
-                tokio::time::timeout(
-                    std::time::Duration::from_secs(5),
-                    tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                )
-                .await,
-                Ok(Ok(_))
-            )
-        })
-    })
-    .join()
-    .unwrap_or(false)
 }
 
 /// A schema name no other test (or earlier run) uses.

@@ -12,17 +12,11 @@ use courses_example::{error_response, CourseView};
 use dcb_store::{Config, EmbeddedPostgres, Error, EventStore};
 use serde_json::{json, Value};
 
-/// `DATABASE_URL`, or else a throwaway server shared by this file's tests.
+/// The database of this file's tests (`DATABASE_URL`, or else a throwaway server).
 fn database_url() -> String {
     static SERVER: OnceLock<(String, Option<EmbeddedPostgres>)> = OnceLock::new();
     SERVER
-        .get_or_init(|| match std::env::var("DATABASE_URL") {
-            Ok(url) if !url.is_empty() => (url, None),
-            _ => {
-                let server = EmbeddedPostgres::start().expect("start a throwaway server");
-                (server.url(), Some(server))
-            }
-        })
+        .get_or_init(|| EmbeddedPostgres::url_from_env_or_start().expect("a database"))
         .0
         .clone()
 }
