@@ -395,12 +395,6 @@ impl Config {
     pub(crate) fn pool_size(&self) -> u32 {
         self.pool_size
     }
-    pub(crate) fn max_batch_events(&self) -> usize {
-        self.max_batch_events
-    }
-    pub(crate) fn max_batch_bytes(&self) -> usize {
-        self.max_batch_bytes
-    }
     pub(crate) fn batching(&self) -> bool {
         self.batching
     }

@@ -144,8 +144,6 @@ impl EventStore {
             let settings = WriterSettings {
                 schema: schema.clone(),
                 limits: config.limits(),
-                max_batch_events: config.max_batch_events(),
-                max_batch_bytes: config.max_batch_bytes(),
                 batching: config.batching(),
                 timeout: config.operation_timeout(),
             };

@@ -163,9 +163,8 @@ impl Drop for Pending {
 /// Settings the writer needs, fixed at start.
 pub(crate) struct WriterSettings {
     pub schema: Identifier,
+    /// Input limits, including the batch caps (`max_batch_events`, `max_batch_bytes`).
     pub limits: Limits,
-    pub max_batch_events: usize,
-    pub max_batch_bytes: usize,
     /// `false`: one append per transaction (a benchmark baseline).
     pub batching: bool,
     pub timeout: Duration,
@@ -274,8 +273,8 @@ impl Writer {
         while let Some(next) = self.pending.front() {
             let (e, b) = (next.events.len(), next.size_bytes());
             if !batch.is_empty()
-                && (events + e > self.settings.max_batch_events
-                    || bytes + b > self.settings.max_batch_bytes)
+                && (events + e > self.settings.limits.max_batch_events
+                    || bytes + b > self.settings.limits.max_batch_bytes)
             {
                 break;
             }
