@@ -187,18 +187,17 @@ impl Shared {
     /// repeat), with a growing pause, until it succeeds or the deadline passes.
     async fn run(&self, read: Read, deadline: Instant) -> Result<ReadResult> {
         let attempts = async {
-            for attempt in 0u32.. {
-                if attempt > 0 {
-                    tokio::time::sleep(RETRY_BACKOFF * attempt.min(10)).await;
-                }
+            let mut attempt = 0u32;
+            loop {
                 match self.read(&read).await {
                     Err(error) if connection_failed(&error) => {
                         tracing::debug!(%error, attempt, "read failed with its connection; reading again");
                     }
                     result => return result,
                 }
+                attempt = attempt.saturating_add(1);
+                tokio::time::sleep(RETRY_BACKOFF * attempt.min(10)).await;
             }
-            unreachable!("attempts are bounded by the deadline")
         };
         match tokio::time::timeout_at(deadline.into(), attempts).await {
             Ok(result) => result,
