@@ -53,6 +53,10 @@ pub struct Config {
     read_page_size: usize,
     metrics_channel_capacity: usize,
     metrics: bool,
+    notify_commits: bool,
+    subscription_buffer_events: usize,
+    subscription_buffer_bytes: usize,
+    subscription_poll_ms: u64,
     /// Start a throwaway server when no URL is configured (never from a file).
     #[serde(skip)]
     throwaway_server: bool,
@@ -86,6 +90,10 @@ impl Default for Config {
             read_page_size: 1_000,
             metrics_channel_capacity: 65_536,
             metrics: true,
+            notify_commits: true,
+            subscription_buffer_events: 10_000,
+            subscription_buffer_bytes: 32 << 20,
+            subscription_poll_ms: 1_000,
             throwaway_server: false,
         }
     }
@@ -182,6 +190,12 @@ impl Config {
             ("max_query_items", self.max_query_items),
             ("read_page_size", self.read_page_size),
             ("metrics_channel_capacity", self.metrics_channel_capacity),
+            (
+                "subscription_buffer_events",
+                self.subscription_buffer_events,
+            ),
+            ("subscription_buffer_bytes", self.subscription_buffer_bytes),
+            ("subscription_poll_ms", self.subscription_poll_ms as usize),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -196,6 +210,36 @@ impl Config {
             )));
         }
         Ok(())
+    }
+
+    /// Whether each batch sends a `NOTIFY` (in its transaction) so that subscribers in
+    /// other processes wake at once. Defaults to on. Off, they notice new events by
+    /// polling (`subscription_poll_ms`). PostgreSQL serialises the commits of all
+    /// notifying transactions of one database, so many busy schemas in one database
+    /// may prefer it off.
+    #[must_use]
+    pub fn with_notify_commits(mut self, notify: bool) -> Self {
+        self.notify_commits = notify;
+        self
+    }
+
+    /// The recent events (all of them, unfiltered) kept in memory for live
+    /// subscribers, shared by all subscriptions of the store: at most `events` events
+    /// and `bytes` bytes. A subscriber further behind reads from the database.
+    /// Defaults to 10,000 events and 32 MiB.
+    #[must_use]
+    pub fn with_subscription_buffer(mut self, events: usize, bytes: usize) -> Self {
+        self.subscription_buffer_events = events;
+        self.subscription_buffer_bytes = bytes;
+        self
+    }
+
+    /// How often subscriptions look for new events when no wake-up came (a lost
+    /// notification, or `notify_commits` off). Defaults to 1 s.
+    #[must_use]
+    pub fn with_subscription_poll_interval(mut self, interval: Duration) -> Self {
+        self.subscription_poll_ms = interval.as_millis().max(1) as u64;
+        self
     }
 
     /// The PostgreSQL connection string (URL or `key=value` form). Defaults to none:
@@ -425,6 +469,18 @@ impl Config {
     pub(crate) fn metrics_channel_capacity(&self) -> usize {
         self.metrics_channel_capacity
     }
+    pub(crate) fn notify_commits(&self) -> bool {
+        self.notify_commits
+    }
+    pub(crate) fn subscription_buffer(&self) -> (usize, usize) {
+        (
+            self.subscription_buffer_events,
+            self.subscription_buffer_bytes,
+        )
+    }
+    pub(crate) fn subscription_poll_interval(&self) -> Duration {
+        Duration::from_millis(self.subscription_poll_ms)
+    }
     /// The schema name, checked to be a plain identifier.
     pub(crate) fn schema_identifier(&self) -> Result<Identifier> {
         Identifier::parse(&self.schema, "schema")
@@ -476,6 +532,13 @@ impl fmt::Debug for Config {
             .field("read_page_size", &self.read_page_size)
             .field("metrics_channel_capacity", &self.metrics_channel_capacity)
             .field("metrics", &self.metrics)
+            .field("notify_commits", &self.notify_commits)
+            .field(
+                "subscription_buffer_events",
+                &self.subscription_buffer_events,
+            )
+            .field("subscription_buffer_bytes", &self.subscription_buffer_bytes)
+            .field("subscription_poll_ms", &self.subscription_poll_ms)
             .finish()
     }
 }

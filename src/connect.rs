@@ -24,6 +24,8 @@ type Manager = PostgresConnectionManager<MakeRustlsConnect>;
 pub(crate) struct Connector {
     pool: Pool<Manager>,
     tls: MakeRustlsConnect,
+    /// For connections whose messages the store reads itself (`LISTEN`).
+    config: tokio_postgres::Config,
 }
 
 impl Connector {
@@ -62,10 +64,10 @@ impl Connector {
         let pool = Pool::builder()
             .max_size(pool_size)
             .connection_timeout(connect_timeout)
-            .build(PostgresConnectionManager::new(config, tls.clone()))
+            .build(PostgresConnectionManager::new(config.clone(), tls.clone()))
             .await
             .map_err(|e| Error::Connect(with_causes(&e)))?;
-        Ok(Connector { pool, tls })
+        Ok(Connector { pool, tls, config })
     }
 
     /// A connection of its own for an actor; it is closed when the client is dropped.
@@ -74,6 +76,48 @@ impl Connector {
             .dedicated_connection()
             .await
             .map_err(|e| Error::Connect(with_causes(&e)))
+    }
+
+    /// A connection from the pool, for short administrative statements.
+    pub(crate) async fn pooled(&self) -> Result<bb8::PooledConnection<'_, Manager>> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| Error::Connect(with_causes(&e)))
+    }
+
+    /// A connection listening on `channel`: each notification's payload arrives on
+    /// the receiver, which ends when the connection does. The connection closes when
+    /// the returned client is dropped.
+    pub(crate) async fn listen(
+        &self,
+        channel: &str,
+    ) -> Result<(Client, tokio::sync::mpsc::UnboundedReceiver<String>)> {
+        use futures_util::StreamExt;
+        use tokio_postgres::AsyncMessage;
+
+        let (client, mut connection) = self
+            .config
+            .connect(self.tls.clone())
+            .await
+            .map_err(|e| Error::Connect(with_causes(&e)))?;
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(|cx| connection.poll_message(cx));
+            while let Some(Ok(message)) = messages.next().await {
+                if let AsyncMessage::Notification(n) = message {
+                    if sender.send(n.payload().to_owned()).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        // The channel is a plain identifier the store derived (`sql::notify_channel`).
+        client
+            .batch_execute(&format!("LISTEN \"{channel}\""))
+            .await
+            .map_err(Error::db)?;
+        Ok((client, receiver))
     }
 
     /// Asks the server to cancel what `token`'s connection is running, in the

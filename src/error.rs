@@ -97,6 +97,29 @@ pub enum Error {
     /// An event's data or metadata did not deserialize into the requested type.
     #[error("cannot decode event JSON: {0}")]
     Decode(#[source] Arc<serde_json::Error>),
+
+    /// This subscriber no longer holds the durable consumer (another took it over, or
+    /// its lock's connection was lost); nothing was changed. The subscription resumes
+    /// from the stored checkpoint once it holds the consumer again.
+    #[error("consumer {consumer:?}: the lease was lost to another subscriber")]
+    LeaseLost {
+        /// The consumer's name.
+        consumer: String,
+    },
+
+    /// A durable consumer configured with `OnFailure::Stop` stopped: its handler
+    /// failed the event at `position` `attempts` times.
+    #[error("consumer {consumer:?} stopped: event {position} failed {attempts} times: {error}")]
+    DeliveryFailed {
+        /// The consumer's name.
+        consumer: String,
+        /// The failing event's position (the checkpoint stays before it).
+        position: u64,
+        /// Deliveries that failed.
+        attempts: u32,
+        /// The handler's last error.
+        error: String,
+    },
 }
 
 impl Error {
@@ -128,6 +151,8 @@ impl Error {
             Error::Config(_) => "config",
             Error::Embedded(_) => "embedded",
             Error::Decode(_) => "decode",
+            Error::LeaseLost { .. } => "lease_lost",
+            Error::DeliveryFailed { .. } => "delivery_failed",
         }
     }
 

@@ -55,6 +55,7 @@ mod reader;
 mod schema;
 mod sql;
 mod store;
+mod subscribe;
 mod tls;
 mod writer;
 
@@ -62,7 +63,7 @@ pub use config::Config;
 #[cfg(feature = "embedded")]
 pub use embedded::EmbeddedPostgres;
 pub use error::{Error, Result};
-pub use metrics::{LatencySummary, MetricsSnapshot, SizeSummary};
+pub use metrics::{ConsumerMetrics, LatencySummary, MetricsSnapshot, SizeSummary};
 pub use model::{
     AppendCondition, AppendOptions, AppendResult, DataFilter, Event, Query, QueryItem, ReadOptions,
     ReadResult, SequencedEvent, MAX_NAME_BYTES,
@@ -70,6 +71,10 @@ pub use model::{
 pub use reader::Read;
 pub use schema::SCHEMA_VERSION;
 pub use store::EventStore;
+pub use subscribe::{
+    Deliver, DeliveryError, EventBatch, OnFailure, ParkedEvent, ReplayOutcome, SubscribeOptions,
+    Subscription, SubscriptionHandle,
+};
 pub use tls::TlsMode;
 /// SQLSTATE codes, as [`Error::sql_state`] returns them.
 pub use tokio_postgres::error::SqlState;

@@ -37,6 +37,16 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "col_events_starts_append",
         include_str!("schema/005_col_events_starts_append.sql"),
     ),
+    (
+        6,
+        "table_consumers",
+        include_str!("schema/006_table_consumers.sql"),
+    ),
+    (
+        7,
+        "table_parked",
+        include_str!("schema/007_table_parked.sql"),
+    ),
 ];
 
 /// Serialises migrations of all schemas in one database (a constant key).
@@ -57,7 +67,8 @@ pub(crate) async fn grant_application_role(
             "REVOKE ALL ON ALL TABLES IN SCHEMA {s} FROM {role};
              GRANT USAGE ON SCHEMA {s} TO {role};
              GRANT SELECT, INSERT ON {s}.events, {s}.event_tags TO {role};
-             GRANT SELECT ON {s}.schema_migrations TO {role};"
+             GRANT SELECT ON {s}.schema_migrations TO {role};
+             GRANT SELECT, INSERT, UPDATE, DELETE ON {s}.consumers, {s}.parked TO {role};"
         ))
         .await
         .map_err(Error::db)

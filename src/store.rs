@@ -6,7 +6,7 @@
 use std::num::NonZeroUsize;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -18,6 +18,7 @@ use crate::connect::Connector;
 #[cfg(feature = "embedded")]
 use crate::embedded::EmbeddedPostgres;
 use crate::error::{Error, Result};
+use crate::metrics::ConsumerRegistry;
 use crate::metrics::{self, GetSnapshot, MetricsActor, MetricsSink, MetricsSnapshot, Record};
 use crate::model::{
     AppendCondition, AppendOptions, AppendResult, Event, Query, ReadOptions, ReadResult,
@@ -25,8 +26,9 @@ use crate::model::{
 };
 use crate::reader::{Read, ReadBy, Reader, ReaderSettings};
 use crate::schema;
-use crate::sql::Identifier;
-use crate::writer::{Append, Ping, QueueAppend, Shutdown, Writer, WriterSettings};
+use crate::sql::{self, ConsumerStatements, Identifier};
+use crate::subscribe::{Heads, Tail};
+use crate::writer::{Append, NotifySettings, Ping, QueueAppend, Shutdown, Writer, WriterSettings};
 
 /// Records an operation's outcome on its span, as OpenTelemetry reads it: status
 /// `ERROR` and the error's kind.
@@ -81,14 +83,22 @@ pub struct EventStore {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     config: Config,
+    schema: Identifier,
+    connector: Connector,
     writer: Addr<Writer>,
     readers: Vec<Addr<Reader>>,
     next_reader: AtomicUsize,
     metrics_actor: Addr<MetricsActor>,
     metrics: MetricsSink,
     arbiters: Vec<Arbiter>,
+    /// The newest committed position this process knows (subscriptions wait on it).
+    heads: Heads,
+    /// The live subscribers' shared buffer, started with the first subscription.
+    tail: OnceLock<Arc<Tail>>,
+    consumer_stats: Arc<ConsumerRegistry>,
+    consumer_sql: Arc<ConsumerStatements>,
     /// A throwaway server started for this store, stopped with it.
     _throwaway: Throwaway,
 }
@@ -128,10 +138,14 @@ impl EventStore {
         schema::migrate(&mut client, &schema).await?;
         drop(client);
 
+        let heads = Heads::new();
+        let consumer_stats = Arc::new(ConsumerRegistry::default());
         let (metrics_actor, metrics) = MetricsActor::new(
             config.schema(),
             config.metrics_channel_capacity(),
             config.metrics_enabled(),
+            consumer_stats.clone(),
+            heads.clone(),
         );
         let writer_arbiter = Arbiter::new();
         let reader_arbiter = Arbiter::new();
@@ -146,11 +160,16 @@ impl EventStore {
                 limits: config.limits(),
                 batching: config.batching(),
                 timeout: config.operation_timeout(),
+                notify: config.notify_commits().then(|| NotifySettings {
+                    sql: sql::notify_statement(&schema),
+                    channel: sql::notify_channel(&schema),
+                }),
             };
             let mailbox = config.writer_mailbox();
+            let heads = heads.clone();
             Writer::start_in_arbiter(&writer_arbiter.handle(), move |ctx| {
                 ctx.set_mailbox_capacity(mailbox);
-                Writer::new(connector, settings, metrics)
+                Writer::new(connector, settings, heads, metrics)
             })
         };
         let cache_size = NonZeroUsize::new(config.statement_cache_size());
@@ -180,12 +199,18 @@ impl EventStore {
         Ok(EventStore {
             inner: Arc::new(Inner {
                 config,
+                consumer_sql: Arc::new(ConsumerStatements::new(&schema)),
+                schema,
+                connector,
                 writer,
                 readers,
                 next_reader: AtomicUsize::new(0),
                 metrics_actor,
                 metrics,
                 arbiters: vec![writer_arbiter, reader_arbiter],
+                heads,
+                tail: OnceLock::new(),
+                consumer_stats,
                 _throwaway: throwaway,
             }),
         })
@@ -479,6 +504,61 @@ impl EventStore {
     /// The configuration the store runs with.
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    pub(crate) fn upgrade(inner: &Weak<Inner>) -> Option<EventStore> {
+        inner.upgrade().map(|inner| EventStore { inner })
+    }
+
+    /// Sends an instrumentation record (for the parts of the store outside this file).
+    pub(crate) fn record_internal(&self, record: Record) {
+        self.inner.metrics.record(record);
+    }
+
+    pub(crate) fn consumers(&self) -> crate::subscribe::Consumers {
+        crate::subscribe::Consumers {
+            connector: self.inner.connector.clone(),
+            sql: self.inner.consumer_sql.clone(),
+        }
+    }
+
+    pub(crate) fn consumer_stats(&self) -> &ConsumerRegistry {
+        &self.inner.consumer_stats
+    }
+
+    pub(crate) fn schema_identifier(&self) -> &Identifier {
+        &self.inner.schema
+    }
+
+    pub(crate) fn connector(&self) -> &Connector {
+        &self.inner.connector
+    }
+
+    /// The live subscribers' shared buffer; the first call starts its follower task
+    /// and the `LISTEN` connection on the readers' arbiter.
+    pub(crate) fn tail(&self) -> Arc<Tail> {
+        self.inner
+            .tail
+            .get_or_init(|| {
+                let config = &self.inner.config;
+                let (events, bytes) = config.subscription_buffer();
+                let tail = Arc::new(Tail::new(events, bytes));
+                let arbiter = &self.inner.arbiters[1];
+                arbiter.spawn(crate::subscribe::follow_tail(
+                    Arc::downgrade(&self.inner),
+                    tail.clone(),
+                    self.inner.heads.clone(),
+                    config.subscription_poll_interval(),
+                    config.read_page_size() as u64,
+                ));
+                arbiter.spawn(crate::subscribe::listen(
+                    self.inner.connector.clone(),
+                    sql::notify_channel(&self.inner.schema),
+                    self.inner.heads.clone(),
+                ));
+                tail
+            })
+            .clone()
     }
 
     fn next_reader(&self) -> &Addr<Reader> {

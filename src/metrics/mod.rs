@@ -18,7 +18,11 @@ use actix::prelude::*;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use hdrhistogram::Histogram;
 
+mod consumers;
 mod prometheus;
+
+pub use consumers::ConsumerMetrics;
+pub(crate) use consumers::{ConsumerRegistry, ConsumerStats};
 
 /// Upper bounds (seconds) of the latency histograms' buckets, as exported.
 pub(crate) const LATENCY_BUCKETS: [f64; 16] = [
@@ -43,6 +47,7 @@ pub(crate) enum Statement {
     Lock,
     Append,
     Commit,
+    Notify,
     Read,
     Prepare,
 }
@@ -88,6 +93,10 @@ pub(crate) enum Record {
     },
     Timeout,
     StatementPrepared,
+    /// A subscription read: the shared tail's, or a subscriber's own (catching up).
+    SubscriptionRead {
+        tail: bool,
+    },
 }
 
 /// The hot path's handle: cloneable, never blocks.
@@ -185,6 +194,12 @@ pub struct MetricsSnapshot {
     pub statements_prepared: u64,
     /// Records the hot path dropped because the metrics channel was full.
     pub dropped_records: u64,
+    /// Reads of new events into the live subscribers' shared buffer.
+    pub subscription_tail_reads: u64,
+    /// Reads by subscribers behind the shared buffer.
+    pub subscription_catch_up_reads: u64,
+    /// Durable consumers of this process, by name.
+    pub consumers: BTreeMap<String, ConsumerMetrics>,
 }
 
 /// Distribution of a count (batch sizes).
@@ -224,6 +239,8 @@ pub(crate) struct MetricsActor {
     batch_events: Series,
     counters: Counters,
     database_errors: BTreeMap<[u8; 2], u64>,
+    consumers: Arc<ConsumerRegistry>,
+    heads: crate::subscribe::Heads,
 }
 
 #[derive(Default)]
@@ -239,6 +256,8 @@ struct Counters {
     deferred_rounds: u64,
     timeouts: u64,
     statements_prepared: u64,
+    subscription_tail_reads: u64,
+    subscription_catch_up_reads: u64,
 }
 
 /// How often the actor drains the channel when nobody asks for a snapshot.
@@ -246,7 +265,13 @@ const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
 
 impl MetricsActor {
     /// The actor and the sink the hot path records into.
-    pub(crate) fn new(schema: &str, capacity: usize, enabled: bool) -> (Self, MetricsSink) {
+    pub(crate) fn new(
+        schema: &str,
+        capacity: usize,
+        enabled: bool,
+        consumers: Arc<ConsumerRegistry>,
+        heads: crate::subscribe::Heads,
+    ) -> (Self, MetricsSink) {
         let (sender, receiver) = crossbeam_channel::bounded(capacity);
         let dropped = Arc::new(AtomicU64::new(0));
         let actor = MetricsActor {
@@ -260,6 +285,8 @@ impl MetricsActor {
             batch_events: Series::default(),
             counters: Counters::default(),
             database_errors: BTreeMap::new(),
+            consumers,
+            heads,
         };
         let sender = enabled.then_some(sender);
         (actor, MetricsSink { sender, dropped })
@@ -322,6 +349,8 @@ impl MetricsActor {
             Record::DatabaseError { class } => *self.database_errors.entry(class).or_default() += 1,
             Record::Timeout => c.timeouts += 1,
             Record::StatementPrepared => c.statements_prepared += 1,
+            Record::SubscriptionRead { tail: true } => c.subscription_tail_reads += 1,
+            Record::SubscriptionRead { tail: false } => c.subscription_catch_up_reads += 1,
         }
     }
 
@@ -368,6 +397,9 @@ impl MetricsActor {
             timeouts: c.timeouts,
             statements_prepared: c.statements_prepared,
             dropped_records: self.dropped.load(Ordering::Relaxed),
+            subscription_tail_reads: c.subscription_tail_reads,
+            subscription_catch_up_reads: c.subscription_catch_up_reads,
+            consumers: self.consumers.snapshot(self.heads.current()),
         }
     }
 }
@@ -473,6 +505,7 @@ fn statement_name(s: Statement) -> &'static str {
         Statement::Lock => "lock",
         Statement::Append => "append",
         Statement::Commit => "commit",
+        Statement::Notify => "notify",
         Statement::Read => "read",
         Statement::Prepare => "prepare",
     }

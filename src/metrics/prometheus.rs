@@ -22,7 +22,7 @@ impl MetricsSnapshot {
             out: String::new(),
             schema: escape(&self.schema),
         };
-        let counters: [(&str, &str, u64); 12] = [
+        let counters: [(&str, &str, u64); 14] = [
             ("dcb_appends_total", "Appends that succeeded.", self.appends),
             (
                 "dcb_appends_failed_total",
@@ -75,6 +75,16 @@ impl MetricsSnapshot {
                 "Instrumentation records dropped because the metrics channel was full.",
                 self.dropped_records,
             ),
+            (
+                "dcb_subscription_tail_reads_total",
+                "Reads of new events into the live subscribers' shared buffer.",
+                self.subscription_tail_reads,
+            ),
+            (
+                "dcb_subscription_catch_up_reads_total",
+                "Reads by subscribers behind the shared buffer.",
+                self.subscription_catch_up_reads,
+            ),
         ];
         for (name, help, value) in counters {
             out.family(name, help, "counter");
@@ -117,6 +127,7 @@ impl MetricsSnapshot {
             "Events per writer batch.",
             &self.batch_events,
         );
+        out.consumers(&self.consumers);
         out.out
     }
 }
@@ -148,6 +159,67 @@ impl Exposition {
             let _ = write!(self.out, ",{key}=\"{}\"", escape(value));
         }
         let _ = writeln!(self.out, "}} {value}");
+    }
+
+    /// Per durable consumer, labelled `consumer`.
+    fn consumers(&mut self, consumers: &BTreeMap<String, super::ConsumerMetrics>) {
+        type Value = fn(&super::ConsumerMetrics) -> f64;
+        let families: [(&str, &str, &str, Value); 8] = [
+            (
+                "dcb_consumer_delivered_events_total",
+                "Events handed to the consumer.",
+                "counter",
+                |c| c.delivered as f64,
+            ),
+            (
+                "dcb_consumer_attempts_total",
+                "Deliveries to the consumer's actor, retries included.",
+                "counter",
+                |c| c.attempts as f64,
+            ),
+            (
+                "dcb_consumer_parked_total",
+                "Events the consumer parked.",
+                "counter",
+                |c| c.parked as f64,
+            ),
+            (
+                "dcb_consumer_lag_events",
+                "Newest known position minus the consumer's checkpoint.",
+                "gauge",
+                |c| c.lag_events as f64,
+            ),
+            (
+                "dcb_consumer_lag_seconds",
+                "Age of the newest event of the last batch when handed over; 0 once caught up.",
+                "gauge",
+                |c| c.lag_seconds,
+            ),
+            (
+                "dcb_consumer_caught_up",
+                "1 when the consumer's last batch reached the head.",
+                "gauge",
+                |c| f64::from(u8::from(c.caught_up)),
+            ),
+            (
+                "dcb_consumer_holder",
+                "1 when a subscriber of this process holds the consumer.",
+                "gauge",
+                |c| f64::from(u8::from(c.holder)),
+            ),
+            (
+                "dcb_consumer_last_progress_timestamp_seconds",
+                "Unix time of the consumer's last batch; a stalled consumer's stops moving.",
+                "gauge",
+                |c| c.last_progress_seconds,
+            ),
+        ];
+        for (name, help, kind, value) in families {
+            self.family(name, help, kind);
+            for (consumer, metrics) in consumers {
+                self.sample(name, &[("consumer", consumer)], value(metrics));
+            }
+        }
     }
 
     fn latencies(

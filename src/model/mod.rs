@@ -14,7 +14,7 @@ pub use options::{AppendOptions, ReadOptions};
 pub(crate) use query::MatchView;
 pub use query::{AppendCondition, AppendResult, DataFilter, Query, QueryItem, ReadResult};
 pub use validate::MAX_NAME_BYTES;
-pub(crate) use validate::{prepare_append, validate_query, Limits};
+pub(crate) use validate::{prepare_append, validate_consumer_name, validate_query, Limits};
 
 /// How many times this thread has parsed event data for matching (tests only).
 #[cfg(test)]

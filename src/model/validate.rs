@@ -200,3 +200,24 @@ fn check_name(name: &str, what: &str, limits: &Limits) -> Result<()> {
     }
     Ok(())
 }
+
+/// The longest durable consumer name.
+pub(crate) const MAX_CONSUMER_NAME_BYTES: usize = 200;
+
+/// Checks a durable consumer's name: not empty, at most
+/// [`MAX_CONSUMER_NAME_BYTES`], no NUL (which `text` cannot hold).
+pub(crate) fn validate_consumer_name(name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::invalid("consumer name is empty"));
+    }
+    if name.len() > MAX_CONSUMER_NAME_BYTES {
+        return Err(Error::invalid(format!(
+            "consumer name is {} bytes, more than {MAX_CONSUMER_NAME_BYTES}",
+            name.len()
+        )));
+    }
+    if name.contains('\0') {
+        return Err(Error::invalid("consumer name contains a NUL character"));
+    }
+    Ok(())
+}

@@ -21,9 +21,11 @@ use postgres_types::{accepts, to_sql_checked, FromSql, IsNull, ToSql, Type};
 use crate::model::{JsonText, QueryItem};
 
 mod append;
+mod consumers;
 mod read;
 
 pub(crate) use append::{append_statement, AppendParams, AppendRow, AppendStatus};
+pub(crate) use consumers::{consumer_lock_key, ConsumerStatements};
 pub(crate) use read::{read_columns, read_statement, ReadParams, ReadShape};
 
 /// Takes the store's write lock until the transaction ends. Every writer, in every
@@ -62,6 +64,21 @@ impl Identifier {
     pub(crate) fn quoted(&self) -> String {
         format!("\"{}\"", self.0)
     }
+}
+
+/// Sent by each batch before its `COMMIT` (so delivered only if it commits): `$1` the
+/// channel; the payload is the head after the batch.
+pub(crate) fn notify_statement(schema: &Identifier) -> String {
+    format!(
+        "SELECT pg_notify($1, (SELECT coalesce(max(position), 0) FROM {}.events)::text)",
+        schema.quoted()
+    )
+}
+
+/// The `NOTIFY` channel of a schema's commits: derived from the write lock key, so it
+/// is a short plain identifier whatever the schema's name.
+pub(crate) fn notify_channel(schema: &Identifier) -> String {
+    format!("dcb_{:016x}", write_lock_key(schema) as u64)
 }
 
 /// The advisory lock key of a schema: stable across processes and releases.

@@ -34,11 +34,14 @@ pub(super) struct WriterConnection {
     client: Client,
     lock: Statement,
     append: Statement,
+    /// The `NOTIFY` sent before each `COMMIT` (none with `notify_commits` off).
+    notify: Option<Statement>,
 }
 
 /// What one batch write needs, detached from the actor so it can run as a future.
 pub(super) struct BatchJob {
     pub connector: Connector,
+    pub heads: crate::subscribe::Heads,
     pub settings: std::rc::Rc<WriterSettings>,
     pub append_sql: std::rc::Rc<str>,
     pub lock_key: i64,
@@ -237,10 +240,15 @@ impl BatchJob {
         let client = self.connector.dedicated().await?;
         let lock = client.prepare(sql::WRITE_LOCK).await.map_err(Error::db)?;
         let append = client.prepare(&self.append_sql).await.map_err(Error::db)?;
+        let notify = match &self.settings.notify {
+            Some(notify) => Some(client.prepare(&notify.sql).await.map_err(Error::db)?),
+            None => None,
+        };
         Ok(WriterConnection {
             client,
             lock,
             append,
+            notify,
         })
     }
 
@@ -262,9 +270,17 @@ impl BatchJob {
         }
     }
 
-    /// Answers each caller; counts outcomes into one record per batch, not per append.
+    /// Answers each caller; counts outcomes into one record per batch, not per append;
+    /// wakes this process's subscribers with the new head.
     fn reply(&self, batch: Vec<Pending>, results: Vec<Result<AppendResult>>) {
         let (mut events, mut conditions_failed) = (0u32, 0u32);
+        let head = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok().map(|r| r.last_position))
+            .max();
+        if let Some(head) = head {
+            self.heads.advance(head);
+        }
         for (pending, result) in batch.into_iter().zip(results) {
             match &result {
                 Ok(r) => events += (r.last_position - r.first_position + 1) as u32,
@@ -330,6 +346,12 @@ impl BatchJob {
                 client.query(append, array).await.map(Some)
             }));
         }
+        if let (Some(notify), Some(settings)) = (&connection.notify, &self.settings.notify) {
+            let channel = &settings.channel;
+            steps.push(Box::pin(async move {
+                client.execute(notify, &[channel]).await.map(|_| None)
+            }));
+        }
         steps.push(Box::pin(async move {
             client.batch_execute("COMMIT").await.map(|()| None)
         }));
@@ -351,7 +373,8 @@ impl BatchJob {
             let statement = match i {
                 0 => metrics::Statement::Begin,
                 1 => metrics::Statement::Lock,
-                _ => metrics::Statement::Append,
+                i if i < 2 + rounds.len() => metrics::Statement::Append,
+                _ => metrics::Statement::Notify,
             };
             self.metrics.record(Record::Statement {
                 statement,

@@ -168,10 +168,19 @@ pub(crate) struct WriterSettings {
     /// `false`: one append per transaction (a benchmark baseline).
     pub batching: bool,
     pub timeout: Duration,
+    /// The `NOTIFY` each batch sends for other processes' subscribers, if any.
+    pub notify: Option<NotifySettings>,
+}
+
+/// The statement and channel of commit notifications.
+pub(crate) struct NotifySettings {
+    pub sql: String,
+    pub channel: String,
 }
 
 pub(crate) struct Writer {
     connector: Connector,
+    heads: crate::subscribe::Heads,
     settings: std::rc::Rc<WriterSettings>,
     append_sql: std::rc::Rc<str>,
     lock_key: i64,
@@ -190,10 +199,12 @@ impl Writer {
     pub(crate) fn new(
         connector: Connector,
         settings: WriterSettings,
+        heads: crate::subscribe::Heads,
         metrics: MetricsSink,
     ) -> Self {
         Writer {
             connector,
+            heads,
             append_sql: sql::append_statement(&settings.schema).into(),
             lock_key: sql::write_lock_key(&settings.schema),
             settings: std::rc::Rc::new(settings),
@@ -251,6 +262,7 @@ impl Writer {
     fn job(&self) -> BatchJob {
         BatchJob {
             connector: self.connector.clone(),
+            heads: self.heads.clone(),
             settings: self.settings.clone(),
             append_sql: self.append_sql.clone(),
             lock_key: self.lock_key,

@@ -20,4 +20,5 @@ mod restarts;
 mod schema;
 mod security;
 mod sizes;
+mod subscriptions;
 mod validation;

@@ -1,0 +1,120 @@
+//! Statements of durable consumers: the lease, checkpoints, delivery attempts and
+//! parked events (tables `consumers` and `parked`, see `schema/006` and `007`).
+//!
+//! Every change a holder makes is guarded by its `generation` (the fencing token it got
+//! when it took the consumer over), so a holder that lost its lease without noticing
+//! changes nothing: its statements match no row.
+
+use super::Identifier;
+
+/// The texts, built once per store for its schema.
+pub(crate) struct ConsumerStatements {
+    /// `$1` name: creates the consumer's row if it is new.
+    pub ensure: String,
+    /// `$1` lock key: the consumer's session lock, without waiting.
+    pub try_lock: &'static str,
+    /// `$1` name, `$2` holder: the new holder's generation and where to resume.
+    pub take_over: String,
+    /// `$1` name, `$2` generation, `$3` position: moves the checkpoint forward only.
+    pub ack: String,
+    /// `$1` name.
+    pub checkpoint: String,
+    /// `$1` name, `$2` generation, `$3` first position of the batch about to be
+    /// delivered: the attempt count, counted before delivery, and the last error.
+    pub attempt: String,
+    /// `$1` name, `$2` generation, `$3` error.
+    pub failed: String,
+    /// `$1` name, `$2` generation, `$3` last position to deliver one event at a time.
+    pub isolate: String,
+    /// `$1` name, `$2` generation, `$3` position, `$4` attempts, `$5` error: parks the
+    /// event and moves the checkpoint past it, in one statement.
+    pub park: String,
+    /// `$1` name.
+    pub parked: String,
+    /// `$1` name, `$2` position.
+    pub unpark: String,
+    /// `$1` name, `$2` position, `$3` error.
+    pub replay_failed: String,
+}
+
+impl ConsumerStatements {
+    pub(crate) fn new(schema: &Identifier) -> Self {
+        let s = schema.quoted();
+        ConsumerStatements {
+            ensure: format!(
+                "INSERT INTO {s}.consumers (name) VALUES ($1) ON CONFLICT (name) DO NOTHING"
+            ),
+            try_lock: "SELECT pg_try_advisory_lock($1)",
+            take_over: format!(
+                "UPDATE {s}.consumers
+                 SET generation = generation + 1, holder = $2, acquired_at = now()
+                 WHERE name = $1
+                 RETURNING generation, checkpoint, isolate_until"
+            ),
+            ack: format!(
+                "UPDATE {s}.consumers SET checkpoint = GREATEST(checkpoint, $3), acked_at = now()
+                 WHERE name = $1 AND generation = $2
+                 RETURNING checkpoint"
+            ),
+            checkpoint: format!("SELECT checkpoint FROM {s}.consumers WHERE name = $1"),
+            attempt: format!(
+                "UPDATE {s}.consumers
+                 SET attempts = CASE WHEN attempt_position = $3 THEN attempts + 1 ELSE 1 END,
+                     attempt_position = $3,
+                     last_error = CASE WHEN attempt_position = $3 THEN last_error END
+                 WHERE name = $1 AND generation = $2
+                 RETURNING attempts, last_error, isolate_until"
+            ),
+            failed: format!(
+                "UPDATE {s}.consumers SET last_error = $3 WHERE name = $1 AND generation = $2
+                 RETURNING name"
+            ),
+            isolate: format!(
+                "UPDATE {s}.consumers SET isolate_until = $3, attempts = 0
+                 WHERE name = $1 AND generation = $2
+                 RETURNING name"
+            ),
+            park: format!(
+                "WITH moved AS (
+                     UPDATE {s}.consumers
+                     SET checkpoint = GREATEST(checkpoint, $3), acked_at = now(),
+                         attempts = 0, last_error = NULL
+                     WHERE name = $1 AND generation = $2
+                     RETURNING name)
+                 INSERT INTO {s}.parked (consumer, position, attempts, error)
+                 SELECT name, $3, $4, $5 FROM moved
+                 ON CONFLICT (consumer, position)
+                 DO UPDATE SET attempts = EXCLUDED.attempts, error = EXCLUDED.error,
+                               parked_at = now()
+                 RETURNING position"
+            ),
+            parked: format!(
+                "SELECT position, attempts, error, parked_at FROM {s}.parked
+                 WHERE consumer = $1 ORDER BY position"
+            ),
+            unpark: format!("DELETE FROM {s}.parked WHERE consumer = $1 AND position = $2"),
+            replay_failed: format!(
+                "UPDATE {s}.parked SET attempts = attempts + 1, error = $3, parked_at = now()
+                 WHERE consumer = $1 AND position = $2"
+            ),
+        }
+    }
+}
+
+/// The session lock that makes one process the holder of consumer `name` in `schema`
+/// (FNV-1a, like the write lock: stable across processes). Two names that collide
+/// only make their consumers wait for each other; the generation keeps them exact.
+pub(crate) fn consumer_lock_key(schema: &Identifier, name: &str) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let parts = [
+        b"dcb-store:consumer:".as_slice(),
+        schema.as_str().as_bytes(),
+        b"\0",
+        name.as_bytes(),
+    ];
+    for byte in parts.iter().flat_map(|p| p.iter()) {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash as i64
+}

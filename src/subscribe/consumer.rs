@@ -1,0 +1,316 @@
+//! Durable consumers: the lease that makes one subscriber the holder across all
+//! processes, the checkpoint it moves, and the attempt counts and parked events of
+//! delivery to an actor.
+//!
+//! The lease is a session advisory lock held on a connection of the holder's own:
+//! when the holder goes away (dropped, crashed, connection lost) the server releases
+//! it, and a standby polling `pg_try_advisory_lock` takes over. On taking over, the
+//! holder increments the consumer's `generation`; every write it makes is guarded by
+//! that generation, so a holder that lost the lease without noticing changes nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_postgres::{Client, Statement};
+
+use crate::connect::Connector;
+use crate::error::{Error, Result};
+use crate::sql::ConsumerStatements;
+
+/// Where a new holder resumes.
+pub(crate) struct Resume {
+    pub checkpoint: Option<u64>,
+}
+
+/// How a delivery attempt is counted.
+pub(crate) struct Attempt {
+    /// Deliveries of the batch at this position so far, this one included.
+    pub attempts: u32,
+    /// The error of the previous failed attempt, if it failed (none after a crash).
+    pub last_error: Option<String>,
+}
+
+pub(crate) struct Lease {
+    pub name: String,
+    key: i64,
+    holder: String,
+    connector: Connector,
+    sql: Arc<ConsumerStatements>,
+    state: tokio::sync::Mutex<Held>,
+}
+
+#[derive(Default)]
+struct Held {
+    connection: Option<LeaseConnection>,
+    /// The generation this subscriber holds the consumer under, if it does.
+    generation: Option<i64>,
+    /// Events up to here are delivered one at a time (their batch failed too often).
+    isolate_until: Option<u64>,
+}
+
+struct LeaseConnection {
+    client: Client,
+    ack: Statement,
+    attempt: Statement,
+}
+
+fn position(p: u64) -> i64 {
+    i64::try_from(p).unwrap_or(i64::MAX)
+}
+
+impl Lease {
+    pub(crate) fn new(
+        name: String,
+        key: i64,
+        connector: Connector,
+        sql: Arc<ConsumerStatements>,
+    ) -> Self {
+        let holder = format!("{}:{}", std::process::id(), uuid::Uuid::new_v4());
+        Lease {
+            name,
+            key,
+            holder,
+            connector,
+            sql,
+            state: tokio::sync::Mutex::new(Held::default()),
+        }
+    }
+
+    /// Whether this subscriber holds the consumer (as far as it can tell: its lock's
+    /// connection is alive).
+    pub(crate) async fn held(&self) -> bool {
+        let held = self.state.lock().await;
+        held.generation.is_some()
+            && held
+                .connection
+                .as_ref()
+                .is_some_and(|c| !c.client.is_closed())
+    }
+
+    /// Waits until this subscriber holds the consumer, trying every `poll`; returns
+    /// where to resume. A connection error is returned (the caller retries).
+    pub(crate) async fn acquire(&self, poll: Duration) -> Result<Resume> {
+        let mut held = self.state.lock().await;
+        held.generation = None;
+        loop {
+            if held
+                .connection
+                .as_ref()
+                .is_none_or(|c| c.client.is_closed())
+            {
+                held.connection = None;
+                let client = self.connector.dedicated().await?;
+                let ack = client.prepare(&self.sql.ack).await.map_err(Error::db)?;
+                let attempt = client.prepare(&self.sql.attempt).await.map_err(Error::db)?;
+                held.connection = Some(LeaseConnection {
+                    client,
+                    ack,
+                    attempt,
+                });
+            }
+            let Some(connection) = &held.connection else {
+                continue;
+            };
+            let client = &connection.client;
+            let locked: bool = client
+                .query_one(self.sql.try_lock, &[&self.key])
+                .await
+                .map_err(Error::db)?
+                .get(0);
+            if locked {
+                client
+                    .execute(&self.sql.ensure, &[&self.name])
+                    .await
+                    .map_err(Error::db)?;
+                let row = client
+                    .query_one(&self.sql.take_over, &[&self.name, &self.holder])
+                    .await
+                    .map_err(Error::db)?;
+                let generation: i64 = row.get(0);
+                let checkpoint = row.get::<_, Option<i64>>(1).map(|p| p as u64);
+                held.isolate_until = row.get::<_, Option<i64>>(2).map(|p| p as u64);
+                held.generation = Some(generation);
+                tracing::info!(consumer = %self.name, generation, ?checkpoint, "took over the consumer");
+                return Ok(Resume { checkpoint });
+            }
+            tokio::time::sleep(poll).await;
+        }
+    }
+
+    /// Gives the lease up (the server releases the lock with the connection).
+    pub(crate) async fn release(&self) {
+        let mut held = self.state.lock().await;
+        held.generation = None;
+        held.connection = None;
+    }
+
+    /// Runs `which` with the consumer's name and generation as `$1` and `$2`, then
+    /// `rest`; its rows, or [`Error::LeaseLost`] when this subscriber does not hold
+    /// the consumer (the statement matched no row: another generation holds it).
+    async fn guarded(
+        &self,
+        which: Guarded,
+        rest: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>> {
+        let mut held = self.state.lock().await;
+        let lost = || Error::LeaseLost {
+            consumer: self.name.clone(),
+        };
+        let Some(generation) = held.generation else {
+            return Err(lost());
+        };
+        let Some(connection) = held.connection.as_ref().filter(|c| !c.client.is_closed()) else {
+            held.generation = None;
+            return Err(lost());
+        };
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            vec![&self.name, &generation];
+        params.extend_from_slice(rest);
+        let client = &connection.client;
+        let rows = match which {
+            Guarded::Ack => client.query(&connection.ack, &params).await,
+            Guarded::Attempt => client.query(&connection.attempt, &params).await,
+            Guarded::Failed => client.query(self.sql.failed.as_str(), &params).await,
+            Guarded::Isolate => client.query(self.sql.isolate.as_str(), &params).await,
+            Guarded::Park => client.query(self.sql.park.as_str(), &params).await,
+        }
+        .map_err(Error::db)?;
+        if rows.is_empty() {
+            held.generation = None;
+            return Err(lost());
+        }
+        Ok(rows)
+    }
+
+    /// Moves the checkpoint to `to` (never backwards); the stored checkpoint.
+    pub(crate) async fn ack(&self, to: u64) -> Result<Option<u64>> {
+        let rows = self.guarded(Guarded::Ack, &[&position(to)]).await?;
+        Ok(rows[0].get::<_, Option<i64>>(0).map(|p| p as u64))
+    }
+
+    /// Counts a delivery of the batch starting at `first`, before it is made.
+    pub(crate) async fn attempt(&self, first: u64) -> Result<Attempt> {
+        let rows = self.guarded(Guarded::Attempt, &[&position(first)]).await?;
+        Ok(Attempt {
+            attempts: rows[0].get::<_, i32>(0).max(0) as u32,
+            last_error: rows[0].get(1),
+        })
+    }
+
+    /// Whether the event at `position` is to be delivered alone.
+    pub(crate) async fn isolated(&self, position: u64) -> bool {
+        self.state
+            .lock()
+            .await
+            .isolate_until
+            .is_some_and(|until| position <= until)
+    }
+
+    /// Records why the last delivery failed.
+    pub(crate) async fn failed(&self, error: &str) -> Result<()> {
+        self.guarded(Guarded::Failed, &[&error]).await.map(|_| ())
+    }
+
+    /// Delivers events up to `until` one at a time from now on (counts start again).
+    pub(crate) async fn isolate(&self, until: u64) -> Result<()> {
+        self.guarded(Guarded::Isolate, &[&position(until)]).await?;
+        self.state.lock().await.isolate_until = Some(until);
+        Ok(())
+    }
+
+    /// Parks the event at `at` with its error and moves the checkpoint past it.
+    pub(crate) async fn park(&self, at: u64, attempts: u32, error: &str) -> Result<()> {
+        let attempts = attempts.min(i32::MAX as u32) as i32;
+        self.guarded(Guarded::Park, &[&position(at), &attempts, &error])
+            .await
+            .map(|_| ())
+    }
+}
+
+/// The statements a holder runs under its generation.
+#[derive(Clone, Copy)]
+enum Guarded {
+    Ack,
+    Attempt,
+    Failed,
+    Isolate,
+    Park,
+}
+
+/// A parked event: one a consumer's handler failed `max_attempts` times.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ParkedEvent {
+    /// The event's position.
+    pub position: u64,
+    /// How many deliveries failed.
+    pub attempts: u32,
+    /// The handler's last error (or why delivery did not finish).
+    pub error: String,
+    /// When it was parked (or last replayed without success).
+    pub parked_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Administrative statements on consumers, on a pooled connection.
+pub(crate) struct Consumers {
+    pub connector: Connector,
+    pub sql: Arc<ConsumerStatements>,
+}
+
+impl Consumers {
+    pub(crate) async fn checkpoint(&self, name: &str) -> Result<Option<u64>> {
+        let client = self.connector.pooled().await?;
+        let row = client
+            .query_opt(&self.sql.checkpoint, &[&name])
+            .await
+            .map_err(Error::db)?;
+        Ok(row
+            .and_then(|r| r.get::<_, Option<i64>>(0))
+            .map(|p| p as u64))
+    }
+
+    pub(crate) async fn ensure(&self, name: &str) -> Result<()> {
+        let client = self.connector.pooled().await?;
+        client
+            .execute(&self.sql.ensure, &[&name])
+            .await
+            .map_err(Error::db)?;
+        Ok(())
+    }
+
+    pub(crate) async fn parked(&self, name: &str) -> Result<Vec<ParkedEvent>> {
+        let client = self.connector.pooled().await?;
+        let rows = client
+            .query(&self.sql.parked, &[&name])
+            .await
+            .map_err(Error::db)?;
+        Ok(rows
+            .iter()
+            .map(|r| ParkedEvent {
+                position: r.get::<_, i64>(0) as u64,
+                attempts: r.get::<_, i32>(1).max(0) as u32,
+                error: r.get(2),
+                parked_at: r.get(3),
+            })
+            .collect())
+    }
+
+    /// Removes a parked event; whether there was one.
+    pub(crate) async fn unpark(&self, name: &str, at: u64) -> Result<bool> {
+        let client = self.connector.pooled().await?;
+        let removed = client
+            .execute(&self.sql.unpark, &[&name, &position(at)])
+            .await
+            .map_err(Error::db)?;
+        Ok(removed > 0)
+    }
+
+    pub(crate) async fn replay_failed(&self, name: &str, at: u64, error: &str) -> Result<()> {
+        let client = self.connector.pooled().await?;
+        client
+            .execute(&self.sql.replay_failed, &[&name, &position(at), &error])
+            .await
+            .map_err(Error::db)?;
+        Ok(())
+    }
+}

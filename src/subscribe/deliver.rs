@@ -1,0 +1,315 @@
+//! Delivery to an actix actor: each batch is sent with `send` and the next one only
+//! after the reply (back-pressure). `Ok` acknowledges (the checkpoint moves); `Err`
+//! is retried with a growing pause. Each delivery is counted in the consumer's row
+//! *before* it is made, so a process that crashes while delivering counts too. After
+//! `max_attempts`, a batch of several events is delivered again one event at a time;
+//! a single event that fails `max_attempts` times is parked (stored with its error,
+//! the checkpoint moving past it) or stops the consumer, as configured.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tokio::sync::oneshot;
+
+use super::{EventBatch, OnFailure, Subscription};
+use crate::error::{Error, Result};
+use crate::model::{Query, ReadOptions};
+use crate::store::EventStore;
+
+/// A batch for an actor; the handler's `Ok` acknowledges it.
+///
+/// ```no_run
+/// use actix::prelude::*;
+/// use dcb_store::{Deliver, DeliveryError};
+///
+/// struct Invoices;
+/// impl Actor for Invoices { type Context = Context<Self>; }
+/// impl Handler<Deliver> for Invoices {
+///     type Result = Result<(), DeliveryError>;
+///     fn handle(&mut self, deliver: Deliver, _: &mut Context<Self>) -> Self::Result {
+///         for e in &deliver.batch.events {
+///             if e.event.data_json().is_empty() {
+///                 return Err(DeliveryError::new(format!("event {} is empty", e.position)));
+///             }
+///         }
+///         Ok(())
+///     }
+/// }
+/// ```
+#[derive(Clone, Debug, Message)]
+#[rtype(result = "std::result::Result<(), DeliveryError>")]
+pub struct Deliver {
+    /// The events, and how far they cover.
+    pub batch: EventBatch,
+}
+
+/// A handler's refusal of a batch: it will be delivered again, up to `max_attempts`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct DeliveryError {
+    message: String,
+}
+
+impl DeliveryError {
+    /// An error saying `message`.
+    pub fn new(message: impl std::fmt::Display) -> Self {
+        DeliveryError {
+            message: message.to_string(),
+        }
+    }
+
+    /// What the handler said.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+/// A running delivery to an actor; see
+/// [`EventStore::subscribe_recipient`](crate::EventStore::subscribe_recipient).
+#[derive(Debug)]
+pub struct SubscriptionHandle {
+    stop: Option<oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl SubscriptionHandle {
+    pub(crate) fn new(
+        stop: oneshot::Sender<()>,
+        done: tokio::task::JoinHandle<Result<()>>,
+    ) -> Self {
+        SubscriptionHandle {
+            stop: Some(stop),
+            done,
+        }
+    }
+
+    /// Stops delivering after the batch in flight (if any) is answered and
+    /// acknowledged, and gives the consumer up (a standby takes over).
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.done).await;
+    }
+
+    /// Waits until delivery ends: `Ok` after [`stop`](Self::stop) or when the
+    /// recipient is gone, the error that stopped it otherwise
+    /// ([`Error::DeliveryFailed`] with [`OnFailure::Stop`]).
+    pub async fn wait(mut self) -> Result<()> {
+        (&mut self.done).await.unwrap_or(Err(Error::CLOSED))
+    }
+
+    /// Whether delivery has ended.
+    pub fn is_finished(&self) -> bool {
+        self.done.is_finished()
+    }
+}
+
+/// Delivery settings taken from the options.
+pub(crate) struct DeliverySettings {
+    pub max_attempts: u32,
+    pub on_failure: OnFailure,
+    pub retry_backoff: Duration,
+}
+
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// What delivery records when no handler error is known (the process stopped while
+/// the batch was being delivered).
+const UNFINISHED: &str = "delivery did not finish (the process stopped while delivering)";
+
+/// Runs until `stop` fires, the recipient goes away, or a failure stops the consumer.
+pub(crate) async fn run_delivery(
+    mut subscription: Subscription,
+    recipient: Recipient<Deliver>,
+    settings: DeliverySettings,
+    mut stop: oneshot::Receiver<()>,
+) -> Result<()> {
+    let mut failures = 0u32;
+    let outcome = loop {
+        let next = tokio::select! {
+            biased;
+            _ = &mut stop => break Ok(()),
+            next = subscription.next() => next,
+        };
+        let batch = match next {
+            Some(Ok(batch)) => {
+                failures = 0;
+                batch
+            }
+            Some(Err(error)) => {
+                failures += 1;
+                tracing::warn!(%error, "consumer: cannot get the next batch; retrying");
+                let pause = (settings.retry_backoff * failures.min(50)).min(MAX_BACKOFF);
+                tokio::select! {
+                    _ = &mut stop => break Ok(()),
+                    () = tokio::time::sleep(pause) => continue,
+                }
+            }
+            None => break Ok(()),
+        };
+        match deliver(&subscription, &recipient, &settings, batch, &mut stop).await {
+            Ok(Delivered::All) => {}
+            Ok(Delivered::Stopped) => break Ok(()),
+            // Another subscriber took over: this one goes back to standing by.
+            Err(Error::LeaseLost { .. }) => {}
+            Err(error @ Error::DeliveryFailed { .. }) => break Err(error),
+            Err(Error::Closed { .. }) if !recipient.connected() => break Ok(()),
+            Err(error) => {
+                tracing::warn!(%error, "consumer: delivery failed; the batch will come again");
+                tokio::time::sleep(settings.retry_backoff).await;
+            }
+        }
+    };
+    if let Some(lease) = &subscription.shared().lease {
+        lease.release().await;
+    }
+    outcome
+}
+
+enum Delivered {
+    All,
+    Stopped,
+}
+
+/// Delivers one batch from the subscription, with retries, isolation and parking.
+async fn deliver(
+    subscription: &Subscription,
+    recipient: &Recipient<Deliver>,
+    settings: &DeliverySettings,
+    batch: EventBatch,
+    stop: &mut oneshot::Receiver<()>,
+) -> Result<Delivered> {
+    let shared = subscription.shared();
+    let Some(lease) = &shared.lease else {
+        return Err(Error::invalid("delivery needs a durable consumer"));
+    };
+    if batch.events.is_empty() {
+        subscription.ack(batch.scanned_to).await?;
+        return Ok(Delivered::All);
+    }
+    let events = &batch.events;
+    let mut next = 0;
+    while next < events.len() {
+        let first = events[next].position;
+        let end = if lease.isolated(first).await {
+            next + 1
+        } else {
+            events.len()
+        };
+        let scanned_to = if end == events.len() {
+            batch.scanned_to
+        } else {
+            events[end - 1].position
+        };
+        let attempt = lease.attempt(first).await?;
+        if let Some(stats) = &shared.stats {
+            stats.attempts.fetch_add(1, Ordering::Relaxed);
+        }
+        if attempt.attempts > settings.max_attempts {
+            if end - next > 1 {
+                // Find the failing event: one at a time up to the batch's end.
+                lease.isolate(events[end - 1].position).await?;
+                continue;
+            }
+            let error = attempt.last_error.unwrap_or_else(|| UNFINISHED.to_owned());
+            let tried = attempt.attempts - 1;
+            match settings.on_failure {
+                OnFailure::Park => {
+                    tracing::warn!(consumer = %lease.name, position = first, attempts = tried, %error, "consumer: parking an event");
+                    lease.park(first, tried, &error).await?;
+                    if let Some(stats) = &shared.stats {
+                        stats.parked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    next = end;
+                    continue;
+                }
+                OnFailure::Stop => {
+                    return Err(Error::DeliveryFailed {
+                        consumer: lease.name.clone(),
+                        position: first,
+                        attempts: tried,
+                        error,
+                    })
+                }
+            }
+        }
+        let chunk = EventBatch {
+            events: events[next..end].to_vec(),
+            scanned_to,
+            caught_up: batch.caught_up && end == events.len(),
+        };
+        match recipient.send(Deliver { batch: chunk }).await {
+            Ok(Ok(())) => {
+                subscription.ack(scanned_to).await?;
+                next = end;
+            }
+            Ok(Err(error)) => {
+                lease.failed(error.message()).await?;
+                let pause = settings
+                    .retry_backoff
+                    .saturating_mul(1 << attempt.attempts.min(16).saturating_sub(1))
+                    .min(MAX_BACKOFF);
+                tokio::select! {
+                    _ = &mut *stop => return Ok(Delivered::Stopped),
+                    () = tokio::time::sleep(pause) => {}
+                }
+            }
+            Err(_mailbox) => return Err(Error::CLOSED),
+        }
+    }
+    Ok(Delivered::All)
+}
+
+/// What replaying parked events did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReplayOutcome {
+    /// Positions delivered successfully (no longer parked).
+    pub replayed: Vec<u64>,
+    /// Positions whose delivery failed again (still parked, attempts counted).
+    pub failed: Vec<u64>,
+}
+
+/// Delivers each parked event of `consumer` to `recipient` once, alone; unparks those
+/// it accepts.
+pub(crate) async fn replay_parked(
+    store: &EventStore,
+    consumer: &str,
+    recipient: &Recipient<Deliver>,
+) -> Result<ReplayOutcome> {
+    let consumers = store.consumers();
+    let mut outcome = ReplayOutcome::default();
+    for parked in consumers.parked(consumer).await? {
+        let at = parked.position;
+        let read = store
+            .read(
+                &Query::all(),
+                ReadOptions::default().after(at.saturating_sub(1)).limit(1),
+            )
+            .await?;
+        let Some(event) = read.events.into_iter().find(|e| e.position == at) else {
+            continue;
+        };
+        let batch = EventBatch {
+            events: vec![event],
+            scanned_to: at,
+            caught_up: false,
+        };
+        match recipient.send(Deliver { batch }).await {
+            Ok(Ok(())) => {
+                consumers.unpark(consumer, at).await?;
+                outcome.replayed.push(at);
+            }
+            Ok(Err(error)) => {
+                consumers
+                    .replay_failed(consumer, at, error.message())
+                    .await?;
+                outcome.failed.push(at);
+            }
+            Err(_mailbox) => return Err(Error::CLOSED),
+        }
+    }
+    Ok(outcome)
+}

@@ -1,0 +1,34 @@
+//! Wake-ups from other processes: a connection that `LISTEN`s on the schema's channel
+//! (each batch of any process sends one `NOTIFY` with the head, in its transaction)
+//! and moves this process's known head. Reconnects when the connection breaks; the
+//! follower's slow poll covers notifications lost meanwhile.
+
+use std::time::Duration;
+
+use super::Heads;
+use crate::connect::Connector;
+
+pub(crate) async fn listen(connector: Connector, channel: String, heads: Heads) {
+    let mut failures = 0u32;
+    loop {
+        match connector.listen(&channel).await {
+            Ok((client, mut notifications)) => {
+                failures = 0;
+                // Whatever was committed while nobody listened is read now.
+                heads.wake();
+                while let Some(payload) = notifications.recv().await {
+                    if let Ok(head) = payload.parse::<u64>() {
+                        heads.advance(head);
+                    }
+                }
+                drop(client);
+                tracing::warn!("subscriptions: the LISTEN connection closed; reconnecting");
+            }
+            Err(error) => {
+                failures += 1;
+                tracing::warn!(%error, "subscriptions: cannot LISTEN; retrying");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200) * failures.clamp(1, 25)).await;
+    }
+}
