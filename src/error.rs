@@ -23,7 +23,8 @@ pub enum Error {
 
     /// The append condition matched an event, so nothing of this append was written.
     #[error(
-        "append condition failed: an event matching the condition exists after position {after:?}"
+        "append condition failed: an event matching the condition exists{}",
+        match after { Some(p) => format!(" after position {p}"), None => String::new() }
     )]
     ConditionFailed {
         /// The condition's `after` position (`None`: any matching event fails it).

@@ -1,11 +1,13 @@
 //! The `dcb-store` command: `demo` runs the course-subscription scenario against the
-//! real store and checks its invariants; `migrate` creates or upgrades a schema.
+//! real store and checks its invariants; `bench` measures; `migrate` creates or
+//! upgrades a schema; `read`, `tail` and `append` drive the store from a shell.
 
 mod bench;
 mod chart;
 mod demo;
 mod enrolment;
 mod prefill;
+mod shell;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,6 +33,15 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Measures a workload (append, enrolment, read) in one or more modes.
     Bench(bench::BenchArgs),
+    /// Prints the events matching a filter as JSON lines.
+    Read(shell::ReadArgs),
+    /// Prints the events matching a filter as JSON lines, then new ones as they are
+    /// committed (a subscription; with --consumer, a durable one).
+    Tail(shell::TailArgs),
+    /// Appends JSON lines from standard input (each {"type", "tags", "data", optional
+    /// "id", "metadata", "occurred_at", "condition": {"query": [{"types", "tags"}],
+    /// "after"}}, or {"events": [...], "condition"}); prints each one's positions.
+    Append(shell::AppendArgs),
     /// Creates or migrates the configured schema.
     Migrate {
         /// Grant this role what the store needs (select, insert) and nothing more.
@@ -74,6 +85,10 @@ async fn run(cli: Cli) -> Result<ExitCode, dcb_store::Error> {
     match cli.command {
         Command::Demo(args) => demo::run(or_throwaway(config), args).await,
         Command::Bench(args) => bench::run(or_throwaway(config), args).await,
+        // A throwaway server would lose what these read and write: a URL is needed.
+        Command::Read(args) => shell::read(config, args).await,
+        Command::Tail(args) => shell::tail(config, args).await,
+        Command::Append(args) => shell::append(config, args).await,
         Command::Migrate { app_role } => {
             let applied = EventStore::migrate_with_role(&config, app_role.as_deref()).await?;
             println!(
