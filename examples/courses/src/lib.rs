@@ -11,10 +11,13 @@
 //! | `POST /courses/{course}/students/{student}` | subscribes (201; 404 no course; 409 full, already in, or the student has 5 courses) |
 //! | `GET /courses/{course}` | the course with its students (404 if not defined) |
 //! | `GET /students/{student}/courses` | the student's courses |
+//! | `GET /courses/{course}/events` | the course's events, live, as Server-Sent Events (`id` = position; resumes after `Last-Event-ID` or `?after=N`) |
 //! | `GET /metrics` | the store's metrics, Prometheus text |
 //! | `GET /health` | `store.ping()`: 200, or 503 |
 //!
 //! Store errors map to HTTP as [`error_response`] says.
+
+mod feed;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -44,6 +47,10 @@ pub fn routes(config: &mut web::ServiceConfig) {
             web::post().to(subscribe),
         )
         .route("/courses/{course}", web::get().to(show_course))
+        .route(
+            "/courses/{course}/events",
+            web::get().to(feed::course_events),
+        )
         .route(
             "/students/{student}/courses",
             web::get().to(student_courses),

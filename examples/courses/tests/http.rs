@@ -251,3 +251,89 @@ fn the_service_stops_gracefully_on_sigterm() {
         "{stdout}"
     );
 }
+
+/// Reads Server-Sent Events from `response` until `want` events arrived: (id, type).
+async fn sse_events<S>(body: &mut S, want: usize) -> Vec<(u64, String)>
+where
+    S: futures_util::Stream<Item = Result<actix_web::web::Bytes, awc::error::PayloadError>> + Unpin,
+{
+    use futures_util::StreamExt;
+    let mut text = String::new();
+    let mut events = Vec::new();
+    while events.len() < want {
+        let chunk = tokio_timeout(body.next()).await.expect("the feed ended");
+        text.push_str(std::str::from_utf8(&chunk.expect("a chunk")).expect("UTF-8"));
+        while let Some(end) = text.find("\n\n") {
+            let frame: String = text.drain(..end + 2).collect();
+            let field = |name: &str| {
+                frame
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(str::to_owned)
+            };
+            if let (Some(id), Some(kind)) = (field("id: "), field("event: ")) {
+                events.push((id.parse().expect("a position id"), kind));
+            }
+        }
+    }
+    events
+}
+
+async fn tokio_timeout<F: std::future::Future>(future: F) -> F::Output {
+    actix_rt::time::timeout(Duration::from_secs(10), future)
+        .await
+        .expect("the feed is too slow")
+}
+
+#[actix_rt::test]
+async fn a_course_feed_streams_its_events_live_and_resumes_after_last_event_id() {
+    let base = start_app(&unique("feed")).await;
+    let client = awc::Client::default();
+    let mut feed = client
+        .get(format!("{base}/courses/c9/events"))
+        .send()
+        .await
+        .expect("open the feed");
+    assert_eq!(feed.status().as_u16(), 200);
+    assert_eq!(
+        feed.headers().get("content-type").unwrap(),
+        "text/event-stream"
+    );
+    // Written after the feed opened: delivered live.
+    let define = json!({"id": "c9", "capacity": 3});
+    assert_eq!(
+        post(&client, format!("{base}/courses"), Some(define))
+            .await
+            .0,
+        201
+    );
+    for student in ["s1", "s2"] {
+        let url = format!("{base}/courses/c9/students/{student}");
+        assert_eq!(post(&client, url, None).await.0, 201);
+    }
+    // Another course's events never appear.
+    let other = json!({"id": "c10", "capacity": 3});
+    assert_eq!(
+        post(&client, format!("{base}/courses"), Some(other))
+            .await
+            .0,
+        201
+    );
+    let events = sse_events(&mut feed, 3).await;
+    let kinds: Vec<&str> = events.iter().map(|(_, k)| k.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["CourseDefined", "StudentSubscribed", "StudentSubscribed"]
+    );
+    assert!(events.windows(2).all(|w| w[0].0 < w[1].0));
+
+    // A reconnecting client resumes after the last event it saw.
+    let mut resumed = client
+        .get(format!("{base}/courses/c9/events"))
+        .insert_header(("Last-Event-ID", events[0].0.to_string()))
+        .send()
+        .await
+        .expect("reopen the feed");
+    let again = sse_events(&mut resumed, 2).await;
+    assert_eq!(again, events[1..].to_vec());
+}
