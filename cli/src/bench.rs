@@ -3,6 +3,7 @@
 //!
 //! Workloads: `append` (one ~200-byte event, 2 tags, no condition, per call),
 //! `enrolment` (the course-subscription decision, invariants checked after each run),
+//! `subscribe` (catch-up, live latency and fan-out of subscriptions, `follow.rs`),
 //! `read` (point reads of one tag, and of one type + tag, on a store pre-filled with
 //! `--prefill N` events by binary COPY). Modes are the baselines the design is measured
 //! against: `normal`, `no-batching` (one append per transaction), `no-cache`
@@ -30,6 +31,8 @@ pub enum Workload {
     Append,
     Enrolment,
     Read,
+    /// Subscriptions: catch-up, live latency, fan-out (`follow.rs`).
+    Subscribe,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -53,19 +56,19 @@ pub struct BenchArgs {
     mode: Vec<Mode>,
     /// Measured seconds per measurement.
     #[arg(long, default_value_t = 10.0)]
-    seconds: f64,
+    pub(crate) seconds: f64,
     /// Warm-up seconds before each measurement (not counted).
     #[arg(long, default_value_t = 2.0)]
     warmup: f64,
     /// For `read`: store sizes (events) to measure at.
     #[arg(long, value_delimiter = ',', default_value = "100000")]
-    prefill: Vec<u64>,
+    pub(crate) prefill: Vec<u64>,
     /// Repeat every measurement this many times (for medians and spread).
     #[arg(long, default_value_t = 1)]
     repeat: usize,
     /// Print one JSON object per measurement on stdout instead of the table.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     /// Draw throughput and p99 against clients into this SVG file.
     #[arg(long)]
     chart: Option<PathBuf>,
@@ -104,6 +107,9 @@ struct OpOutcome {
 }
 
 pub async fn run(config: Config, args: BenchArgs) -> Result<std::process::ExitCode, Error> {
+    if args.workload == Workload::Subscribe {
+        return crate::follow::run(config, &args).await;
+    }
     let mut results = Vec::new();
     let sizes: Vec<Option<u64>> = if args.workload == Workload::Read {
         args.prefill.iter().copied().map(Some).collect()
@@ -180,6 +186,7 @@ async fn measure(
         Workload::Append => "append".to_owned(),
         Workload::Enrolment => "enrolment".to_owned(),
         Workload::Read => format!("read:{query}"),
+        Workload::Subscribe => "subscribe".to_owned(),
     };
     let schema = match prefill {
         Some(n) => prefill::schema_name(n),
@@ -268,6 +275,11 @@ async fn measure(
                 eprintln!("invariant violated: {v}");
             }
             (window, Some(violations.is_empty()))
+        }
+        Workload::Subscribe => {
+            return Err(Error::Config(
+                "subscribe is measured by follow.rs, not per mode".into(),
+            ))
         }
         Workload::Read => {
             let n = prefill.unwrap_or(1);
@@ -437,7 +449,7 @@ where
 }
 
 /// User plus system CPU time of this process (all threads), in seconds.
-fn cpu_seconds() -> f64 {
+pub(crate) fn cpu_seconds() -> f64 {
     use nix::sys::resource::{getrusage, UsageWho};
     getrusage(UsageWho::RUSAGE_SELF).map_or(0.0, |u| {
         let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;

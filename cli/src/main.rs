@@ -6,6 +6,7 @@ mod bench;
 mod chart;
 mod demo;
 mod enrolment;
+mod follow;
 mod prefill;
 mod shell;
 

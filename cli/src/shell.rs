@@ -88,6 +88,10 @@ pub struct AppendArgs {
     /// appends of neighbouring lines may be stored in another order).
     #[arg(long, default_value_t = 1)]
     concurrency: usize,
+    /// Add `acknowledged_at_us` to each result: when the store acknowledged the append
+    /// (Unix time, microseconds), for measuring delivery from another process.
+    #[arg(long)]
+    timestamps: bool,
 }
 
 /// One event as printed.
@@ -271,7 +275,8 @@ pub async fn append(config: Config, args: AppendArgs) -> Result<ExitCode, Error>
             }
         }
     });
-    let appends = futures_util::stream::poll_fn(move |cx| input.poll_recv(cx)).map(|line| {
+    let timestamps = args.timestamps;
+    let appends = futures_util::stream::poll_fn(move |cx| input.poll_recv(cx)).map(move |line| {
         let store = store.clone();
         async move {
             let parsed: Result<AppendLine, String> =
@@ -281,10 +286,16 @@ pub async fn append(config: Config, args: AppendArgs) -> Result<ExitCode, Error>
                 Err(reason) => return serde_json::json!({"error": reason, "kind": "invalid_input"}),
             };
             match store.append(events, condition).await {
-                Ok(r) => serde_json::json!({
-                    "first_position": r.first_position,
-                    "last_position": r.last_position,
-                }),
+                Ok(r) => {
+                    let mut result = serde_json::json!({
+                        "first_position": r.first_position,
+                        "last_position": r.last_position,
+                    });
+                    if timestamps {
+                        result["acknowledged_at_us"] = chrono::Utc::now().timestamp_micros().into();
+                    }
+                    result
+                }
                 Err(e) => serde_json::json!({"error": e.to_string(), "kind": e.kind()}),
             }
         }

@@ -1,8 +1,6 @@
 //! The store's subscription methods (an `impl EventStore` kept next to what it
 //! drives): subscribe, deliver to an actor, checkpoints and parked events.
 
-use std::sync::atomic::AtomicU64;
-
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
@@ -80,9 +78,9 @@ impl EventStore {
             follower,
             Shared {
                 lease,
-                delivered: AtomicU64::new(options.after.unwrap_or(0)),
                 stats,
                 standby_poll: options.standby_poll,
+                start_after: options.after,
             },
         ))
     }

@@ -37,6 +37,9 @@ pub(crate) struct Lease {
     connector: Connector,
     sql: Arc<ConsumerStatements>,
     state: tokio::sync::Mutex<Held>,
+    /// `scanned_to` of the last batch handed out under the current generation (reset
+    /// to the checkpoint on taking over, under the lock): acks may not go beyond it.
+    pub delivered: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -73,6 +76,7 @@ impl Lease {
             connector,
             sql,
             state: tokio::sync::Mutex::new(Held::default()),
+            delivered: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -88,8 +92,9 @@ impl Lease {
     }
 
     /// Waits until this subscriber holds the consumer, trying every `poll`; returns
-    /// where to resume. A connection error is returned (the caller retries).
-    pub(crate) async fn acquire(&self, poll: Duration) -> Result<Resume> {
+    /// where to resume (`start` when there is no checkpoint). A connection error is
+    /// returned (the caller retries).
+    pub(crate) async fn acquire(&self, poll: Duration, start: Option<u64>) -> Result<Resume> {
         let mut held = self.state.lock().await;
         held.generation = None;
         loop {
@@ -130,6 +135,10 @@ impl Lease {
                 let checkpoint = row.get::<_, Option<i64>>(1).map(|p| p as u64);
                 held.isolate_until = row.get::<_, Option<i64>>(2).map(|p| p as u64);
                 held.generation = Some(generation);
+                self.delivered.store(
+                    checkpoint.or(start).unwrap_or(0),
+                    std::sync::atomic::Ordering::Release,
+                );
                 tracing::info!(consumer = %self.name, generation, ?checkpoint, "took over the consumer");
                 return Ok(Resume { checkpoint });
             }
@@ -163,12 +172,21 @@ impl Lease {
             held.generation = None;
             return Err(lost());
         };
+        if let Guarded::Ack(to) = which {
+            // Checked under the lock, so an ack cannot race a takeover's reset.
+            let delivered = self.delivered.load(std::sync::atomic::Ordering::Acquire);
+            if to > delivered {
+                return Err(Error::invalid(format!(
+                    "ack of position {to} beyond what was delivered ({delivered})"
+                )));
+            }
+        }
         let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
             vec![&self.name, &generation];
         params.extend_from_slice(rest);
         let client = &connection.client;
         let rows = match which {
-            Guarded::Ack => client.query(&connection.ack, &params).await,
+            Guarded::Ack(_) => client.query(&connection.ack, &params).await,
             Guarded::Attempt => client.query(&connection.attempt, &params).await,
             Guarded::Failed => client.query(self.sql.failed.as_str(), &params).await,
             Guarded::Isolate => client.query(self.sql.isolate.as_str(), &params).await,
@@ -184,7 +202,7 @@ impl Lease {
 
     /// Moves the checkpoint to `to` (never backwards); the stored checkpoint.
     pub(crate) async fn ack(&self, to: u64) -> Result<Option<u64>> {
-        let rows = self.guarded(Guarded::Ack, &[&position(to)]).await?;
+        let rows = self.guarded(Guarded::Ack(to), &[&position(to)]).await?;
         Ok(rows[0].get::<_, Option<i64>>(0).map(|p| p as u64))
     }
 
@@ -230,7 +248,8 @@ impl Lease {
 /// The statements a holder runs under its generation.
 #[derive(Clone, Copy)]
 enum Guarded {
-    Ack,
+    /// Moving the checkpoint to this position.
+    Ack(u64),
     Attempt,
     Failed,
     Isolate,

@@ -149,17 +149,31 @@ pub(crate) async fn run_delivery(
             }
             None => break Ok(()),
         };
-        match deliver(&subscription, &recipient, &settings, batch, &mut stop).await {
-            Ok(Delivered::All) => {}
-            Ok(Delivered::Stopped) => break Ok(()),
-            // Another subscriber took over: this one goes back to standing by.
-            Err(Error::LeaseLost { .. }) => {}
-            Err(error @ Error::DeliveryFailed { .. }) => break Err(error),
-            Err(Error::Closed { .. }) if !recipient.connected() => break Ok(()),
-            Err(error) => {
-                tracing::warn!(%error, "consumer: delivery failed; the batch will come again");
-                tokio::time::sleep(settings.retry_backoff).await;
+        // The same batch again after a transient failure (the database, an ack): the
+        // subscription has moved past it, so dropping it would skip its events.
+        let mut failures = 0u32;
+        let ended = loop {
+            match deliver(&subscription, &recipient, &settings, &batch, &mut stop).await {
+                Ok(Delivered::All) => break None,
+                Ok(Delivered::Stopped) => break Some(Ok(())),
+                // Another subscriber took over: this one stands by again, and resumes
+                // from the stored checkpoint (the batch comes again if it must).
+                Err(Error::LeaseLost { .. }) => break None,
+                Err(error @ Error::DeliveryFailed { .. }) => break Some(Err(error)),
+                Err(Error::Closed { .. }) if !recipient.connected() => break Some(Ok(())),
+                Err(error) => {
+                    failures += 1;
+                    tracing::warn!(%error, "consumer: delivery failed; delivering the batch again");
+                    let pause = (settings.retry_backoff * failures.min(50)).min(MAX_BACKOFF);
+                    tokio::select! {
+                        _ = &mut stop => break Some(Ok(())),
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                }
             }
+        };
+        if let Some(outcome) = ended {
+            break outcome;
         }
     };
     if let Some(lease) = &subscription.shared().lease {
@@ -178,7 +192,7 @@ async fn deliver(
     subscription: &Subscription,
     recipient: &Recipient<Deliver>,
     settings: &DeliverySettings,
-    batch: EventBatch,
+    batch: &EventBatch,
     stop: &mut oneshot::Receiver<()>,
 ) -> Result<Delivered> {
     let shared = subscription.shared();

@@ -193,12 +193,9 @@ pub(crate) async fn step(
                 if let Some(stats) = &shared.stats {
                     stats.holder.store(false, Ordering::Relaxed);
                 }
-                match lease.acquire(shared.standby_poll).await {
+                match lease.acquire(shared.standby_poll, shared.start_after).await {
                     Ok(resume) => {
                         follower.restart(resume.checkpoint);
-                        shared
-                            .delivered
-                            .store(follower.scanned_to, Ordering::Release);
                         if let Some(stats) = &shared.stats {
                             stats.holder.store(true, Ordering::Relaxed);
                             stats
@@ -220,7 +217,9 @@ pub(crate) async fn step(
                     continue;
                 }
             }
-            shared.delivered.store(batch.scanned_to, Ordering::Release);
+            if let Some(lease) = &shared.lease {
+                lease.delivered.store(batch.scanned_to, Ordering::Release);
+            }
             if let Some(stats) = &shared.stats {
                 stats.sent(batch, follower.tail.tail());
             }

@@ -15,7 +15,7 @@
 //! an actor.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -200,18 +200,20 @@ pub struct EventBatch {
     /// batch or an earlier one): the position to checkpoint. Empty batches carry it
     /// too, so a consumer of rare events still moves forward.
     pub scanned_to: u64,
-    /// Whether the subscription has reached the head: no matching event after
-    /// `scanned_to` was committed when this batch was made.
+    /// Whether the subscription has reached the head: `scanned_to` is the newest
+    /// position this process knew of when the batch was made (the shared buffer's
+    /// tail, or the head a read saw). The first batch that reaches it is always sent,
+    /// even when empty.
     pub caught_up: bool,
 }
 
 /// Shared by a subscription's stream and its `ack`.
 pub(crate) struct Shared {
     pub lease: Option<Lease>,
-    /// `scanned_to` of the last batch handed out: acks may not go beyond it.
-    pub delivered: AtomicU64,
     pub stats: Option<Arc<ConsumerStats>>,
     pub standby_poll: Duration,
+    /// Where a durable consumer without a checkpoint starts.
+    pub start_after: Option<u64>,
 }
 
 type Step = Pin<Box<dyn std::future::Future<Output = (Box<Follower>, Result<EventBatch>)> + Send>>;
@@ -247,7 +249,6 @@ impl std::fmt::Debug for Subscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Subscription")
             .field("consumer", &self.consumer())
-            .field("delivered", &self.shared.delivered.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
@@ -281,12 +282,6 @@ impl Subscription {
                 "ack needs a durable consumer (SubscribeOptions::consumer)",
             ));
         };
-        let delivered = self.shared.delivered.load(Ordering::Acquire);
-        if position > delivered {
-            return Err(Error::invalid(format!(
-                "ack of position {position} beyond what was delivered ({delivered})"
-            )));
-        }
         let stored = lease.ack(position).await?;
         if let (Some(stats), Some(stored)) = (&self.shared.stats, stored) {
             stats.checkpoint.store(stored, Ordering::Relaxed);
