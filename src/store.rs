@@ -458,7 +458,8 @@ impl EventStore {
 
     /// Like [`EventStore::migrate`], run as the schema's owner, then grants
     /// `application_role` what the store needs and nothing more: `SELECT` and `INSERT`
-    /// on the event tables, no `UPDATE`, `DELETE` or DDL.
+    /// on the event tables (no `UPDATE`, `DELETE` or DDL), and reading and writing the
+    /// durable consumers' checkpoints and parked events.
     pub async fn migrate_with_role(
         config: &Config,
         application_role: Option<&str>,

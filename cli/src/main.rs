@@ -99,7 +99,7 @@ async fn run(cli: Cli) -> Result<ExitCode, dcb_store::Error> {
                 applied
             );
             if let Some(role) = app_role {
-                println!("granted {role}: usage, select and insert only");
+                println!("granted {role}: select and insert on events; select, insert, update, delete on consumers and parked");
             }
             Ok(ExitCode::SUCCESS)
         }

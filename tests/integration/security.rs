@@ -40,6 +40,13 @@ async fn an_application_role_can_read_and_append_but_not_change_anything() {
             .len(),
         1
     );
+    // Durable consumers work under the role: checkpoints are its to write.
+    let options = dcb_store::SubscribeOptions::default().consumer("app-consumer");
+    let mut sub = store.subscribe(Query::all(), options).await.unwrap();
+    let batch = sub.next().await.unwrap().unwrap();
+    sub.ack(batch.scanned_to).await.unwrap();
+    assert_eq!(store.checkpoint("app-consumer").await.unwrap(), Some(1));
+    drop(sub);
 
     let app = support::client_for(&app_url).await;
     for sql in [
@@ -47,6 +54,7 @@ async fn an_application_role_can_read_and_append_but_not_change_anything() {
         format!("DELETE FROM \"{schema}\".events"),
         format!("TRUNCATE \"{schema}\".events"),
         format!("DROP TABLE \"{schema}\".events"),
+        format!("DROP TABLE \"{schema}\".consumers"),
         format!("CREATE TABLE \"{schema}\".sneaky (x int)"),
         format!("ALTER TABLE \"{schema}\".events DISABLE TRIGGER ALL"),
     ] {
