@@ -212,11 +212,12 @@ impl Config {
         Ok(())
     }
 
-    /// Whether each batch sends a `NOTIFY` (in its transaction) so that subscribers in
-    /// other processes wake at once. Defaults to on. Off, they notice new events by
-    /// polling (`subscription_poll_ms`). PostgreSQL serialises the commits of all
-    /// notifying transactions of one database, so many busy schemas in one database
-    /// may prefer it off.
+    /// Whether batches send a `NOTIFY` (in their transaction) while some process
+    /// follows the schema, so that its subscribers wake at once. Defaults to on (a
+    /// store nobody follows sends none either way). Off, other processes notice new
+    /// events by polling (`subscription_poll_ms`). PostgreSQL serialises the commits of
+    /// all notifying transactions of one database, so many busy schemas in one
+    /// database may prefer it off.
     #[must_use]
     pub fn with_notify_commits(mut self, notify: bool) -> Self {
         self.notify_commits = notify;

@@ -89,9 +89,12 @@ impl Connector {
     /// A connection listening on `channel`: each notification's payload arrives on
     /// the receiver, which ends when the connection does. The connection closes when
     /// the returned client is dropped.
+    /// `announce` runs first on the connection (the store takes its listeners' shared
+    /// lock there, so writers know someone listens).
     pub(crate) async fn listen(
         &self,
         channel: &str,
+        announce: (&str, i64),
     ) -> Result<(Client, tokio::sync::mpsc::UnboundedReceiver<String>)> {
         use futures_util::StreamExt;
         use tokio_postgres::AsyncMessage;
@@ -112,6 +115,10 @@ impl Connector {
                 }
             }
         });
+        client
+            .execute(announce.0, &[&announce.1])
+            .await
+            .map_err(Error::db)?;
         // The channel is a plain identifier the store derived (`sql::notify_channel`).
         client
             .batch_execute(&format!("LISTEN \"{channel}\""))

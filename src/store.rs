@@ -163,6 +163,7 @@ impl EventStore {
                 notify: config.notify_commits().then(|| NotifySettings {
                     sql: sql::notify_statement(&schema),
                     channel: sql::notify_channel(&schema),
+                    listener_key: sql::listener_lock_key(&schema),
                 }),
             };
             let mailbox = config.writer_mailbox();
@@ -555,6 +556,7 @@ impl EventStore {
                 arbiter.spawn(crate::subscribe::listen(
                     self.inner.connector.clone(),
                     sql::notify_channel(&self.inner.schema),
+                    sql::listener_lock_key(&self.inner.schema),
                     self.inner.heads.clone(),
                 ));
                 tail

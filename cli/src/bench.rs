@@ -7,7 +7,7 @@
 //! `read` (point reads of one tag, and of one type + tag, on a store pre-filled with
 //! `--prefill N` events by binary COPY). Modes are the baselines the design is measured
 //! against: `normal`, `no-batching` (one append per transaction), `no-cache`
-//! (statements prepared per read), `no-metrics`.
+//! (statements prepared per read), `no-metrics`, `no-notify` (no `NOTIFY` per batch).
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -42,6 +42,8 @@ pub enum Mode {
     NoBatching,
     NoCache,
     NoMetrics,
+    /// No `NOTIFY` per batch (`notify_commits = false`).
+    NoNotify,
 }
 
 #[derive(Args, Debug)]
@@ -164,6 +166,7 @@ fn mode_config(config: &Config, mode: Mode, schema: &str) -> Config {
         .with_batching(mode != Mode::NoBatching)
         .with_metrics(mode != Mode::NoMetrics)
         .with_statement_cache_size(if mode == Mode::NoCache { 0 } else { 64 })
+        .with_notify_commits(mode != Mode::NoNotify)
 }
 
 fn fresh_schema(workload: &str) -> String {

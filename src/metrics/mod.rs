@@ -48,6 +48,7 @@ pub(crate) enum Statement {
     Append,
     Commit,
     Notify,
+    Listeners,
     Read,
     Prepare,
 }
@@ -506,6 +507,7 @@ fn statement_name(s: Statement) -> &'static str {
         Statement::Append => "append",
         Statement::Commit => "commit",
         Statement::Notify => "notify",
+        Statement::Listeners => "listeners",
         Statement::Read => "read",
         Statement::Prepare => "prepare",
     }

@@ -105,16 +105,10 @@ impl ConsumerStatements {
 /// (FNV-1a, like the write lock: stable across processes). Two names that collide
 /// only make their consumers wait for each other; the generation keeps them exact.
 pub(crate) fn consumer_lock_key(schema: &Identifier, name: &str) -> i64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let parts = [
-        b"dcb-store:consumer:".as_slice(),
+    super::fnv(&[
+        b"dcb-store:consumer:",
         schema.as_str().as_bytes(),
         b"\0",
         name.as_bytes(),
-    ];
-    for byte in parts.iter().flat_map(|p| p.iter()) {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash as i64
+    ])
 }

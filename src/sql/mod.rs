@@ -75,6 +75,34 @@ pub(crate) fn notify_statement(schema: &Identifier) -> String {
     )
 }
 
+/// Whether any session holds the listeners' shared lock of key `$1` (in this
+/// database): then some process listens for the schema's commits.
+pub(crate) const LISTENERS: &str = "SELECT EXISTS (
+    SELECT 1 FROM pg_locks
+    WHERE locktype = 'advisory' AND granted AND objsubid = 1
+      AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND classid::bigint = ($1::bigint >> 32) & 4294967295
+      AND objid::bigint = $1::bigint & 4294967295)";
+
+/// Held (shared, for the session) by every connection listening for a schema's commits.
+pub(crate) const HOLD_LISTENER_LOCK: &str = "SELECT pg_advisory_lock_shared($1)";
+
+/// The key of the shared lock listeners of `schema` hold.
+pub(crate) fn listener_lock_key(schema: &Identifier) -> i64 {
+    fnv(&[b"dcb-store:listeners:", schema.as_str().as_bytes()])
+}
+
+/// FNV-1a over `parts`: a fixed, documented hash (std's hasher is randomly seeded per
+/// process), for lock keys that every process must compute alike.
+pub(crate) fn fnv(parts: &[&[u8]]) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in parts.iter().flat_map(|p| p.iter()) {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash as i64
+}
+
 /// The `NOTIFY` channel of a schema's commits: derived from the write lock key, so it
 /// is a short plain identifier whatever the schema's name.
 pub(crate) fn notify_channel(schema: &Identifier) -> String {
@@ -83,13 +111,7 @@ pub(crate) fn notify_channel(schema: &Identifier) -> String {
 
 /// The advisory lock key of a schema: stable across processes and releases.
 pub(crate) fn write_lock_key(schema: &Identifier) -> i64 {
-    // FNV-1a: a fixed, documented hash (std's hasher is randomly seeded per process).
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in b"dcb-store:write:".iter().chain(schema.as_str().as_bytes()) {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash as i64
+    fnv(&[b"dcb-store:write:", schema.as_str().as_bytes()])
 }
 
 /// The rows of a list of query items given as [`ItemArrays`] from parameter `$p` on:

@@ -1,6 +1,7 @@
 //! Wake-ups from other processes: a connection that `LISTEN`s on the schema's channel
-//! (each batch of any process sends one `NOTIFY` with the head, in its transaction)
-//! and moves this process's known head. Reconnects when the connection breaks; the
+//! (each batch of any process sends one `NOTIFY` with the head, in its transaction,
+//! while some connection holds the listeners' shared lock, as this one does) and moves
+//! this process's known head. Reconnects when the connection breaks; the
 //! follower's slow poll covers notifications lost meanwhile.
 
 use std::time::Duration;
@@ -8,10 +9,13 @@ use std::time::Duration;
 use super::Heads;
 use crate::connect::Connector;
 
-pub(crate) async fn listen(connector: Connector, channel: String, heads: Heads) {
+/// Listens on `channel`, holding the listeners' shared lock `listener_key` on the same
+/// connection: writers notify only while some connection holds it.
+pub(crate) async fn listen(connector: Connector, channel: String, listener_key: i64, heads: Heads) {
     let mut failures = 0u32;
     loop {
-        match connector.listen(&channel).await {
+        let announce = (crate::sql::HOLD_LISTENER_LOCK, listener_key);
+        match connector.listen(&channel, announce).await {
             Ok((client, mut notifications)) => {
                 failures = 0;
                 // Whatever was committed while nobody listened is read now.

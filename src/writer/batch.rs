@@ -34,18 +34,54 @@ pub(super) struct WriterConnection {
     client: Client,
     lock: Statement,
     append: Statement,
-    /// The `NOTIFY` sent before each `COMMIT` (none with `notify_commits` off).
-    notify: Option<Statement>,
+    /// The `NOTIFY` sent before `COMMIT` (none with `notify_commits` off).
+    notify: Option<NotifyStatements>,
+}
+
+struct NotifyStatements {
+    send: Statement,
+    listeners: Statement,
 }
 
 /// What one batch write needs, detached from the actor so it can run as a future.
 pub(super) struct BatchJob {
     pub connector: Connector,
+    pub listeners: std::rc::Rc<Listeners>,
     pub heads: crate::subscribe::Heads,
     pub settings: std::rc::Rc<WriterSettings>,
     pub append_sql: std::rc::Rc<str>,
     pub lock_key: i64,
     pub metrics: MetricsSink,
+}
+
+/// Whether any process listens for this schema's commits, as last checked: batches
+/// send `NOTIFY` only then (a listener holds a shared session lock while it listens).
+/// The answer is checked again, inside a batch, once it is older than
+/// [`LISTENERS_CHECK`]; until a check says otherwise, batches notify.
+#[derive(Default)]
+pub(super) struct Listeners {
+    /// When the last check answered, and what.
+    checked: std::cell::Cell<Option<(Instant, bool)>>,
+}
+
+/// How long an answer about listeners holds. A listener that appears is notified
+/// within this long; meanwhile its process's follower polls.
+const LISTENERS_CHECK: Duration = Duration::from_millis(500);
+
+impl Listeners {
+    /// Whether this batch checks for listeners, and whether it notifies.
+    fn plan(&self, now: Instant) -> (bool, bool) {
+        match self.checked.get() {
+            Some((at, present)) if now.saturating_duration_since(at) < LISTENERS_CHECK => {
+                (false, present)
+            }
+            _ => (true, true),
+        }
+    }
+
+    fn checked(&self, at: Instant, present: bool) {
+        self.checked.set(Some((at, present)));
+    }
 }
 
 /// How a batch transaction failed.
@@ -241,7 +277,10 @@ impl BatchJob {
         let lock = client.prepare(sql::WRITE_LOCK).await.map_err(Error::db)?;
         let append = client.prepare(&self.append_sql).await.map_err(Error::db)?;
         let notify = match &self.settings.notify {
-            Some(notify) => Some(client.prepare(&notify.sql).await.map_err(Error::db)?),
+            Some(notify) => Some(NotifyStatements {
+                send: client.prepare(&notify.sql).await.map_err(Error::db)?,
+                listeners: client.prepare(sql::LISTENERS).await.map_err(Error::db)?,
+            }),
             None => None,
         };
         Ok(WriterConnection {
@@ -326,9 +365,12 @@ impl BatchJob {
 
         let started = Instant::now();
         let client = &connection.client;
-        let mut steps: Vec<Step<'_>> = Vec::with_capacity(rounds.len() + 3);
+        // What each step is, for its answer and its metric.
+        let mut kinds: Vec<metrics::Statement> = Vec::with_capacity(rounds.len() + 4);
+        let mut steps: Vec<Step<'_>> = Vec::with_capacity(rounds.len() + 4);
         // Pinned: a server whose default isolation is REPEATABLE READ or SERIALIZABLE
         // would take the snapshot before the lock and decide on stale state.
+        kinds.push(metrics::Statement::Begin);
         steps.push(Box::pin(async move {
             client
                 .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")
@@ -337,20 +379,35 @@ impl BatchJob {
         }));
         let lock = &connection.lock;
         let key = &self.lock_key;
+        kinds.push(metrics::Statement::Lock);
         steps.push(Box::pin(async move {
             client.execute(lock, &[key]).await.map(|_| None)
         }));
         for array in &param_arrays {
             let append = &connection.append;
+            kinds.push(metrics::Statement::Append);
             steps.push(Box::pin(async move {
                 client.query(append, array).await.map(Some)
             }));
         }
         if let (Some(notify), Some(settings)) = (&connection.notify, &self.settings.notify) {
-            let channel = &settings.channel;
-            steps.push(Box::pin(async move {
-                client.execute(notify, &[channel]).await.map(|_| None)
-            }));
+            let (check, send) = self.listeners.plan(Instant::now());
+            if check {
+                let listeners = &notify.listeners;
+                let key = &settings.listener_key;
+                kinds.push(metrics::Statement::Listeners);
+                steps.push(Box::pin(async move {
+                    client.query(listeners, &[key]).await.map(Some)
+                }));
+            }
+            if send {
+                let channel = &settings.channel;
+                let send = &notify.send;
+                kinds.push(metrics::Statement::Notify);
+                steps.push(Box::pin(async move {
+                    client.execute(send, &[channel]).await.map(|_| None)
+                }));
+            }
         }
         steps.push(Box::pin(async move {
             client.batch_execute("COMMIT").await.map(|()| None)
@@ -369,19 +426,17 @@ impl BatchJob {
         };
         let mut previous = started;
         let mut round_rows = Vec::with_capacity(rounds.len());
-        for (i, (answer, done)) in answers.into_iter().enumerate() {
-            let statement = match i {
-                0 => metrics::Statement::Begin,
-                1 => metrics::Statement::Lock,
-                i if i < 2 + rounds.len() => metrics::Statement::Append,
-                _ => metrics::Statement::Notify,
-            };
+        for ((answer, done), statement) in answers.into_iter().zip(kinds) {
             self.metrics.record(Record::Statement {
                 statement,
                 elapsed: done.saturating_duration_since(previous),
             });
             previous = done;
             match answer {
+                Ok(Some(rows)) if statement == metrics::Statement::Listeners => {
+                    let present = rows.first().is_some_and(|r| r.get::<_, bool>(0));
+                    self.listeners.checked(done, present);
+                }
                 Ok(Some(rows)) => round_rows.push(rows),
                 Ok(None) => {}
                 // The first failure is the cause; later ones only say "aborted".

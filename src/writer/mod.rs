@@ -176,11 +176,14 @@ pub(crate) struct WriterSettings {
 pub(crate) struct NotifySettings {
     pub sql: String,
     pub channel: String,
+    /// The shared lock listeners hold (`sql::LISTENERS` looks for it).
+    pub listener_key: i64,
 }
 
 pub(crate) struct Writer {
     connector: Connector,
     heads: crate::subscribe::Heads,
+    listeners: std::rc::Rc<batch::Listeners>,
     settings: std::rc::Rc<WriterSettings>,
     append_sql: std::rc::Rc<str>,
     lock_key: i64,
@@ -205,6 +208,7 @@ impl Writer {
         Writer {
             connector,
             heads,
+            listeners: std::rc::Rc::default(),
             append_sql: sql::append_statement(&settings.schema).into(),
             lock_key: sql::write_lock_key(&settings.schema),
             settings: std::rc::Rc::new(settings),
@@ -263,6 +267,7 @@ impl Writer {
         BatchJob {
             connector: self.connector.clone(),
             heads: self.heads.clone(),
+            listeners: self.listeners.clone(),
             settings: self.settings.clone(),
             append_sql: self.append_sql.clone(),
             lock_key: self.lock_key,

@@ -778,3 +778,45 @@ async fn a_subscription_is_a_stream() {
         join_all((0..5).map(|_| store.subscribe(Query::all(), SubscribeOptions::default()))).await;
     assert!(subs.into_iter().all(|s| s.is_ok()));
 }
+
+#[actix::test]
+async fn batches_notify_only_while_some_process_listens() {
+    let schema = support::unique_schema("sub_listeners");
+    let writer = EventStore::connect(support::config(&schema)).await.unwrap();
+    let notifies =
+        |m: &dcb_store::MetricsSnapshot| m.statements.get("notify").map_or(0, |s| s.count);
+    // Nobody listens: after the first batch's check, batches send no NOTIFY.
+    for _ in 0..5 {
+        writer
+            .append(vec![support::event("E", &[])], None)
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    for _ in 0..5 {
+        writer
+            .append(vec![support::event("E", &[])], None)
+            .await
+            .unwrap();
+    }
+    let quiet = notifies(&writer.metrics().await.unwrap());
+    assert!(quiet <= 2, "{quiet} NOTIFYs with nobody listening");
+
+    // Another process subscribes (and so listens): within the check interval, the
+    // writer notifies it, and its subscriber wakes without polling.
+    let slow_poll = Duration::from_secs(120);
+    let listener =
+        EventStore::connect(support::config(&schema).with_subscription_poll_interval(slow_poll))
+            .await
+            .unwrap();
+    let query = Query::new([QueryItem::new().types(["Wake"])]);
+    let mut sub = listener
+        .subscribe(query, SubscribeOptions::default())
+        .await
+        .unwrap();
+    assert!(sub.next().await.unwrap().unwrap().caught_up);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(delivered_within(&writer, &mut sub, Duration::from_secs(3)).await);
+    let now = notifies(&writer.metrics().await.unwrap());
+    assert!(now > quiet, "the writer notifies once someone listens");
+}
