@@ -14,7 +14,9 @@ pub(crate) struct ConsumerStats {
     pub batches: AtomicU64,
     pub attempts: AtomicU64,
     pub parked: AtomicU64,
-    pub holder: AtomicBool,
+    /// Subscribers of this process holding the consumer (0 or 1, unless a lease was
+    /// lost unnoticed).
+    pub holders: AtomicU64,
     pub caught_up: AtomicBool,
     /// The stored checkpoint (0: none).
     pub checkpoint: AtomicU64,
@@ -73,7 +75,7 @@ impl ConsumerRegistry {
             .map(|(name, s)| {
                 let checkpoint = s.checkpoint.load(Ordering::Relaxed);
                 let metrics = ConsumerMetrics {
-                    holder: s.holder.load(Ordering::Relaxed),
+                    holder: s.holders.load(Ordering::Relaxed) > 0,
                     delivered: s.delivered.load(Ordering::Relaxed),
                     batches: s.batches.load(Ordering::Relaxed),
                     attempts: s.attempts.load(Ordering::Relaxed),

@@ -81,6 +81,7 @@ impl EventStore {
                 stats,
                 standby_poll: options.standby_poll,
                 start_after: options.after,
+                holding: std::sync::atomic::AtomicBool::new(false),
             },
         ))
     }

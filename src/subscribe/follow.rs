@@ -190,14 +190,12 @@ pub(crate) async fn step(
     loop {
         if let Some(lease) = &shared.lease {
             if !lease.held().await {
-                if let Some(stats) = &shared.stats {
-                    stats.holder.store(false, Ordering::Relaxed);
-                }
+                shared.set_holding(false);
                 match lease.acquire(shared.standby_poll, shared.start_after).await {
                     Ok(resume) => {
                         follower.restart(resume.checkpoint);
+                        shared.set_holding(true);
                         if let Some(stats) = &shared.stats {
-                            stats.holder.store(true, Ordering::Relaxed);
                             stats
                                 .checkpoint
                                 .store(resume.checkpoint.unwrap_or(0), Ordering::Relaxed);

@@ -214,6 +214,28 @@ pub(crate) struct Shared {
     pub standby_poll: Duration,
     /// Where a durable consumer without a checkpoint starts.
     pub start_after: Option<u64>,
+    /// Whether this subscriber counts itself among its consumer's holders (metrics).
+    pub holding: std::sync::atomic::AtomicBool,
+}
+
+impl Shared {
+    /// Counts this subscriber in or out of its consumer's holders.
+    pub(crate) fn set_holding(&self, holding: bool) {
+        let Some(stats) = &self.stats else { return };
+        if self.holding.swap(holding, Ordering::AcqRel) != holding {
+            if holding {
+                stats.holders.fetch_add(1, Ordering::Relaxed);
+            } else {
+                stats.holders.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.set_holding(false);
+    }
 }
 
 type Step = Pin<Box<dyn std::future::Future<Output = (Box<Follower>, Result<EventBatch>)> + Send>>;

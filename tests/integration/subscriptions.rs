@@ -820,3 +820,39 @@ async fn batches_notify_only_while_some_process_listens() {
     let now = notifies(&writer.metrics().await.unwrap());
     assert!(now > quiet, "the writer notifies once someone listens");
 }
+
+#[actix::test]
+async fn a_standby_in_the_same_process_does_not_hide_the_holder_in_metrics() {
+    let store = support::store("sub_holders").await;
+    store
+        .append(vec![support::event("E", &[])], None)
+        .await
+        .unwrap();
+    let query = Query::new([QueryItem::new().types(["E"])]);
+    let options = SubscribeOptions::default()
+        .consumer("holders-1")
+        .standby_poll(Duration::from_millis(50));
+    let holding = |store: EventStore| async move {
+        store.metrics().await.unwrap().consumers["holders-1"].holder
+    };
+    let mut holder = store
+        .subscribe(query.clone(), options.clone())
+        .await
+        .unwrap();
+    holder.next().await.unwrap().unwrap();
+    let mut standby = store.subscribe(query, options).await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), standby.next())
+            .await
+            .is_err()
+    );
+    assert!(
+        holding(store.clone()).await,
+        "the standby waiting does not unset it"
+    );
+    drop(holder);
+    standby.next().await.unwrap().unwrap();
+    assert!(holding(store.clone()).await);
+    drop(standby);
+    assert!(!holding(store.clone()).await);
+}
