@@ -26,6 +26,8 @@ pub(crate) struct ConsumerStatements {
     pub failed: String,
     /// `$1` name, `$2` generation, `$3` last position to deliver one event at a time.
     pub isolate: String,
+    /// `$1` name, `$2` generation: forgets the attempt count.
+    pub reset: String,
     /// `$1` name, `$2` generation, `$3` position, `$4` attempts, `$5` error: parks the
     /// event and moves the checkpoint past it, in one statement.
     pub park: String,
@@ -69,8 +71,13 @@ impl ConsumerStatements {
                 "UPDATE {s}.consumers SET last_error = $3 WHERE name = $1 AND generation = $2
                  RETURNING name"
             ),
+            reset: format!(
+                "UPDATE {s}.consumers SET attempts = 0, last_error = NULL
+                 WHERE name = $1 AND generation = $2
+                 RETURNING name"
+            ),
             isolate: format!(
-                "UPDATE {s}.consumers SET isolate_until = $3, attempts = 0
+                "UPDATE {s}.consumers SET isolate_until = $3, attempts = 0, last_error = NULL
                  WHERE name = $1 AND generation = $2
                  RETURNING name"
             ),

@@ -60,6 +60,7 @@ impl EventStore {
                     consumer_lock_key(self.schema_identifier(), name),
                     self.connector().clone(),
                     self.consumers().sql,
+                    self.config().operation_timeout(),
                 );
                 (Some(lease), Some(self.consumer_stats().stats(name)))
             }

@@ -36,7 +36,12 @@ pub(crate) struct Lease {
     holder: String,
     connector: Connector,
     sql: Arc<ConsumerStatements>,
-    state: tokio::sync::Mutex<Held>,
+    /// Bounds every statement on the lease connection: a connection that stops
+    /// answering (a partition) is dropped, and with it the lease.
+    timeout: Duration,
+    /// Never held across an `await`: a subscription's step may be abandoned at any
+    /// await (a `select!`), and nothing else may wait for it.
+    state: std::sync::Mutex<Held>,
     /// `scanned_to` of the last batch handed out under the current generation (reset
     /// to the checkpoint on taking over, under the lock): acks may not go beyond it.
     pub delivered: std::sync::atomic::AtomicU64,
@@ -44,7 +49,7 @@ pub(crate) struct Lease {
 
 #[derive(Default)]
 struct Held {
-    connection: Option<LeaseConnection>,
+    connection: Option<Arc<LeaseConnection>>,
     /// The generation this subscriber holds the consumer under, if it does.
     generation: Option<i64>,
     /// Events up to here are delivered one at a time (their batch failed too often).
@@ -61,12 +66,19 @@ fn position(p: u64) -> i64 {
     i64::try_from(p).unwrap_or(i64::MAX)
 }
 
+/// The server notices a holder that vanished (a crashed host, a partition) within
+/// about 10 + 3 × 5 s and releases its lock, rather than after the system's default of
+/// two hours; settable by any role.
+const KEEPALIVES: &str =
+    "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3";
+
 impl Lease {
     pub(crate) fn new(
         name: String,
         key: i64,
         connector: Connector,
         sql: Arc<ConsumerStatements>,
+        timeout: Duration,
     ) -> Self {
         let holder = format!("{}:{}", std::process::id(), uuid::Uuid::new_v4());
         Lease {
@@ -75,15 +87,22 @@ impl Lease {
             holder,
             connector,
             sql,
-            state: tokio::sync::Mutex::new(Held::default()),
+            timeout,
+            state: std::sync::Mutex::new(Held::default()),
             delivered: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
+    fn state(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Whether this subscriber holds the consumer (as far as it can tell: its lock's
     /// connection is alive).
-    pub(crate) async fn held(&self) -> bool {
-        let held = self.state.lock().await;
+    pub(crate) fn held(&self) -> bool {
+        let held = self.state();
         held.generation.is_some()
             && held
                 .connection
@@ -91,66 +110,114 @@ impl Lease {
                 .is_some_and(|c| !c.client.is_closed())
     }
 
+    /// `work` on the lease connection within the lease's time limit; a connection that
+    /// does not answer in time is dropped (its session, and lock, end with it).
+    async fn bounded<T>(
+        &self,
+        connection: &Arc<LeaseConnection>,
+        work: impl std::future::Future<Output = std::result::Result<T, tokio_postgres::Error>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(result) => result.map_err(Error::db),
+            Err(_) => {
+                let mut held = self.state();
+                if held
+                    .connection
+                    .as_ref()
+                    .is_some_and(|c| Arc::ptr_eq(c, connection))
+                {
+                    held.connection = None;
+                    held.generation = None;
+                }
+                Err(Error::Timeout {
+                    after: self.timeout,
+                    may_have_been_written: false,
+                })
+            }
+        }
+    }
+
+    async fn connection(&self) -> Result<Arc<LeaseConnection>> {
+        let current = self
+            .state()
+            .connection
+            .clone()
+            .filter(|c| !c.client.is_closed());
+        if let Some(connection) = current {
+            return Ok(connection);
+        }
+        let connect = async {
+            let client = self.connector.dedicated().await?;
+            client.batch_execute(KEEPALIVES).await.map_err(Error::db)?;
+            let ack = client.prepare(&self.sql.ack).await.map_err(Error::db)?;
+            let attempt = client.prepare(&self.sql.attempt).await.map_err(Error::db)?;
+            Ok::<_, Error>(LeaseConnection {
+                client,
+                ack,
+                attempt,
+            })
+        };
+        let connection = match tokio::time::timeout(self.timeout, connect).await {
+            Ok(connection) => Arc::new(connection?),
+            Err(_) => {
+                return Err(Error::Timeout {
+                    after: self.timeout,
+                    may_have_been_written: false,
+                })
+            }
+        };
+        let mut held = self.state();
+        held.connection = Some(connection.clone());
+        held.generation = None;
+        Ok(connection)
+    }
+
     /// Waits until this subscriber holds the consumer, trying every `poll`; returns
     /// where to resume (`start` when there is no checkpoint). A connection error is
     /// returned (the caller retries).
     pub(crate) async fn acquire(&self, poll: Duration, start: Option<u64>) -> Result<Resume> {
-        let mut held = self.state.lock().await;
-        held.generation = None;
+        self.state().generation = None;
         loop {
-            if held
-                .connection
-                .as_ref()
-                .is_none_or(|c| c.client.is_closed())
-            {
-                held.connection = None;
-                let client = self.connector.dedicated().await?;
-                let ack = client.prepare(&self.sql.ack).await.map_err(Error::db)?;
-                let attempt = client.prepare(&self.sql.attempt).await.map_err(Error::db)?;
-                held.connection = Some(LeaseConnection {
-                    client,
-                    ack,
-                    attempt,
-                });
-            }
-            let Some(connection) = &held.connection else {
-                continue;
-            };
+            let connection = self.connection().await?;
             let client = &connection.client;
-            let locked: bool = client
-                .query_one(self.sql.try_lock, &[&self.key])
-                .await
-                .map_err(Error::db)?
+            let locked: bool = self
+                .bounded(
+                    &connection,
+                    client.query_one(self.sql.try_lock, &[&self.key]),
+                )
+                .await?
                 .get(0);
             if locked {
-                client
-                    .execute(&self.sql.ensure, &[&self.name])
-                    .await
-                    .map_err(Error::db)?;
-                let row = client
-                    .query_one(&self.sql.take_over, &[&self.name, &self.holder])
-                    .await
-                    .map_err(Error::db)?;
+                self.bounded(&connection, client.execute(&self.sql.ensure, &[&self.name]))
+                    .await?;
+                let row = self
+                    .bounded(
+                        &connection,
+                        client.query_one(&self.sql.take_over, &[&self.name, &self.holder]),
+                    )
+                    .await?;
                 let generation: i64 = row.get(0);
                 let checkpoint = row.get::<_, Option<i64>>(1).map(|p| p as u64);
+                let mut held = self.state();
+                if !held
+                    .connection
+                    .as_ref()
+                    .is_some_and(|c| Arc::ptr_eq(c, &connection))
+                {
+                    continue; // the connection was dropped meanwhile: try again
+                }
                 held.isolate_until = row.get::<_, Option<i64>>(2).map(|p| p as u64);
                 held.generation = Some(generation);
                 self.delivered.store(
                     checkpoint.or(start).unwrap_or(0),
                     std::sync::atomic::Ordering::Release,
                 );
+                drop(held);
                 tracing::info!(consumer = %self.name, generation, ?checkpoint, "took over the consumer");
                 return Ok(Resume { checkpoint });
             }
             tokio::time::sleep(poll).await;
         }
-    }
-
-    /// Gives the lease up (the server releases the lock with the connection).
-    pub(crate) async fn release(&self) {
-        let mut held = self.state.lock().await;
-        held.generation = None;
-        held.connection = None;
     }
 
     /// Runs `which` with the consumer's name and generation as `$1` and `$2`, then
@@ -161,40 +228,65 @@ impl Lease {
         which: Guarded,
         rest: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>> {
-        let mut held = self.state.lock().await;
         let lost = || Error::LeaseLost {
             consumer: self.name.clone(),
         };
-        let Some(generation) = held.generation else {
-            return Err(lost());
-        };
-        let Some(connection) = held.connection.as_ref().filter(|c| !c.client.is_closed()) else {
-            held.generation = None;
-            return Err(lost());
-        };
-        if let Guarded::Ack(to) = which {
-            // Checked under the lock, so an ack cannot race a takeover's reset.
-            let delivered = self.delivered.load(std::sync::atomic::Ordering::Acquire);
-            if to > delivered {
-                return Err(Error::invalid(format!(
-                    "ack of position {to} beyond what was delivered ({delivered})"
-                )));
+        let (connection, generation) = {
+            let mut held = self.state();
+            let Some(generation) = held.generation else {
+                return Err(lost());
+            };
+            let Some(connection) = held.connection.clone().filter(|c| !c.client.is_closed()) else {
+                held.generation = None;
+                return Err(lost());
+            };
+            if let Guarded::Ack(to) = which {
+                // Checked under the lock, so an ack cannot race a takeover's reset.
+                let delivered = self.delivered.load(std::sync::atomic::Ordering::Acquire);
+                if to > delivered {
+                    return Err(Error::invalid(format!(
+                        "ack of position {to} beyond what was delivered ({delivered})"
+                    )));
+                }
             }
-        }
+            (connection, generation)
+        };
         let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
             vec![&self.name, &generation];
         params.extend_from_slice(rest);
         let client = &connection.client;
+        let sql = &self.sql;
         let rows = match which {
-            Guarded::Ack(_) => client.query(&connection.ack, &params).await,
-            Guarded::Attempt => client.query(&connection.attempt, &params).await,
-            Guarded::Failed => client.query(self.sql.failed.as_str(), &params).await,
-            Guarded::Isolate => client.query(self.sql.isolate.as_str(), &params).await,
-            Guarded::Park => client.query(self.sql.park.as_str(), &params).await,
-        }
-        .map_err(Error::db)?;
+            Guarded::Ack(_) => {
+                self.bounded(&connection, client.query(&connection.ack, &params))
+                    .await
+            }
+            Guarded::Attempt => {
+                self.bounded(&connection, client.query(&connection.attempt, &params))
+                    .await
+            }
+            Guarded::Failed => {
+                self.bounded(&connection, client.query(sql.failed.as_str(), &params))
+                    .await
+            }
+            Guarded::Isolate => {
+                self.bounded(&connection, client.query(sql.isolate.as_str(), &params))
+                    .await
+            }
+            Guarded::Park => {
+                self.bounded(&connection, client.query(sql.park.as_str(), &params))
+                    .await
+            }
+            Guarded::Reset => {
+                self.bounded(&connection, client.query(sql.reset.as_str(), &params))
+                    .await
+            }
+        }?;
         if rows.is_empty() {
-            held.generation = None;
+            let mut held = self.state();
+            if held.generation == Some(generation) {
+                held.generation = None;
+            }
             return Err(lost());
         }
         Ok(rows)
@@ -216,10 +308,8 @@ impl Lease {
     }
 
     /// Whether the event at `position` is to be delivered alone.
-    pub(crate) async fn isolated(&self, position: u64) -> bool {
-        self.state
-            .lock()
-            .await
+    pub(crate) fn isolated(&self, position: u64) -> bool {
+        self.state()
             .isolate_until
             .is_some_and(|until| position <= until)
     }
@@ -232,11 +322,18 @@ impl Lease {
     /// Delivers events up to `until` one at a time from now on (counts start again).
     pub(crate) async fn isolate(&self, until: u64) -> Result<()> {
         self.guarded(Guarded::Isolate, &[&position(until)]).await?;
-        self.state.lock().await.isolate_until = Some(until);
+        self.state().isolate_until = Some(until);
         Ok(())
     }
 
-    /// Parks the event at `at` with its error and moves the checkpoint past it.
+    /// Forgets the attempt count (a consumer that stops on a failing event tries it
+    /// afresh when started again).
+    pub(crate) async fn reset_attempts(&self) -> Result<()> {
+        self.guarded(Guarded::Reset, &[]).await.map(|_| ())
+    }
+
+    /// Parks the event at `at` with its error and moves the checkpoint past it; the
+    /// stored checkpoint.
     pub(crate) async fn park(&self, at: u64, attempts: u32, error: &str) -> Result<()> {
         let attempts = attempts.min(i32::MAX as u32) as i32;
         self.guarded(Guarded::Park, &[&position(at), &attempts, &error])
@@ -254,6 +351,7 @@ enum Guarded {
     Failed,
     Isolate,
     Park,
+    Reset,
 }
 
 /// A parked event: one a consumer's handler failed `max_attempts` times.

@@ -176,9 +176,9 @@ pub(crate) async fn run_delivery(
             break outcome;
         }
     };
-    if let Some(lease) = &subscription.shared().lease {
-        lease.release().await;
-    }
+    // Dropping the subscription (and a step it may have left mid-way) closes the lease
+    // connection: the server releases the lock and a standby takes over.
+    drop(subscription);
     outcome
 }
 
@@ -207,7 +207,7 @@ async fn deliver(
     let mut next = 0;
     while next < events.len() {
         let first = events[next].position;
-        let end = if lease.isolated(first).await {
+        let end = if lease.isolated(first) {
             next + 1
         } else {
             events.len()
@@ -235,17 +235,20 @@ async fn deliver(
                     lease.park(first, tried, &error).await?;
                     if let Some(stats) = &shared.stats {
                         stats.parked.fetch_add(1, Ordering::Relaxed);
+                        stats.checkpoint.fetch_max(first, Ordering::Relaxed);
                     }
                     next = end;
                     continue;
                 }
                 OnFailure::Stop => {
+                    // Started again, the consumer tries the event afresh.
+                    lease.reset_attempts().await?;
                     return Err(Error::DeliveryFailed {
                         consumer: lease.name.clone(),
                         position: first,
                         attempts: tried,
                         error,
-                    })
+                    });
                 }
             }
         }
@@ -256,7 +259,13 @@ async fn deliver(
         };
         match recipient.send(Deliver { batch: chunk }).await {
             Ok(Ok(())) => {
-                subscription.ack(scanned_to).await?;
+                // Handled: only the ack is retried now, never the delivery (which would
+                // count as another attempt).
+                if let Some(stopped) =
+                    ack_until_done(subscription, settings, scanned_to, stop).await?
+                {
+                    return Ok(stopped);
+                }
                 next = end;
             }
             Ok(Err(error)) => {
@@ -274,6 +283,34 @@ async fn deliver(
         }
     }
     Ok(Delivered::All)
+}
+
+/// Acks `to`, retrying transient failures with a growing pause; `Some` when stopped
+/// meanwhile. `LeaseLost` and invalid acks are returned.
+async fn ack_until_done(
+    subscription: &Subscription,
+    settings: &DeliverySettings,
+    to: u64,
+    stop: &mut oneshot::Receiver<()>,
+) -> Result<Option<Delivered>> {
+    let mut failures = 0u32;
+    loop {
+        match subscription.ack(to).await {
+            Ok(()) => return Ok(None),
+            Err(error @ (Error::LeaseLost { .. } | Error::InvalidInput { .. })) => {
+                return Err(error)
+            }
+            Err(error) => {
+                failures += 1;
+                tracing::warn!(%error, "consumer: ack failed; retrying the ack");
+                let pause = (settings.retry_backoff * failures.min(50)).min(MAX_BACKOFF);
+                tokio::select! {
+                    _ = &mut *stop => return Ok(Some(Delivered::Stopped)),
+                    () = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
+    }
 }
 
 /// What replaying parked events did.

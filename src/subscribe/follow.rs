@@ -102,9 +102,16 @@ impl Follower {
                         self.wait(false).await;
                     }
                 }
-                // The database showed newer events than the buffer has: if the
-                // follower task does not catch up within the poll interval, read.
-                Take::Ahead => self.wait(true).await,
+                // The database showed newer events than the buffer has: report
+                // progress if due; if the follower task does not catch up within the
+                // poll interval, read.
+                Take::Ahead => {
+                    let at = self.scanned_to;
+                    if let Some(batch) = self.batch(Vec::new(), at, self.announced) {
+                        return Ok(batch);
+                    }
+                    self.wait(true).await;
+                }
                 Take::Behind => {
                     self.read_database = false;
                     let read = self.read().await?;
@@ -165,6 +172,8 @@ impl Follower {
         } else {
             self.poll
         };
+        // Nothing is due now that the caller did not send: never spin.
+        let limit = if limit.is_zero() { self.poll } else { limit };
         tokio::select! {
             changed = self.moved.changed() => {
                 if changed.is_err() {
@@ -189,7 +198,7 @@ pub(crate) async fn step(
 ) -> (Box<Follower>, Result<EventBatch>) {
     loop {
         if let Some(lease) = &shared.lease {
-            if !lease.held().await {
+            if !lease.held() {
                 shared.set_holding(false);
                 match lease.acquire(shared.standby_poll, shared.start_after).await {
                     Ok(resume) => {
@@ -211,7 +220,7 @@ pub(crate) async fn step(
         let result = follower.next_batch().await;
         if let Ok(batch) = &result {
             if let Some(lease) = &shared.lease {
-                if !lease.held().await {
+                if !lease.held() {
                     continue;
                 }
             }

@@ -596,6 +596,65 @@ async fn a_consumer_configured_to_stop_stops_before_the_failing_event() {
     assert_eq!(store.checkpoint("stop-1").await.unwrap(), Some(3));
     assert_eq!(seen.lock().unwrap().iter().max(), Some(&3));
     assert!(store.parked("stop-1").await.unwrap().is_empty());
+
+    // Fixed and started again: the event that stopped it is tried afresh.
+    let (fixed, seen_again, _) = handler(&[]);
+    let options = SubscribeOptions::default()
+        .consumer("stop-1")
+        .max_attempts(2)
+        .on_failure(OnFailure::Stop);
+    let query = Query::new([QueryItem::new().types(["E"])]);
+    let handle = store
+        .subscribe_recipient(query, options, fixed.recipient())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), || {
+        seen_again.lock().unwrap().len() >= 7
+    })
+    .await;
+    let mut again = seen_again.lock().unwrap().clone();
+    again.dedup();
+    assert_eq!(again, (4..=10).collect::<Vec<_>>());
+    handle.stop().await;
+}
+
+#[actix::test]
+async fn a_standby_stops_at_once_and_answers_acks() {
+    let schema = support::unique_schema("sub_standby_stop");
+    let a = EventStore::connect(support::config(&schema)).await.unwrap();
+    let b = EventStore::connect(support::config(&schema)).await.unwrap();
+    a.append(vec![support::event("E", &[])], None)
+        .await
+        .unwrap();
+    let query = Query::new([QueryItem::new().types(["E"])]);
+    let options = SubscribeOptions::default()
+        .consumer("standby-stop")
+        .standby_poll(Duration::from_millis(50));
+    let mut holder = a.subscribe(query.clone(), options.clone()).await.unwrap();
+    holder.next().await.unwrap().unwrap();
+
+    // A standby abandoned mid-wait (a timed-out `next`) still answers an ack at once.
+    let mut standby = b.subscribe(query.clone(), options.clone()).await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), standby.next())
+            .await
+            .is_err()
+    );
+    let ack = tokio::time::timeout(Duration::from_secs(2), standby.ack(0)).await;
+    assert!(matches!(ack, Ok(Err(Error::LeaseLost { .. }))), "{ack:?}");
+
+    // A delivery that stands by stops at once, and gives nothing up it did not hold.
+    let (addr, seen, _) = handler(&[]);
+    let handle = b
+        .subscribe_recipient(query, options, addr.recipient())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::timeout(Duration::from_secs(2), handle.stop())
+        .await
+        .expect("stop returns while standing by");
+    assert!(seen.lock().unwrap().is_empty());
+    holder.ack(1).await.unwrap();
 }
 
 /// Never answers: the delivery hangs like a process that died mid-batch.
