@@ -28,6 +28,9 @@
 //! - Appends arriving while a batch is written form the next batch: one transaction,
 //!   one prepared statement per round, each caller its own result.
 //! - Reads use statements prepared once per query shape on each reader's connection.
+//! - Subscriptions follow a query from any position, history then live, each event
+//!   once and in order; durable consumers keep a checkpoint in the schema and have one
+//!   holder at a time across processes ([`EventStore::subscribe`]).
 //! - Instrumentation goes through a bounded channel to a metrics actor.
 //!
 //! See `ARCHITECTURE.md` for the actors, their messages and the invariants.

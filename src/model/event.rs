@@ -47,7 +47,7 @@ impl Event {
     }
 
     /// A new event whose data is already-serialized JSON text. The text is checked
-    /// when the event is appended; invalid JSON is refused with [`Error::InvalidInput`].
+    /// when the event is appended; invalid JSON is refused with [`Error::InvalidInput`](crate::Error::InvalidInput).
     pub fn from_json(event_type: impl Into<String>, data_json: impl Into<String>) -> Self {
         Self::with_data_text(event_type.into(), JsonText::from_text(data_json.into()))
     }
