@@ -925,3 +925,79 @@ async fn a_standby_in_the_same_process_does_not_hide_the_holder_in_metrics() {
     drop(standby);
     assert!(!holding(store.clone()).await);
 }
+
+#[actix::test]
+async fn concurrent_writers_slow_subscribers_and_small_buffers_never_skip_or_repeat() {
+    let schema = support::unique_schema("sub_stress");
+    let a = EventStore::connect(support::config(&schema)).await.unwrap();
+    let b = EventStore::connect(support::config(&schema).with_subscription_buffer(30, 1 << 20))
+        .await
+        .unwrap();
+    let mut gen = Gen::new();
+    let seed = gen.seed();
+    // Subscribers on both stores, random queries and batch sizes, half of them slow.
+    let mut followers = Vec::new();
+    for i in 0..8 {
+        let query = gen.query();
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let batch_size = gen.rng().gen_range(1..40);
+        let slow = i % 4 < 2;
+        let mut sub = store
+            .subscribe(
+                query.clone(),
+                SubscribeOptions::default().batch_size(batch_size),
+            )
+            .await
+            .unwrap();
+        let (done_tx, mut done_rx) = tokio::sync::watch::channel(None::<usize>);
+        let task = actix::spawn(async move {
+            let mut got: Vec<u64> = Vec::new();
+            loop {
+                if let Some(want) = *done_rx.borrow_and_update() {
+                    if got.len() >= want {
+                        break;
+                    }
+                }
+                let batch = tokio::select! {
+                    next = sub.next() => next.unwrap().unwrap(),
+                    _ = done_rx.changed() => continue,
+                };
+                assert!(batch.events.len() <= batch_size);
+                got.extend(batch.events.iter().map(|e| e.position));
+                if slow {
+                    tokio::time::sleep(Duration::from_millis(15)).await;
+                }
+            }
+            got
+        });
+        followers.push((query, done_tx, task));
+    }
+    // Writers in both stores, plain and conditional appends of 1 to 5 events.
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let store = if w % 2 == 0 { a.clone() } else { b.clone() };
+            let mut gen = Gen::new();
+            actix::spawn(async move {
+                for _ in 0..40 {
+                    let n = gen.rng().gen_range(1..=5);
+                    let events: Vec<Event> = (0..n).map(|_| gen.event()).collect();
+                    let condition = gen
+                        .rng()
+                        .gen_bool(0.3)
+                        .then(|| dcb_store::AppendCondition::new(gen.query(), None));
+                    let _ = store.append(events, condition).await;
+                }
+            })
+        })
+        .collect();
+    support::results(writers).await;
+    for (query, done, task) in followers {
+        let expected = all_matching(&a, &query).await;
+        done.send(Some(expected.len())).unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("the subscriber caught up")
+            .unwrap();
+        assert_eq!(got, expected, "seed {seed}: {query:?}");
+    }
+}
