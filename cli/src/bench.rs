@@ -461,12 +461,12 @@ pub(crate) fn cpu_seconds() -> f64 {
 }
 
 /// Resets the kernel's peak-RSS mark, so each measurement reports its own peak.
-fn reset_peak_rss() {
+pub(crate) fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 /// Peak resident set size since the last reset (`VmHWM`), in MiB.
-fn peak_rss_mib() -> f64 {
+pub(crate) fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {

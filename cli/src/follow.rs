@@ -55,6 +55,7 @@ pub async fn run(config: Config, args: &BenchArgs) -> Result<std::process::ExitC
     for subscribers in [1usize, 100] {
         fan_out(&config, subscribers, args.seconds, json).await?;
     }
+    slow_subscriber_memory(&config, json).await?;
     Ok(std::process::ExitCode::SUCCESS)
 }
 
@@ -136,6 +137,67 @@ async fn subscription_rate(store: &EventStore) -> Result<(u64, f64), Error> {
         delivered,
         delivered as f64 / started.elapsed().as_secs_f64(),
     ))
+}
+
+/// Peak memory while 100 subscribers do not poll and 200,000 events (about 300 bytes
+/// each) are appended, then while they catch up: bounded by the shared buffer, not by
+/// what they have not read.
+async fn slow_subscriber_memory(config: &Config, json: bool) -> Result<(), Error> {
+    let schema = schema("slow");
+    let store = EventStore::connect(config.clone().with_schema(&schema)).await?;
+    let mut subs = Vec::new();
+    for i in 0..100 {
+        let query = Query::new([QueryItem::new().tags([format!("k:{i}")])]);
+        let mut sub = store.subscribe(query, SubscribeOptions::default()).await?;
+        let _ = sub.next().await; // at the head
+        subs.push(sub);
+    }
+    crate::bench::reset_peak_rss();
+    let before = crate::bench::peak_rss_mib();
+    let payload = "x".repeat(250);
+    for chunk in 0..2_000u64 {
+        let events = (0..100u64)
+            .map(|i| {
+                let tag = format!("k:{}", (chunk * 100 + i) % 100);
+                Event::new("Bulk", serde_json::json!({"p": payload})).with_tags([tag])
+            })
+            .collect();
+        store.append(events, None).await?;
+    }
+    let written = crate::bench::peak_rss_mib();
+    let mut delivered = 0u64;
+    for sub in &mut subs {
+        sub_caught_up(sub, &mut delivered).await?;
+    }
+    let caught_up = crate::bench::peak_rss_mib();
+    emit(
+        json,
+        Row {
+            measure: "slow subscribers: peak RSS".into(),
+            setting: "100 subscribers, 200,000 events unread".into(),
+            value: written,
+            unit: "MiB",
+            detail: format!(
+                "{before:.1} MiB before the appends; {caught_up:.1} MiB after all caught up ({delivered} events delivered)"
+            ),
+        },
+    );
+    Ok(())
+}
+
+/// Takes batches from `sub` until one reaches the head; counts their events.
+async fn sub_caught_up(
+    sub: &mut dcb_store::Subscription,
+    delivered: &mut u64,
+) -> Result<(), Error> {
+    while let Some(batch) = sub.next().await {
+        let batch = batch?;
+        *delivered += batch.events.len() as u64;
+        if batch.caught_up {
+            break;
+        }
+    }
+    Ok(())
 }
 
 fn schema(what: &str) -> String {

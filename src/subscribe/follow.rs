@@ -29,8 +29,9 @@ pub(crate) struct Follower {
     /// Where to start when no checkpoint says otherwise.
     start_after: Option<u64>,
     scanned_to: u64,
-    /// Whether the batch that reached the head was sent.
-    announced: bool,
+    /// Whether the last batch sent was at the head: a batch that reaches the head after
+    /// one that was not is always sent.
+    at_head_sent: bool,
     last_sent: u64,
     last_sent_at: Instant,
     heartbeat: Duration,
@@ -59,7 +60,7 @@ impl Follower {
             batch_size,
             start_after,
             scanned_to: start,
-            announced: false,
+            at_head_sent: false,
             last_sent: start,
             last_sent_at: Instant::now(),
             heartbeat,
@@ -74,7 +75,7 @@ impl Follower {
         let start = checkpoint.or(self.start_after).unwrap_or(0);
         self.scanned_to = start;
         self.last_sent = start;
-        self.announced = false;
+        self.at_head_sent = false;
         self.last_sent_at = Instant::now();
     }
 
@@ -107,7 +108,8 @@ impl Follower {
                 // poll interval, read.
                 Take::Ahead => {
                     let at = self.scanned_to;
-                    if let Some(batch) = self.batch(Vec::new(), at, self.announced) {
+                    // A read said this is its head: at the head as far as known.
+                    if let Some(batch) = self.batch(Vec::new(), at, true) {
                         return Ok(batch);
                     }
                     self.wait(true).await;
@@ -145,13 +147,13 @@ impl Follower {
         caught_up: bool,
     ) -> Option<EventBatch> {
         self.scanned_to = scanned_to;
-        let first_at_head = caught_up && !self.announced;
+        let reached_head = caught_up && !self.at_head_sent;
         let progress_due =
             scanned_to > self.last_sent && self.last_sent_at.elapsed() >= self.heartbeat;
-        if events.is_empty() && !first_at_head && !progress_due {
+        if events.is_empty() && !reached_head && !progress_due {
             return None;
         }
-        self.announced |= caught_up;
+        self.at_head_sent = caught_up;
         self.last_sent = scanned_to;
         self.last_sent_at = Instant::now();
         Some(EventBatch {

@@ -167,8 +167,8 @@ impl SubscribeOptions {
     }
 
     /// How often, at most, an empty batch reports progress (`scanned_to`) when no
-    /// event matches (default 1 s). The batch that reaches the head first is always
-    /// sent.
+    /// event matches (default 1 s). A batch that reaches the head after one that did
+    /// not is always sent at once, empty or not.
     #[must_use]
     pub fn heartbeat(mut self, interval: Duration) -> Self {
         self.heartbeat = interval;
@@ -202,8 +202,8 @@ pub struct EventBatch {
     pub scanned_to: u64,
     /// Whether the subscription has reached the head: `scanned_to` is the newest
     /// position this process knew of when the batch was made (the shared buffer's
-    /// tail, or the head a read saw). The first batch that reaches it is always sent,
-    /// even when empty.
+    /// tail, or the head a read saw). A batch that reaches it after one that did not
+    /// is always sent, even when empty.
     pub caught_up: bool,
 }
 

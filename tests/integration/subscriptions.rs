@@ -1001,3 +1001,42 @@ async fn concurrent_writers_slow_subscribers_and_small_buffers_never_skip_or_rep
         assert_eq!(got, expected, "seed {seed}: {query:?}");
     }
 }
+
+#[actix::test]
+async fn reaching_the_head_again_is_reported_at_once() {
+    let schema = support::unique_schema("sub_rehead");
+    let store = EventStore::connect(support::config(&schema).with_subscription_buffer(5, 1 << 20))
+        .await
+        .unwrap();
+    let query = Query::new([QueryItem::new().types(["E"])]);
+    let options = SubscribeOptions::default()
+        .batch_size(10)
+        .heartbeat(Duration::from_secs(30));
+    let mut sub = store.subscribe(query, options).await.unwrap();
+    assert!(sub.next().await.unwrap().unwrap().caught_up);
+    // Fall behind by exactly four batches, past the buffer.
+    for _ in 0..4 {
+        let events = (0..10).map(|_| support::event("E", &[])).collect();
+        store.append(events, None).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut got = 0;
+    let started = std::time::Instant::now();
+    loop {
+        let batch = tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .expect("no heartbeat wait")
+            .unwrap()
+            .unwrap();
+        got += batch.events.len();
+        if batch.caught_up {
+            break;
+        }
+    }
+    assert_eq!(got, 40);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
