@@ -3,19 +3,14 @@
 //! stored and pass.
 
 use std::process::{Command, Output, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use dcb_store::EmbeddedPostgres;
 
-/// The database of this file's tests (`DATABASE_URL`, or else a throwaway server).
-fn database_url() -> String {
-    static SERVER: OnceLock<(String, Option<EmbeddedPostgres>)> = OnceLock::new();
-    SERVER
-        .get_or_init(|| EmbeddedPostgres::url_from_env_or_start().expect("a database"))
-        .0
-        .clone()
-}
+mod common;
+
+use common::{database_url, unique_schema};
 
 /// `dcb-store demo` with a small world against `url`.
 fn demo(url: &str, schema: &str, seconds: u64) -> std::process::Child {
@@ -61,10 +56,7 @@ fn the_demo_rides_through_a_server_restart() {
 #[test]
 fn two_demos_on_one_schema_both_pass() {
     let url = database_url();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let schema = format!("t_two_demos_{}_{nanos}", std::process::id());
+    let schema = unique_schema("two_demos");
     let (a, b) = (demo(&url, &schema, 4), demo(&url, &schema, 4));
     let (a, b) = (
         a.wait_with_output().expect("demo a ends"),

@@ -6,25 +6,11 @@
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use dcb_store::EmbeddedPostgres;
+mod common;
 
-fn database_url() -> String {
-    static SERVER: OnceLock<(String, Option<EmbeddedPostgres>)> = OnceLock::new();
-    SERVER
-        .get_or_init(|| EmbeddedPostgres::url_from_env_or_start().expect("a database"))
-        .0
-        .clone()
-}
-
-fn schema(name: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    format!("t_{name}_{}_{nanos}", std::process::id())
-}
+use common::{database_url, unique_schema};
 
 fn command(schema: &str, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_dcb-store"));
@@ -90,7 +76,7 @@ fn position_of(line: &str) -> u64 {
 
 #[test]
 fn append_read_and_tail_from_a_shell() {
-    let schema = schema("shell");
+    let schema = unique_schema("shell");
     let lines = vec![
         r#"{"type":"A","tags":["c:1"],"data":{"n":1}}"#.to_owned(),
         r#"{"type":"B","tags":["c:1"],"data":{"n":2},"metadata":{"by":"me"}}"#.to_owned(),
@@ -145,7 +131,7 @@ fn append_read_and_tail_from_a_shell() {
 
 #[test]
 fn a_consumer_killed_mid_stream_resumes_without_skipping() {
-    let schema = schema("killed");
+    let schema = unique_schema("killed");
     let total = 3_000u64;
     let lines: Vec<String> = (0..total)
         .map(|i| format!(r#"{{"type":"E","tags":["k"],"data":{{"i":{i}}}}}"#))

@@ -20,8 +20,6 @@ pub(crate) struct ConsumerStats {
     pub caught_up: AtomicBool,
     /// The stored checkpoint (0: none).
     pub checkpoint: AtomicU64,
-    /// How far delivery has scanned.
-    pub scanned_to: AtomicU64,
     /// Unix time of the last batch, in milliseconds.
     pub last_progress_ms: AtomicU64,
     /// Age of the newest event of the last batch when it was sent (0 once caught up),
@@ -30,14 +28,13 @@ pub(crate) struct ConsumerStats {
 }
 
 impl ConsumerStats {
-    /// Counts a batch handed to the consumer; `head` is the newest position known.
-    pub(crate) fn sent(&self, batch: &EventBatch, _head: u64) {
+    /// Counts a batch handed to the consumer.
+    pub(crate) fn sent(&self, batch: &EventBatch) {
         let now = chrono::Utc::now();
         self.delivered
             .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.caught_up.store(batch.caught_up, Ordering::Relaxed);
-        self.scanned_to.store(batch.scanned_to, Ordering::Relaxed);
         self.last_progress_ms
             .store(now.timestamp_millis().max(0) as u64, Ordering::Relaxed);
         let lag = match (batch.caught_up, batch.events.last()) {

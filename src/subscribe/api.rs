@@ -29,7 +29,8 @@ impl EventStore {
     ///
     /// # Errors
     /// [`Error::InvalidInput`] for a query beyond the limits, a batch size of 0, or an
-    /// invalid consumer name; database errors creating the consumer.
+    /// invalid consumer name. (A durable consumer's row is created when it first takes
+    /// the lease; errors doing so come from [`Subscription::next`].)
     ///
     /// # Example
     /// ```no_run
@@ -54,7 +55,6 @@ impl EventStore {
         let (lease, stats) = match &options.consumer {
             Some(name) => {
                 validate_consumer_name(name)?;
-                self.consumers().ensure(name).await?;
                 let lease = Lease::new(
                     name.clone(),
                     consumer_lock_key(self.schema_identifier(), name),

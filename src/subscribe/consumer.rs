@@ -58,8 +58,9 @@ struct Held {
 
 struct LeaseConnection {
     client: Client,
-    ack: Statement,
-    attempt: Statement,
+    /// The statements of [`Guarded`], prepared once per connection, in `Guarded::ALL`'s
+    /// order.
+    guarded: Vec<Statement>,
 }
 
 fn position(p: u64) -> i64 {
@@ -129,11 +130,15 @@ impl Lease {
                     held.connection = None;
                     held.generation = None;
                 }
-                Err(Error::Timeout {
-                    after: self.timeout,
-                    may_have_been_written: false,
-                })
+                Err(self.timed_out())
             }
+        }
+    }
+
+    fn timed_out(&self) -> Error {
+        Error::Timeout {
+            after: self.timeout,
+            may_have_been_written: false,
         }
     }
 
@@ -149,22 +154,16 @@ impl Lease {
         let connect = async {
             let client = self.connector.dedicated().await?;
             client.batch_execute(KEEPALIVES).await.map_err(Error::db)?;
-            let ack = client.prepare(&self.sql.ack).await.map_err(Error::db)?;
-            let attempt = client.prepare(&self.sql.attempt).await.map_err(Error::db)?;
-            Ok::<_, Error>(LeaseConnection {
-                client,
-                ack,
-                attempt,
-            })
+            let mut guarded = Vec::with_capacity(Guarded::ALL.len());
+            for which in Guarded::ALL {
+                let text = which.sql(&self.sql);
+                guarded.push(client.prepare(text).await.map_err(Error::db)?);
+            }
+            Ok::<_, Error>(LeaseConnection { client, guarded })
         };
         let connection = match tokio::time::timeout(self.timeout, connect).await {
             Ok(connection) => Arc::new(connection?),
-            Err(_) => {
-                return Err(Error::Timeout {
-                    after: self.timeout,
-                    may_have_been_written: false,
-                })
-            }
+            Err(_) => return Err(self.timed_out()),
         };
         let mut held = self.state();
         held.connection = Some(connection.clone());
@@ -254,34 +253,10 @@ impl Lease {
         let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
             vec![&self.name, &generation];
         params.extend_from_slice(rest);
-        let client = &connection.client;
-        let sql = &self.sql;
-        let rows = match which {
-            Guarded::Ack(_) => {
-                self.bounded(&connection, client.query(&connection.ack, &params))
-                    .await
-            }
-            Guarded::Attempt => {
-                self.bounded(&connection, client.query(&connection.attempt, &params))
-                    .await
-            }
-            Guarded::Failed => {
-                self.bounded(&connection, client.query(sql.failed.as_str(), &params))
-                    .await
-            }
-            Guarded::Isolate => {
-                self.bounded(&connection, client.query(sql.isolate.as_str(), &params))
-                    .await
-            }
-            Guarded::Park => {
-                self.bounded(&connection, client.query(sql.park.as_str(), &params))
-                    .await
-            }
-            Guarded::Reset => {
-                self.bounded(&connection, client.query(sql.reset.as_str(), &params))
-                    .await
-            }
-        }?;
+        let statement = &connection.guarded[which.slot()];
+        let rows = self
+            .bounded(&connection, connection.client.query(statement, &params))
+            .await?;
         if rows.is_empty() {
             let mut held = self.state();
             if held.generation == Some(generation) {
@@ -354,6 +329,40 @@ enum Guarded {
     Reset,
 }
 
+impl Guarded {
+    /// Each statement once, in the order `LeaseConnection::guarded` holds them.
+    const ALL: [Guarded; 6] = [
+        Guarded::Ack(0),
+        Guarded::Attempt,
+        Guarded::Failed,
+        Guarded::Isolate,
+        Guarded::Park,
+        Guarded::Reset,
+    ];
+
+    fn slot(self) -> usize {
+        match self {
+            Guarded::Ack(_) => 0,
+            Guarded::Attempt => 1,
+            Guarded::Failed => 2,
+            Guarded::Isolate => 3,
+            Guarded::Park => 4,
+            Guarded::Reset => 5,
+        }
+    }
+
+    fn sql(self, sql: &ConsumerStatements) -> &str {
+        match self {
+            Guarded::Ack(_) => &sql.ack,
+            Guarded::Attempt => &sql.attempt,
+            Guarded::Failed => &sql.failed,
+            Guarded::Isolate => &sql.isolate,
+            Guarded::Park => &sql.park,
+            Guarded::Reset => &sql.reset,
+        }
+    }
+}
+
 /// A parked event: one a consumer's handler failed `max_attempts` times.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -384,15 +393,6 @@ impl Consumers {
         Ok(row
             .and_then(|r| r.get::<_, Option<i64>>(0))
             .map(|p| p as u64))
-    }
-
-    pub(crate) async fn ensure(&self, name: &str) -> Result<()> {
-        let client = self.connector.pooled().await?;
-        client
-            .execute(&self.sql.ensure, &[&name])
-            .await
-            .map_err(Error::db)?;
-        Ok(())
     }
 
     pub(crate) async fn parked(&self, name: &str) -> Result<Vec<ParkedEvent>> {

@@ -133,53 +133,74 @@ pub(crate) async fn run_delivery(
             _ = &mut stop => break Ok(()),
             next = subscription.next() => next,
         };
-        let batch = match next {
+        match next {
             Some(Ok(batch)) => {
                 failures = 0;
-                batch
+                let delivered =
+                    deliver_until_done(&subscription, &recipient, &settings, &batch, &mut stop);
+                if let Some(outcome) = delivered.await {
+                    break outcome;
+                }
             }
             Some(Err(error)) => {
                 failures += 1;
                 tracing::warn!(%error, "consumer: cannot get the next batch; retrying");
-                let pause = (settings.retry_backoff * failures.min(50)).min(MAX_BACKOFF);
-                tokio::select! {
-                    _ = &mut stop => break Ok(()),
-                    () = tokio::time::sleep(pause) => continue,
+                let pause = growing_pause(settings.retry_backoff, failures);
+                if !sleep_unless_stopped(pause, &mut stop).await {
+                    break Ok(());
                 }
             }
             None => break Ok(()),
-        };
-        // The same batch again after a transient failure (the database, an ack): the
-        // subscription has moved past it, so dropping it would skip its events.
-        let mut failures = 0u32;
-        let ended = loop {
-            match deliver(&subscription, &recipient, &settings, &batch, &mut stop).await {
-                Ok(Delivered::All) => break None,
-                Ok(Delivered::Stopped) => break Some(Ok(())),
-                // Another subscriber took over: this one stands by again, and resumes
-                // from the stored checkpoint (the batch comes again if it must).
-                Err(Error::LeaseLost { .. }) => break None,
-                Err(error @ Error::DeliveryFailed { .. }) => break Some(Err(error)),
-                Err(Error::Closed { .. }) if !recipient.connected() => break Some(Ok(())),
-                Err(error) => {
-                    failures += 1;
-                    tracing::warn!(%error, "consumer: delivery failed; delivering the batch again");
-                    let pause = (settings.retry_backoff * failures.min(50)).min(MAX_BACKOFF);
-                    tokio::select! {
-                        _ = &mut stop => break Some(Ok(())),
-                        () = tokio::time::sleep(pause) => {}
-                    }
-                }
-            }
-        };
-        if let Some(outcome) = ended {
-            break outcome;
         }
     };
     // Dropping the subscription (and a step it may have left mid-way) closes the lease
     // connection: the server releases the lock and a standby takes over.
     drop(subscription);
     outcome
+}
+
+/// Delivers `batch`, again after a transient failure (the subscription has moved past
+/// it, so dropping it would skip its events); `Some` when delivery is over.
+async fn deliver_until_done(
+    subscription: &Subscription,
+    recipient: &Recipient<Deliver>,
+    settings: &DeliverySettings,
+    batch: &EventBatch,
+    stop: &mut oneshot::Receiver<()>,
+) -> Option<Result<()>> {
+    let mut failures = 0u32;
+    loop {
+        match deliver(subscription, recipient, settings, batch, stop).await {
+            Ok(Delivered::All) => return None,
+            Ok(Delivered::Stopped) => return Some(Ok(())),
+            // Another subscriber took over: this one stands by again, and resumes from
+            // the stored checkpoint (the batch comes again if it must).
+            Err(Error::LeaseLost { .. }) => return None,
+            Err(error @ Error::DeliveryFailed { .. }) => return Some(Err(error)),
+            Err(Error::Closed { .. }) if !recipient.connected() => return Some(Ok(())),
+            Err(error) => {
+                failures += 1;
+                tracing::warn!(%error, "consumer: delivery failed; delivering the batch again");
+                let pause = growing_pause(settings.retry_backoff, failures);
+                if !sleep_unless_stopped(pause, stop).await {
+                    return Some(Ok(()));
+                }
+            }
+        }
+    }
+}
+
+/// The pause before the `failures`-th retry of a transient failure.
+fn growing_pause(base: Duration, failures: u32) -> Duration {
+    (base * failures.min(50)).min(MAX_BACKOFF)
+}
+
+/// Sleeps `pause`; false when `stop` fired first.
+async fn sleep_unless_stopped(pause: Duration, stop: &mut oneshot::Receiver<()>) -> bool {
+    tokio::select! {
+        _ = stop => false,
+        () = tokio::time::sleep(pause) => true,
+    }
 }
 
 enum Delivered {
@@ -274,9 +295,8 @@ async fn deliver(
                     .retry_backoff
                     .saturating_mul(1 << attempt.attempts.min(16).saturating_sub(1))
                     .min(MAX_BACKOFF);
-                tokio::select! {
-                    _ = &mut *stop => return Ok(Delivered::Stopped),
-                    () = tokio::time::sleep(pause) => {}
+                if !sleep_unless_stopped(pause, stop).await {
+                    return Ok(Delivered::Stopped);
                 }
             }
             Err(_mailbox) => return Err(Error::CLOSED),
@@ -303,10 +323,9 @@ async fn ack_until_done(
             Err(error) => {
                 failures += 1;
                 tracing::warn!(%error, "consumer: ack failed; retrying the ack");
-                let pause = (settings.retry_backoff * failures.min(50)).min(MAX_BACKOFF);
-                tokio::select! {
-                    _ = &mut *stop => return Ok(Some(Delivered::Stopped)),
-                    () = tokio::time::sleep(pause) => {}
+                let pause = growing_pause(settings.retry_backoff, failures);
+                if !sleep_unless_stopped(pause, stop).await {
+                    return Ok(Some(Delivered::Stopped));
                 }
             }
         }

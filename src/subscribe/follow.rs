@@ -174,8 +174,8 @@ impl Follower {
         } else {
             self.poll
         };
-        // Nothing is due now that the caller did not send: never spin.
-        let limit = if limit.is_zero() { self.poll } else { limit };
+        // A heartbeat due this very instant is sent by the next step: never spin.
+        let limit = limit.max(Duration::from_millis(1));
         tokio::select! {
             changed = self.moved.changed() => {
                 if changed.is_err() {
@@ -230,7 +230,7 @@ pub(crate) async fn step(
                 lease.delivered.store(batch.scanned_to, Ordering::Release);
             }
             if let Some(stats) = &shared.stats {
-                stats.sent(batch, follower.tail.tail());
+                stats.sent(batch);
             }
         }
         return (follower, result);

@@ -312,22 +312,19 @@ impl BatchJob {
     /// Answers each caller; counts outcomes into one record per batch, not per append;
     /// wakes this process's subscribers with the new head.
     fn reply(&self, batch: Vec<Pending>, results: Vec<Result<AppendResult>>) {
-        let (mut events, mut conditions_failed) = (0u32, 0u32);
-        let head = results
-            .iter()
-            .filter_map(|r| r.as_ref().ok().map(|r| r.last_position))
-            .max();
-        if let Some(head) = head {
-            self.heads.advance(head);
-        }
+        let (mut events, mut conditions_failed, mut head) = (0u32, 0u32, 0u64);
         for (pending, result) in batch.into_iter().zip(results) {
             match &result {
-                Ok(r) => events += (r.last_position - r.first_position + 1) as u32,
+                Ok(r) => {
+                    events += (r.last_position - r.first_position + 1) as u32;
+                    head = head.max(r.last_position);
+                }
                 Err(Error::ConditionFailed { .. }) => conditions_failed += 1,
                 Err(_) => {}
             }
             pending.answer(result);
         }
+        self.heads.advance(head);
         if events > 0 || conditions_failed > 0 {
             self.metrics.record(Record::Outcomes {
                 events,
