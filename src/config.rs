@@ -57,6 +57,9 @@ pub struct Config {
     subscription_buffer_events: usize,
     subscription_buffer_bytes: usize,
     subscription_poll_ms: u64,
+    decision_cache_entries: usize,
+    snapshot_after_events: u64,
+    decide_retries: u32,
     /// Start a throwaway server when no URL is configured (never from a file).
     #[serde(skip)]
     throwaway_server: bool,
@@ -94,6 +97,9 @@ impl Default for Config {
             subscription_buffer_events: 10_000,
             subscription_buffer_bytes: 32 << 20,
             subscription_poll_ms: 1_000,
+            decision_cache_entries: 10_000,
+            snapshot_after_events: 1_000,
+            decide_retries: 16,
             throwaway_server: false,
         }
     }
@@ -240,6 +246,32 @@ impl Config {
     #[must_use]
     pub fn with_subscription_poll_interval(mut self, interval: Duration) -> Self {
         self.subscription_poll_ms = interval.as_millis().max(1) as u64;
+        self
+    }
+
+    /// How many projection states (one per projection and parameters) the store keeps
+    /// in memory for decision models, least recently used first out; 0 turns the cache
+    /// off. Defaults to 10,000.
+    #[must_use]
+    pub fn with_decision_cache(mut self, entries: usize) -> Self {
+        self.decision_cache_entries = entries;
+        self
+    }
+
+    /// Once building decision models has folded this many events into a projection's
+    /// state since its last snapshot, a new snapshot is saved in the background; 0
+    /// never saves one automatically. Defaults to 1,000.
+    #[must_use]
+    pub fn with_snapshot_after(mut self, events: u64) -> Self {
+        self.snapshot_after_events = events;
+        self
+    }
+
+    /// How many conflicts `decide` reads again after before it returns
+    /// `Error::ConditionFailed`. Defaults to 16.
+    #[must_use]
+    pub fn with_decide_retries(mut self, retries: u32) -> Self {
+        self.decide_retries = retries;
         self
     }
 
@@ -482,6 +514,15 @@ impl Config {
     pub(crate) fn subscription_poll_interval(&self) -> Duration {
         Duration::from_millis(self.subscription_poll_ms)
     }
+    pub(crate) fn decision_cache_entries(&self) -> usize {
+        self.decision_cache_entries
+    }
+    pub(crate) fn snapshot_after_events(&self) -> u64 {
+        self.snapshot_after_events
+    }
+    pub(crate) fn decide_retries(&self) -> u32 {
+        self.decide_retries
+    }
     /// The schema name, checked to be a plain identifier.
     pub(crate) fn schema_identifier(&self) -> Result<Identifier> {
         Identifier::parse(&self.schema, "schema")
@@ -540,6 +581,9 @@ impl fmt::Debug for Config {
             )
             .field("subscription_buffer_bytes", &self.subscription_buffer_bytes)
             .field("subscription_poll_ms", &self.subscription_poll_ms)
+            .field("decision_cache_entries", &self.decision_cache_entries)
+            .field("snapshot_after_events", &self.snapshot_after_events)
+            .field("decide_retries", &self.decide_retries)
             .finish()
     }
 }

@@ -46,6 +46,7 @@
 
 mod config;
 mod connect;
+mod decide;
 #[cfg(feature = "embedded")]
 mod embedded;
 mod error;
@@ -63,6 +64,9 @@ mod tls;
 mod writer;
 
 pub use config::Config;
+pub use decide::{Decided, DecisionModel, Projection};
+#[doc(hidden)]
+pub use decide::{Members, States};
 #[cfg(feature = "embedded")]
 pub use embedded::EmbeddedPostgres;
 pub use error::{Error, Result};

@@ -47,6 +47,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "table_parked",
         include_str!("schema/007_table_parked.sql"),
     ),
+    (
+        8,
+        "table_snapshots",
+        include_str!("schema/008_table_snapshots.sql"),
+    ),
 ];
 
 /// Serialises migrations of all schemas in one database (a constant key).
@@ -68,7 +73,8 @@ pub(crate) async fn grant_application_role(
              GRANT USAGE ON SCHEMA {s} TO {role};
              GRANT SELECT, INSERT ON {s}.events, {s}.event_tags TO {role};
              GRANT SELECT ON {s}.schema_migrations TO {role};
-             GRANT SELECT, INSERT, UPDATE, DELETE ON {s}.consumers, {s}.parked TO {role};"
+             GRANT SELECT, INSERT, UPDATE, DELETE ON {s}.consumers, {s}.parked TO {role};
+             GRANT SELECT, INSERT, UPDATE ON {s}.snapshots TO {role};"
         ))
         .await
         .map_err(Error::db)

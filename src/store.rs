@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::connect::Connector;
+use crate::decide::{Decisions, Snapshots};
 #[cfg(feature = "embedded")]
 use crate::embedded::EmbeddedPostgres;
 use crate::error::{Error, Result};
@@ -99,6 +100,8 @@ pub(crate) struct Inner {
     tail: OnceLock<Arc<Tail>>,
     consumer_stats: Arc<ConsumerRegistry>,
     consumer_sql: Arc<ConsumerStatements>,
+    /// Cached projection states, snapshots and their settings.
+    decisions: Decisions,
     /// A throwaway server started for this store, stopped with it.
     _throwaway: Throwaway,
 }
@@ -192,6 +195,18 @@ impl EventStore {
                 })
             })
             .collect();
+        let (decisions, saver) = Decisions::new(
+            Snapshots {
+                connector: connector.clone(),
+                sql: Arc::new(sql::SnapshotStatements::new(&schema)),
+                metrics: metrics.clone(),
+                timeout: config.operation_timeout(),
+            },
+            config.decision_cache_entries(),
+            config.snapshot_after_events(),
+            config.decide_retries(),
+        );
+        reader_arbiter.spawn(saver);
         tracing::info!(
             schema = config.schema(),
             readers = config.readers(),
@@ -212,6 +227,7 @@ impl EventStore {
                 heads,
                 tail: OnceLock::new(),
                 consumer_stats,
+                decisions,
                 _throwaway: throwaway,
             }),
         })
@@ -530,6 +546,10 @@ impl EventStore {
 
     pub(crate) fn schema_identifier(&self) -> &Identifier {
         &self.inner.schema
+    }
+
+    pub(crate) fn decisions(&self) -> &Decisions {
+        &self.inner.decisions
     }
 
     pub(crate) fn connector(&self) -> &Connector {

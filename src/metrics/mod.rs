@@ -38,6 +38,7 @@ pub(crate) const SIZE_BUCKETS: [u64; 12] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 51
 pub(crate) enum Method {
     Append,
     Read,
+    Decide,
 }
 
 /// Statements the actors run.
@@ -98,6 +99,42 @@ pub(crate) enum Record {
     SubscriptionRead {
         tail: bool,
     },
+    /// A decision model built: leaves found in the cache or not, events folded.
+    Decision {
+        hits: u32,
+        misses: u32,
+        applied: u32,
+    },
+    Snapshot(SnapshotOutcome),
+    /// `decide` met a conflict and decides again.
+    DecideRetry,
+}
+
+/// What happened to a snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SnapshotOutcome {
+    Loaded,
+    Saved,
+    /// Not saved: one at the same or a later position was stored.
+    NotNewer,
+    /// Not saved: serialising or writing it failed.
+    Failed,
+    /// Not saved: the saver's queue was full.
+    Dropped,
+    Rejected(Rejection),
+}
+
+/// Why a stored snapshot was not used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Rejection {
+    /// Saved by another version of the projection.
+    Version,
+    /// Saved for another query with the same fingerprint.
+    Query,
+    /// Its state does not deserialise into the projection's state type.
+    State,
+    /// Its position is beyond the store's head.
+    Ahead,
 }
 
 /// The hot path's handle: cloneable, never blocks.
@@ -201,6 +238,25 @@ pub struct MetricsSnapshot {
     pub subscription_catch_up_reads: u64,
     /// Durable consumers of this process, by name.
     pub consumers: BTreeMap<String, ConsumerMetrics>,
+    /// Projection states found in the in-memory cache when building decision models.
+    pub decision_cache_hits: u64,
+    /// Projection states not in the cache (then loaded from a snapshot or rebuilt).
+    pub decision_cache_misses: u64,
+    /// Events folded per decision model built: distribution.
+    pub decision_events_applied: SizeSummary,
+    /// Snapshots loaded and used.
+    pub snapshots_loaded: u64,
+    /// Snapshots saved.
+    pub snapshots_saved: u64,
+    /// Snapshot saves that found one at the same or a later position (nothing written).
+    pub snapshots_not_newer: u64,
+    /// Snapshot saves that failed (serialising or writing), or were dropped because the
+    /// saver was busy.
+    pub snapshot_save_failures: u64,
+    /// Stored snapshots ignored, by reason (`version`, `query`, `state`, `ahead`).
+    pub snapshots_rejected: BTreeMap<String, u64>,
+    /// Conflicts after which `decide` read again and decided again.
+    pub decide_retries: u64,
 }
 
 /// Distribution of a count (batch sizes).
@@ -242,6 +298,8 @@ pub(crate) struct MetricsActor {
     database_errors: BTreeMap<[u8; 2], u64>,
     consumers: Arc<ConsumerRegistry>,
     heads: crate::subscribe::Heads,
+    decision_events_applied: Series,
+    snapshots_rejected: BTreeMap<Rejection, u64>,
 }
 
 #[derive(Default)]
@@ -259,6 +317,13 @@ struct Counters {
     statements_prepared: u64,
     subscription_tail_reads: u64,
     subscription_catch_up_reads: u64,
+    decision_cache_hits: u64,
+    decision_cache_misses: u64,
+    snapshots_loaded: u64,
+    snapshots_saved: u64,
+    snapshots_not_newer: u64,
+    snapshot_save_failures: u64,
+    decide_retries: u64,
 }
 
 /// How often the actor drains the channel when nobody asks for a snapshot.
@@ -288,6 +353,8 @@ impl MetricsActor {
             database_errors: BTreeMap::new(),
             consumers,
             heads,
+            decision_events_applied: Series::default(),
+            snapshots_rejected: BTreeMap::new(),
         };
         let sender = enabled.then_some(sender);
         (actor, MetricsSink { sender, dropped })
@@ -313,6 +380,7 @@ impl MetricsActor {
                     (Method::Append, false) => c.appends_failed += 1,
                     (Method::Read, true) => c.reads += 1,
                     (Method::Read, false) => c.reads_failed += 1,
+                    (Method::Decide, _) => {}
                 }
             }
             Record::Statement { statement, elapsed } => self
@@ -352,6 +420,25 @@ impl MetricsActor {
             Record::StatementPrepared => c.statements_prepared += 1,
             Record::SubscriptionRead { tail: true } => c.subscription_tail_reads += 1,
             Record::SubscriptionRead { tail: false } => c.subscription_catch_up_reads += 1,
+            Record::Decision {
+                hits,
+                misses,
+                applied,
+            } => {
+                c.decision_cache_hits += u64::from(hits);
+                c.decision_cache_misses += u64::from(misses);
+                self.decision_events_applied.count(u64::from(applied));
+            }
+            Record::Snapshot(outcome) => match outcome {
+                SnapshotOutcome::Loaded => c.snapshots_loaded += 1,
+                SnapshotOutcome::Saved => c.snapshots_saved += 1,
+                SnapshotOutcome::NotNewer => c.snapshots_not_newer += 1,
+                SnapshotOutcome::Failed | SnapshotOutcome::Dropped => c.snapshot_save_failures += 1,
+                SnapshotOutcome::Rejected(reason) => {
+                    *self.snapshots_rejected.entry(reason).or_default() += 1
+                }
+            },
+            Record::DecideRetry => c.decide_retries += 1,
         }
     }
 
@@ -401,6 +488,19 @@ impl MetricsActor {
             subscription_tail_reads: c.subscription_tail_reads,
             subscription_catch_up_reads: c.subscription_catch_up_reads,
             consumers: self.consumers.snapshot(self.heads.current()),
+            decision_cache_hits: c.decision_cache_hits,
+            decision_cache_misses: c.decision_cache_misses,
+            decision_events_applied: self.decision_events_applied.sizes(),
+            snapshots_loaded: c.snapshots_loaded,
+            snapshots_saved: c.snapshots_saved,
+            snapshots_not_newer: c.snapshots_not_newer,
+            snapshot_save_failures: c.snapshot_save_failures,
+            snapshots_rejected: self
+                .snapshots_rejected
+                .iter()
+                .map(|(reason, n)| (rejection_name(*reason).to_owned(), *n))
+                .collect(),
+            decide_retries: c.decide_retries,
         }
     }
 }
@@ -497,6 +597,16 @@ fn method_name(m: Method) -> &'static str {
     match m {
         Method::Append => "append",
         Method::Read => "read",
+        Method::Decide => "decide",
+    }
+}
+
+fn rejection_name(r: Rejection) -> &'static str {
+    match r {
+        Rejection::Version => "version",
+        Rejection::Query => "query",
+        Rejection::State => "state",
+        Rejection::Ahead => "ahead",
     }
 }
 

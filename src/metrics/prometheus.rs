@@ -22,7 +22,7 @@ impl MetricsSnapshot {
             out: String::new(),
             schema: escape(&self.schema),
         };
-        let counters: [(&str, &str, u64); 14] = [
+        let counters: [(&str, &str, u64); 15] = [
             ("dcb_appends_total", "Appends that succeeded.", self.appends),
             (
                 "dcb_appends_failed_total",
@@ -85,6 +85,11 @@ impl MetricsSnapshot {
                 "Reads by subscribers behind the shared buffer.",
                 self.subscription_catch_up_reads,
             ),
+            (
+                "dcb_decide_retries_total",
+                "Conflicts after which decide read again and decided again.",
+                self.decide_retries,
+            ),
         ];
         for (name, help, value) in counters {
             out.family(name, help, "counter");
@@ -127,6 +132,47 @@ impl MetricsSnapshot {
             "Events per writer batch.",
             &self.batch_events,
         );
+        out.family(
+            "dcb_decision_cache_total",
+            "Projection states looked up in the decision cache, by result.",
+            "counter",
+        );
+        out.sample(
+            "dcb_decision_cache_total",
+            &[("result", "hit")],
+            self.decision_cache_hits,
+        );
+        out.sample(
+            "dcb_decision_cache_total",
+            &[("result", "miss")],
+            self.decision_cache_misses,
+        );
+        out.sizes(
+            "dcb_decision_events_applied",
+            "Events folded per decision model built.",
+            &self.decision_events_applied,
+        );
+        out.family(
+            "dcb_snapshots_total",
+            "Snapshots loaded, saved, not newer than the stored one, or failed to save.",
+            "counter",
+        );
+        for (outcome, n) in [
+            ("loaded", self.snapshots_loaded),
+            ("saved", self.snapshots_saved),
+            ("not_newer", self.snapshots_not_newer),
+            ("failed", self.snapshot_save_failures),
+        ] {
+            out.sample("dcb_snapshots_total", &[("outcome", outcome)], n);
+        }
+        out.family(
+            "dcb_snapshots_rejected_total",
+            "Stored snapshots ignored, by reason (version, query, state, ahead).",
+            "counter",
+        );
+        for (reason, n) in &self.snapshots_rejected {
+            out.sample("dcb_snapshots_rejected_total", &[("reason", reason)], *n);
+        }
         out.consumers(&self.consumers);
         out.out
     }

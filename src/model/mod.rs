@@ -1,6 +1,7 @@
 //! The model: events, queries, append conditions and read options, with their
 //! in-memory meaning and validation. Knows nothing about SQL, actors or I/O.
 
+mod canonical;
 mod event;
 mod json;
 mod options;

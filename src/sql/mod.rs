@@ -23,10 +23,12 @@ use crate::model::{JsonText, QueryItem};
 mod append;
 mod consumers;
 mod read;
+mod snapshots;
 
 pub(crate) use append::{append_statement, AppendParams, AppendRow, AppendStatus};
 pub(crate) use consumers::{consumer_lock_key, ConsumerStatements};
 pub(crate) use read::{read_columns, read_statement, ReadParams, ReadShape};
+pub(crate) use snapshots::SnapshotStatements;
 
 /// Takes the store's write lock until the transaction ends. Every writer, in every
 /// process, takes it before it reads the head, so positions become visible in order.

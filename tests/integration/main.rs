@@ -6,6 +6,7 @@ mod appends;
 mod batching;
 mod checker;
 mod concurrency;
+mod decisions;
 mod embedding;
 mod exactness;
 mod faults;

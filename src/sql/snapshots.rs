@@ -1,0 +1,41 @@
+//! Statements of projection snapshots (table `snapshots`, see `schema/008`).
+//!
+//! A save only ever moves a snapshot forward: the upsert changes the row only when the
+//! new position is greater, so a slow process saving an old state never replaces a
+//! newer one.
+
+use super::Identifier;
+
+/// The texts, built once per store for its schema.
+pub(crate) struct SnapshotStatements {
+    /// `$1` name, `$2` fingerprint: every version's row, for the caller to choose from
+    /// (and to count the ones of other versions it ignores).
+    pub load: String,
+    /// `$1` name, `$2` version, `$3` fingerprint, `$4` canonical query, `$5` position,
+    /// `$6` state: returns a row only when it stored the snapshot.
+    pub save: String,
+    /// The store's head (0 when empty): a snapshot may not claim more than exists.
+    pub head: String,
+}
+
+impl SnapshotStatements {
+    pub(crate) fn new(schema: &Identifier) -> Self {
+        let s = schema.quoted();
+        SnapshotStatements {
+            load: format!(
+                "SELECT version, query, position, state FROM {s}.snapshots
+                 WHERE name = $1 AND fingerprint = $2"
+            ),
+            save: format!(
+                "INSERT INTO {s}.snapshots AS old (name, version, fingerprint, query, position, state)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (name, fingerprint, version) DO UPDATE
+                 SET query = EXCLUDED.query, position = EXCLUDED.position,
+                     state = EXCLUDED.state, saved_at = now()
+                 WHERE old.position < EXCLUDED.position
+                 RETURNING position"
+            ),
+            head: format!("SELECT coalesce(max(position), 0) FROM {s}.events"),
+        }
+    }
+}
