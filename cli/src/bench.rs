@@ -2,7 +2,10 @@
 //! modes in one run, with a table, `--json` lines and an optional SVG chart.
 //!
 //! Workloads: `append` (one ~200-byte event, 2 tags, no condition, per call),
-//! `enrolment` (the course-subscription decision, invariants checked after each run),
+//! `enrolment` (the course-subscription decision, `--decider plain,decide`, on an
+//! empty store or one already holding `--prefill N` subscriptions spread over the
+//! courses; invariants checked after each run), `cold-start` (the first decision on a boundary of 10,000 events,
+//! with and without a snapshot, `cold.rs`),
 //! `subscribe` (catch-up, live latency and fan-out of subscriptions, `follow.rs`),
 //! `read` (point reads of one tag, and of one type + tag, on a store pre-filled with
 //! `--prefill N` events by binary COPY). Modes are the baselines the design is measured
@@ -22,7 +25,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::Rng;
 use serde::Serialize;
 
-use crate::enrolment::Scenario;
+use crate::enrolment::{Decider, Scenario};
 use crate::prefill;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -33,6 +36,8 @@ pub enum Workload {
     Read,
     /// Subscriptions: catch-up, live latency, fan-out (`follow.rs`).
     Subscribe,
+    /// The first decision on a large boundary, with and without a snapshot (`cold.rs`).
+    ColdStart,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -62,12 +67,29 @@ pub struct BenchArgs {
     /// Warm-up seconds before each measurement (not counted).
     #[arg(long, default_value_t = 2.0)]
     warmup: f64,
-    /// For `read`: store sizes (events) to measure at.
-    #[arg(long, value_delimiter = ',', default_value = "100000")]
+    /// For `read`: store sizes (events) to measure at (default 100000). For
+    /// `enrolment`: subscriptions in the store before the run (default none). For
+    /// `cold-start`: events in the boundary (default 10000).
+    #[arg(long, value_delimiter = ',')]
     pub(crate) prefill: Vec<u64>,
+    /// For `enrolment`: how decisions are made, each measured in this run.
+    #[arg(long, value_delimiter = ',', default_value = "plain,decide")]
+    decider: Vec<Decider>,
+    /// For `enrolment`: number of courses.
+    #[arg(long, default_value_t = 5_000)]
+    courses: usize,
+    /// For `enrolment`: seats per course.
+    #[arg(long, default_value_t = 10)]
+    capacity: u64,
+    /// For `enrolment`: number of students.
+    #[arg(long, default_value_t = 25_000)]
+    students: usize,
+    /// For `enrolment`: most courses one student may take.
+    #[arg(long, default_value_t = 5)]
+    max_courses: u64,
     /// Repeat every measurement this many times (for medians and spread).
     #[arg(long, default_value_t = 1)]
-    repeat: usize,
+    pub(crate) repeat: usize,
     /// Print one JSON object per measurement on stdout instead of the table.
     #[arg(long)]
     pub(crate) json: bool,
@@ -109,23 +131,34 @@ struct OpOutcome {
 }
 
 pub async fn run(config: Config, args: BenchArgs) -> Result<std::process::ExitCode, Error> {
-    if args.workload == Workload::Subscribe {
-        return crate::follow::run(config, &args).await;
+    match args.workload {
+        Workload::Subscribe => return crate::follow::run(config, &args).await,
+        Workload::ColdStart => return crate::cold::run(config, &args).await,
+        _ => {}
     }
     let mut results = Vec::new();
-    let sizes: Vec<Option<u64>> = if args.workload == Workload::Read {
-        args.prefill.iter().copied().map(Some).collect()
-    } else {
-        vec![None]
+    let sizes: Vec<Option<u64>> = match args.workload {
+        Workload::Read if args.prefill.is_empty() => vec![Some(100_000)],
+        Workload::Read | Workload::Enrolment => args.prefill.iter().copied().map(Some).collect(),
+        _ => Vec::new(),
     };
-    let queries: &[&str] = if args.workload == Workload::Read {
-        &["tag", "type+tag"]
-    } else {
-        &[""]
+    let sizes = if sizes.is_empty() { vec![None] } else { sizes };
+    let deciders: Vec<&str> = args
+        .decider
+        .iter()
+        .map(|d| match d {
+            Decider::Plain => "plain",
+            Decider::Decide => "decide",
+        })
+        .collect();
+    let queries: &[&str] = match args.workload {
+        Workload::Read => &["tag", "type+tag"],
+        Workload::Enrolment => &deciders,
+        _ => &[""],
     };
     let mut invariants_ok = true;
     for size in sizes {
-        if let Some(n) = size {
+        if let (Some(n), Workload::Read) = (size, args.workload) {
             prefill::ensure(&config, n).await?;
         }
         for &query in queries {
@@ -187,13 +220,18 @@ async fn measure(
 ) -> Result<Measurement, Error> {
     let label = match args.workload {
         Workload::Append => "append".to_owned(),
-        Workload::Enrolment => "enrolment".to_owned(),
+        Workload::Enrolment => format!("enrolment:{query}"),
         Workload::Read => format!("read:{query}"),
-        Workload::Subscribe => "subscribe".to_owned(),
+        Workload::Subscribe | Workload::ColdStart => {
+            return Err(Error::Config(format!(
+                "{:?} is not measured per mode",
+                args.workload
+            )))
+        }
     };
-    let schema = match prefill {
-        Some(n) => prefill::schema_name(n),
-        None => fresh_schema(&label),
+    let schema = match (prefill, args.workload) {
+        (Some(n), Workload::Read) => prefill::schema_name(n),
+        _ => fresh_schema(&label),
     };
     let store = EventStore::connect(mode_config(config, mode, &schema)).await?;
     let store_metrics = store.clone();
@@ -241,12 +279,20 @@ async fn measure(
         }
         Workload::Enrolment => {
             let scenario = Scenario {
-                courses: 5_000,
-                capacity: 10,
-                students: 25_000,
-                max_courses_per_student: 5,
+                courses: args.courses,
+                capacity: args.capacity,
+                students: args.students,
+                max_courses_per_student: args.max_courses,
+            };
+            let decider = if query == "decide" {
+                Decider::Decide
+            } else {
+                Decider::Plain
             };
             scenario.define_courses(&store).await?;
+            if let Some(n) = prefill {
+                scenario.prefill(&store, n).await?;
+            }
             let accepted = Rc::new(RefCell::new(std::collections::HashSet::new()));
             let counted = accepted.clone();
             let decider_store = store.clone();
@@ -261,7 +307,7 @@ async fn measure(
                             rng.gen_range(0..scenario.students),
                         )
                     };
-                    let outcome = scenario.subscribe(&store, course, student).await?;
+                    let outcome = scenario.decide(decider, &store, course, student).await?;
                     if let Some(id) = outcome.accepted {
                         accepted.borrow_mut().insert(id);
                     }
@@ -279,10 +325,8 @@ async fn measure(
             }
             (window, Some(violations.is_empty()))
         }
-        Workload::Subscribe => {
-            return Err(Error::Config(
-                "subscribe is measured by follow.rs, not per mode".into(),
-            ))
+        Workload::Subscribe | Workload::ColdStart => {
+            return Err(Error::Config("measured by its own module".into()))
         }
         Workload::Read => {
             let n = prefill.unwrap_or(1);
@@ -481,7 +525,7 @@ pub(crate) fn peak_rss_mib() -> f64 {
 
 fn print_table(results: &[Measurement]) {
     println!(
-        "{:<15} {:<11} {:>7} {:>9} {:>10} {:>10} {:>9} {:>8} {:>8} {:>8} {:>7} {:>8} {:>6} {:>4} {:>7} {:>7}",
+        "{:<17} {:<11} {:>7} {:>9} {:>10} {:>10} {:>9} {:>8} {:>8} {:>8} {:>7} {:>8} {:>6} {:>4} {:>7} {:>7}",
         "workload",
         "mode",
         "clients",
@@ -501,7 +545,7 @@ fn print_table(results: &[Measurement]) {
     );
     for m in results {
         println!(
-            "{:<15} {:<11} {:>7} {:>9} {:>10.0} {:>10.0} {:>9} {:>8.2} {:>8.2} {:>8.2} {:>7.2} {:>8.1} {:>6.1} {:>4} {:>7} {:>7.1}",
+            "{:<17} {:<11} {:>7} {:>9} {:>10.0} {:>10.0} {:>9} {:>8.2} {:>8.2} {:>8.2} {:>7.2} {:>8.1} {:>6.1} {:>4} {:>7} {:>7.1}",
             m.workload,
             format!("{:?}", m.mode).to_lowercase(),
             m.clients,

@@ -15,7 +15,7 @@ use dcb_store::{Config, Error, EventStore};
 use hdrhistogram::Histogram;
 use rand::Rng;
 
-use crate::enrolment::Scenario;
+use crate::enrolment::{Decider, Scenario};
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -37,6 +37,10 @@ pub struct DemoArgs {
     /// Most courses one student may take.
     #[arg(long, default_value_t = 5)]
     max_courses_per_student: u64,
+    /// How decisions are made: `decide` (cached projections through
+    /// `EventStore::decide`) or `plain` (read the whole boundary each time).
+    #[arg(long, value_enum, default_value_t = Decider::Decide)]
+    decider: Decider,
     /// Schema for this run (default: a fresh `demo_<time>` schema).
     #[arg(long)]
     schema: Option<String>,
@@ -70,8 +74,9 @@ pub async fn run(config: Config, args: DemoArgs) -> Result<ExitCode, Error> {
         max_courses_per_student: args.max_courses_per_student,
     };
     println!(
-        "dcb-store demo: {} deciders for {} s, {} courses x {} seats, {} students (max {} courses each), schema {schema}{}",
+        "dcb-store demo: {} deciders ({:?}) for {} s, {} courses x {} seats, {} students (max {} courses each), schema {schema}{}",
         args.deciders,
+        args.decider,
         args.seconds,
         args.courses,
         args.capacity,
@@ -100,7 +105,8 @@ pub async fn run(config: Config, args: DemoArgs) -> Result<ExitCode, Error> {
                         )
                     };
                     let t0 = Instant::now();
-                    let outcome = match scenario.subscribe(&store, course, student).await {
+                    let outcome = match scenario.decide(args.decider, &store, course, student).await
+                    {
                         Ok(outcome) => outcome,
                         Err(e) => {
                             {

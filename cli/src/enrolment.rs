@@ -1,21 +1,39 @@
 //! The course-subscription scenario from dcb.events, shared by `demo` and `bench
 //! enrolment`: courses with a capacity, students subscribing, at most N courses per
-//! student. A decision reads one two-item query, decides, and appends with the
-//! condition built from the read's head, reading again and retrying on conflict. An
-//! append whose outcome is unknown (`may_have_been_written`) is sent again unchanged,
-//! same id, which returns its positions if it was written.
+//! student. Two ways to decide, compared by the benchmarks:
+//! - `plain`: read one two-item query from the start, fold it, append with the
+//!   condition built from the read's head, reading again and retrying on conflict. An
+//!   append whose outcome is unknown (`may_have_been_written`) is sent again
+//!   unchanged, same id, which returns its positions if it was written.
+//! - `decide`: `EventStore::decide` with two projections, the course's seats and the
+//!   student's courses: cached states, and only what is new read per decision.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use dcb_store::{AppendCondition, Error, Event, EventStore, Query, QueryItem, ReadOptions};
+use clap::ValueEnum;
+use dcb_store::{
+    AppendCondition, Decided, Error, Event, EventStore, Projection, Query, QueryItem, ReadOptions,
+    SequencedEvent,
+};
 use futures_util::future::join_all;
 use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
 const COURSE_DEFINED: &str = "CourseDefined";
 const SUBSCRIBED: &str = "StudentSubscribedToCourse";
+
+/// How a decision is made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Decider {
+    /// Read the whole boundary, fold, append with the read's condition.
+    Plain,
+    /// `EventStore::decide` with cached projections.
+    Decide,
+}
 
 /// The size of the world.
 #[derive(Clone, Copy, Debug)]
@@ -71,6 +89,94 @@ impl Scenario {
             }
         }
         Ok(())
+    }
+
+    /// Stores `n` subscriptions before a run, as if earlier decisions had made them:
+    /// subscription i is student `i % students` to course `(i % students + i /
+    /// students) % courses`, so courses and students get even shares and no pair
+    /// repeats. Refuses an `n` the rules would not allow.
+    pub async fn prefill(&self, store: &EventStore, n: u64) -> Result<(), Error> {
+        let (courses, students) = (self.courses as u64, self.students as u64);
+        let per_student = n.div_ceil(students);
+        let per_course = per_student * students.div_ceil(courses);
+        if per_student > courses.min(self.max_courses_per_student) || per_course > self.capacity {
+            return Err(Error::Config(format!(
+                "{n} subscriptions do not fit {courses} courses x {} seats, {students} students of at most {} courses",
+                self.capacity, self.max_courses_per_student
+            )));
+        }
+        let subscriptions: Vec<u64> = (0..n).collect();
+        for chunk in subscriptions.chunks(1_000) {
+            let events = chunk
+                .iter()
+                .map(|&i| {
+                    let student = i % students;
+                    let course = (student + i / students) % courses;
+                    let (course, student) = (course as usize, student as usize);
+                    Event::new(
+                        SUBSCRIBED,
+                        json!({"courseId": course, "studentId": student}),
+                    )
+                    .with_tags([course_tag(course), student_tag(student)])
+                })
+                .collect();
+            store.append(events, None).await?;
+        }
+        Ok(())
+    }
+
+    /// One decision, made the way `decider` says.
+    pub async fn decide(
+        &self,
+        decider: Decider,
+        store: &EventStore,
+        course: usize,
+        student: usize,
+    ) -> Result<Outcome, Error> {
+        match decider {
+            Decider::Plain => self.subscribe(store, course, student).await,
+            Decider::Decide => self.subscribe_by_decide(store, course, student).await,
+        }
+    }
+
+    /// One decision through `decide`: the course's seats and the student's courses.
+    async fn subscribe_by_decide(
+        &self,
+        store: &EventStore,
+        course: usize,
+        student: usize,
+    ) -> Result<Outcome, Error> {
+        let mut attempts = 0u64;
+        let mut id = None;
+        let decided = store
+            .decide(
+                &(CourseSeats(course), StudentCourses(student)),
+                |(seats, courses)| {
+                    attempts += 1;
+                    if !seats.defined
+                        || courses.contains(&course)
+                        || seats.taken >= self.capacity
+                        || courses.len() as u64 >= self.max_courses_per_student
+                    {
+                        return Err(());
+                    }
+                    let event = Event::new(
+                        SUBSCRIBED,
+                        json!({"courseId": course, "studentId": student}),
+                    )
+                    .with_tags([course_tag(course), student_tag(student)]);
+                    id = Some(event.id());
+                    Ok(vec![event])
+                },
+            )
+            .await?;
+        Ok(Outcome {
+            accepted: match decided {
+                Decided::Appended(_) => id,
+                Decided::Rejected(()) | Decided::Unchanged => None,
+            },
+            conflicts: attempts.saturating_sub(1),
+        })
     }
 
     /// One decision: subscribe `student` to `course` if the rules allow it.
@@ -213,6 +319,73 @@ async fn append_until_known(
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A course: defined or not, and its seats taken.
+pub struct CourseSeats(pub usize);
+
+#[derive(Clone, Default, Serialize, Deserialize)]
+pub struct Seats {
+    defined: bool,
+    taken: u64,
+}
+
+impl Projection for CourseSeats {
+    type State = Seats;
+
+    fn name(&self) -> &'static str {
+        "course-seats"
+    }
+
+    fn query(&self) -> Query {
+        Query::new([QueryItem::new()
+            .types([COURSE_DEFINED, SUBSCRIBED])
+            .tags([course_tag(self.0)])])
+    }
+
+    fn initial(&self) -> Seats {
+        Seats::default()
+    }
+
+    fn apply(&self, seats: &mut Seats, event: &SequencedEvent) {
+        match event.event.event_type() {
+            COURSE_DEFINED => seats.defined = true,
+            _ => seats.taken += 1,
+        }
+    }
+}
+
+/// The courses a student has subscribed to.
+pub struct StudentCourses(pub usize);
+
+impl Projection for StudentCourses {
+    type State = Vec<usize>;
+
+    fn name(&self) -> &'static str {
+        "student-courses"
+    }
+
+    fn query(&self) -> Query {
+        Query::new([QueryItem::new()
+            .types([SUBSCRIBED])
+            .tags([student_tag(self.0)])])
+    }
+
+    fn initial(&self) -> Vec<usize> {
+        Vec::new()
+    }
+
+    fn apply(&self, courses: &mut Vec<usize>, event: &SequencedEvent) {
+        // The course is the event's course tag (the data says the same).
+        let course = event
+            .event
+            .tags()
+            .iter()
+            .find_map(|t| t.strip_prefix("course:")?.parse().ok());
+        if let Some(course) = course {
+            courses.push(course);
         }
     }
 }

@@ -4,6 +4,7 @@
 
 mod bench;
 mod chart;
+mod cold;
 mod demo;
 mod enrolment;
 mod follow;

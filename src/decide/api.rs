@@ -181,10 +181,11 @@ impl EventStore {
                     leaf.name()
                 ))
             })?;
+            let key = Key::of(leaf);
             let stored = self
                 .decisions()
                 .snapshots
-                .save(&Key::of(leaf), position, json, true)
+                .save(&key, position, json, true)
                 .await?;
             all &= stored;
         }
@@ -202,15 +203,13 @@ impl EventStore {
         &self,
         projection: &P,
     ) -> Result<Option<(u64, P::State)>> {
+        let leaves = Members::of(projection);
+        let keys: Vec<Key> = leaves.iter().map(|leaf| Key::of(*leaf)).collect();
+        let pairs: Vec<_> = leaves.iter().copied().zip(&keys).collect();
         let mut position = None;
         let mut states = Vec::new();
-        for leaf in Members::of(projection) {
-            let Some((at, state)) = self
-                .decisions()
-                .snapshots
-                .load(leaf, &Key::of(leaf))
-                .await?
-            else {
+        for found in self.decisions().snapshots.load(&pairs).await? {
+            let Some((at, state)) = found else {
                 return Ok(None);
             };
             if position.is_some_and(|p| p != at) {

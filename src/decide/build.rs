@@ -51,40 +51,54 @@ pub(crate) async fn build<P: Projection>(
     projection: &P,
 ) -> Result<DecisionModel<P::State>> {
     let leaves = Members::of(projection);
-    let (mut hits, mut misses) = (0u32, 0u32);
-    let mut slots = Vec::with_capacity(leaves.len());
-    for leaf in leaves {
-        let key = Key::of(leaf);
-        let cached = decisions.cache.get(&key).and_then(|entry| {
+    let keys: Vec<Key> = leaves.iter().map(|leaf| Key::of(*leaf)).collect();
+    let cached: Vec<Option<(Entry, AnyState)>> = leaves
+        .iter()
+        .zip(&keys)
+        .map(|(leaf, key)| {
+            let entry = decisions.cache.get(key)?;
             let state = leaf.clone_state(&*entry.state)?;
             Some((entry, state))
-        });
-        let slot = match cached {
-            Some((entry, state)) => {
-                hits += 1;
-                Slot {
-                    leaf,
-                    query: leaf.query(),
-                    key,
-                    head: entry.head,
-                    state,
-                    unsaved: entry.unsaved,
-                    from_snapshot: false,
-                    applied: 0,
-                    cached: true,
-                }
+        })
+        .collect();
+    let misses: Vec<(&dyn Leaf, &Key)> = leaves
+        .iter()
+        .zip(&keys)
+        .zip(&cached)
+        .filter(|(_, hit)| hit.is_none())
+        .map(|((leaf, key), _)| (*leaf, key))
+        .collect();
+    let mut snapshots = if misses.is_empty() {
+        Vec::new()
+    } else {
+        match decisions.snapshots.load(&misses).await {
+            Ok(found) => found,
+            Err(error) => {
+                // Reading from the start is always exact; the read below meets a real
+                // database problem again and reports it.
+                tracing::warn!(%error, "snapshots not loaded");
+                misses.iter().map(|_| None).collect()
             }
+        }
+    }
+    .into_iter();
+    let (hits, misses) = (cached.len() - misses.len(), misses.len());
+    let mut slots = Vec::with_capacity(leaves.len());
+    for ((leaf, key), cached) in leaves.into_iter().zip(keys).zip(cached) {
+        let slot = match cached {
+            Some((entry, state)) => Slot {
+                leaf,
+                query: leaf.query(),
+                key,
+                head: entry.head,
+                state,
+                unsaved: entry.unsaved,
+                from_snapshot: false,
+                applied: 0,
+                cached: true,
+            },
             None => {
-                misses += 1;
-                let snapshot = match decisions.snapshots.load(leaf, &key).await {
-                    Ok(found) => found,
-                    Err(error) => {
-                        // Reading from the start is always exact; the read below meets a
-                        // real database problem again and reports it.
-                        tracing::warn!(projection = leaf.name(), %error, "snapshot not loaded");
-                        None
-                    }
-                };
+                let snapshot = snapshots.next().flatten();
                 let from_snapshot = snapshot.is_some();
                 let (head, state) = match snapshot {
                     Some((position, state)) => (Some(position), state),
@@ -115,8 +129,8 @@ pub(crate) async fn build<P: Projection>(
         remember(decisions, slot);
     }
     store.record_internal(Record::Decision {
-        hits,
-        misses,
+        hits: hits as u32,
+        misses: misses as u32,
         applied: u32::try_from(applied).unwrap_or(u32::MAX),
     });
     let mut states = States {
@@ -134,41 +148,42 @@ pub(crate) async fn build<P: Projection>(
     })
 }
 
-/// Reads the union after the oldest head, page by page, applying each event to the
-/// slots that lack it; returns the head all slots are then at. A slot whose head is
-/// beyond the store's (a snapshot from a database since restored to an earlier point)
-/// is never trusted: it starts over from its initial state.
+/// Brings every slot to one head and returns it. Slots behind the newest head (a
+/// member missing from the cache next to cached ones) first read only their own
+/// queries up to it, so a miss never re-reads what the cached members hold; then one
+/// read of the union after that head serves all members. A slot whose head is beyond
+/// the store's (a snapshot from a database since restored to an earlier point) is
+/// never trusted: it starts over from its initial state.
 async fn catch_up(
     store: &EventStore,
     query: &Query,
     slots: &mut [Slot<'_>],
 ) -> Result<Option<u64>> {
-    let page = store.config().read_page_size() as u64;
-    // With one slot, the read returns exactly its query's events.
-    let single = slots.len() == 1;
+    let everyone: Vec<usize> = (0..slots.len()).collect();
     loop {
-        let mut after = slots.iter().map(|s| s.head).min().flatten();
-        let head = loop {
-            let mut options = ReadOptions::default().limit(page);
-            if let Some(after) = after {
-                options = options.after(after);
-            }
-            let read = store.read(query, options).await?;
-            for event in &read.events {
-                let view = MatchView::new(&event.event);
-                for slot in slots.iter_mut() {
-                    let lacks = slot.head.is_none_or(|h| event.position > h);
-                    if lacks && (single || slot.query.matches_view(&view)) {
-                        slot.leaf.apply(&mut slot.state, event);
-                        slot.applied += 1;
-                    }
+        if let Some(newest) = slots.iter().map(|s| s.head).max().flatten() {
+            let mut behind: Vec<Option<u64>> = slots
+                .iter()
+                .map(|s| s.head)
+                .filter(|h| *h < Some(newest))
+                .collect();
+            behind.sort_unstable();
+            behind.dedup();
+            for from in behind {
+                let members: Vec<usize> = everyone
+                    .iter()
+                    .copied()
+                    .filter(|&i| slots[i].head == from)
+                    .collect();
+                let group = union(members.iter().map(|&i| slots[i].query.clone()));
+                let head = fold(store, &group, slots, &members, from, Some(newest)).await?;
+                for &i in &members {
+                    slots[i].head = head;
                 }
             }
-            if (read.events.len() as u64) < page {
-                break read.head;
-            }
-            after = read.head;
-        };
+        }
+        let from = slots.iter().map(|s| s.head).min().flatten();
+        let head = fold(store, query, slots, &everyone, from, None).await?;
         let mut ahead = false;
         for slot in slots.iter_mut() {
             if slot.head > head {
@@ -180,13 +195,53 @@ async fn catch_up(
                 slot.reset();
                 ahead = true;
             } else {
-                // Everything up to `head` is in; later pages start after it.
                 slot.head = head;
             }
         }
         if !ahead {
             return Ok(head);
         }
+    }
+}
+
+/// Reads `query` (the union of the `members`' queries) after `after` and up to
+/// `until`, page by page, applying each event to the members that have not scanned
+/// it and whose query matches it; returns the read's head.
+async fn fold(
+    store: &EventStore,
+    query: &Query,
+    slots: &mut [Slot<'_>],
+    members: &[usize],
+    mut after: Option<u64>,
+    until: Option<u64>,
+) -> Result<Option<u64>> {
+    let page = store.config().read_page_size() as u64;
+    // With one member, the read returns exactly its query's events.
+    let exact = members.len() == 1;
+    loop {
+        let mut options = ReadOptions::default().limit(page);
+        if let Some(after) = after {
+            options = options.after(after);
+        }
+        if let Some(until) = until {
+            options = options.before(until.saturating_add(1));
+        }
+        let read = store.read(query, options).await?;
+        for event in &read.events {
+            let view = MatchView::new(&event.event);
+            for &i in members {
+                let slot = &mut slots[i];
+                let lacks = slot.head.is_none_or(|h| event.position > h);
+                if lacks && (exact || slot.query.matches_view(&view)) {
+                    slot.leaf.apply(&mut slot.state, event);
+                    slot.applied += 1;
+                }
+            }
+        }
+        if (read.events.len() as u64) < page {
+            return Ok(read.head);
+        }
+        after = read.head;
     }
 }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio_postgres::types::Type;
 
 use super::cache::Key;
 use super::projection::{AnyState, Leaf, Serializer};
@@ -34,15 +35,28 @@ pub(crate) struct SaveJob {
 }
 
 impl Snapshots {
-    /// The usable snapshot of `leaf`, if any. Snapshots of another version, of another
-    /// query with the same fingerprint, or whose state does not deserialise into the
-    /// leaf's state type are counted and ignored.
-    pub(crate) async fn load(&self, leaf: &dyn Leaf, key: &Key) -> Result<Option<(u64, AnyState)>> {
-        let fingerprint = Query::fingerprint(&key.canonical);
+    /// The usable snapshot of each leaf, if any, in one round trip. Snapshots of
+    /// another version, of another query with the same fingerprint, or whose state
+    /// does not deserialise into the leaf's state type are counted and ignored.
+    pub(crate) async fn load(
+        &self,
+        leaves: &[(&dyn Leaf, &Key)],
+    ) -> Result<Vec<Option<(u64, AnyState)>>> {
+        let names: Vec<&str> = leaves.iter().map(|(_, key)| key.name).collect();
+        let fingerprints: Vec<String> = leaves
+            .iter()
+            .map(|(_, key)| Query::fingerprint(&key.canonical))
+            .collect();
         let rows = tokio::time::timeout(self.timeout, async {
             let client = self.connector.pooled().await?;
             client
-                .query(&self.sql.load, &[&key.name, &fingerprint])
+                .query_typed(
+                    &self.sql.load,
+                    &[
+                        (&names, Type::TEXT_ARRAY),
+                        (&fingerprints, Type::TEXT_ARRAY),
+                    ],
+                )
                 .await
                 .map_err(Error::db)
         })
@@ -51,12 +65,19 @@ impl Snapshots {
             after: self.timeout,
             may_have_been_written: false,
         })??;
-        let mut found = None;
+        let mut found: Vec<Option<(u64, AnyState)>> = leaves.iter().map(|_| None).collect();
         for row in rows {
-            let version: i32 = row.try_get(0).map_err(Error::db)?;
-            let query: String = row.try_get(1).map_err(Error::db)?;
-            let position: i64 = row.try_get(2).map_err(Error::db)?;
-            let state: JsonText = row.try_get(3).map_err(Error::db)?;
+            let index: i64 = row.try_get(0).map_err(Error::db)?;
+            let version: i32 = row.try_get(1).map_err(Error::db)?;
+            let query: String = row.try_get(2).map_err(Error::db)?;
+            let position: i64 = row.try_get(3).map_err(Error::db)?;
+            let state: JsonText = row.try_get(4).map_err(Error::db)?;
+            let Some(((leaf, key), slot)) = usize::try_from(index - 1)
+                .ok()
+                .and_then(|i| Some((leaves.get(i)?, found.get_mut(i)?)))
+            else {
+                continue;
+            };
             let rejection = if version as u32 != key.version {
                 Some(Rejection::Version)
             } else if query != *key.canonical || position < 0 {
@@ -64,7 +85,8 @@ impl Snapshots {
             } else {
                 match leaf.deserialize(state.as_str()) {
                     Some(state) => {
-                        found = Some((position as u64, state));
+                        *slot = Some((position as u64, state));
+                        self.outcome(SnapshotOutcome::Loaded);
                         None
                     }
                     None => Some(Rejection::State),
@@ -73,9 +95,6 @@ impl Snapshots {
             if let Some(rejection) = rejection {
                 self.outcome(SnapshotOutcome::Rejected(rejection));
             }
-        }
-        if found.is_some() {
-            self.outcome(SnapshotOutcome::Loaded);
         }
         Ok(found)
     }

@@ -8,8 +8,10 @@ use super::Identifier;
 
 /// The texts, built once per store for its schema.
 pub(crate) struct SnapshotStatements {
-    /// `$1` name, `$2` fingerprint: every version's row, for the caller to choose from
-    /// (and to count the ones of other versions it ignores).
+    /// `$1` names, `$2` fingerprints (parallel arrays): every version's row of each
+    /// key, with the key's index (1-based) first, for the caller to choose from (and to
+    /// count the ones of other versions it ignores). Sent unprepared with its types
+    /// (one round trip): loads happen on cache misses only.
     pub load: String,
     /// `$1` name, `$2` version, `$3` fingerprint, `$4` canonical query, `$5` position,
     /// `$6` state: returns a row only when it stored the snapshot.
@@ -23,8 +25,9 @@ impl SnapshotStatements {
         let s = schema.quoted();
         SnapshotStatements {
             load: format!(
-                "SELECT version, query, position, state FROM {s}.snapshots
-                 WHERE name = $1 AND fingerprint = $2"
+                "SELECT k.i, s.version, s.query, s.position, s.state
+                 FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(name, fingerprint, i)
+                 JOIN {s}.snapshots s ON s.name = k.name AND s.fingerprint = k.fingerprint"
             ),
             save: format!(
                 "INSERT INTO {s}.snapshots AS old (name, version, fingerprint, query, position, state)
