@@ -93,6 +93,10 @@ pub struct BenchArgs {
     /// Print one JSON object per measurement on stdout instead of the table.
     #[arg(long)]
     pub(crate) json: bool,
+    /// After each measurement, print where the store's time went (statement and
+    /// component latencies, p50) on stderr.
+    #[arg(long)]
+    statements: bool,
     /// Draw throughput and p99 against clients into this SVG file.
     #[arg(long)]
     chart: Option<PathBuf>,
@@ -354,10 +358,24 @@ async fn measure(
     };
     ticker.abort();
     progress.finish_and_clear();
-    let batch_mean = store_metrics
-        .metrics()
-        .await
+    let store_snapshot = store_metrics.metrics().await.ok();
+    let batch_mean = store_snapshot
+        .as_ref()
         .map_or(0.0, |m| m.batch_appends.mean);
+    if let (true, Some(m)) = (args.statements, &store_snapshot) {
+        let p50s = |map: &std::collections::BTreeMap<String, dcb_store::LatencySummary>| {
+            map.iter()
+                .map(|(k, v)| format!("{k} {:.3}", v.p50_ms))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        eprintln!(
+            "{label} x{clients}: p50 ms: methods: {}; statements: {}; components: {}",
+            p50s(&m.methods),
+            p50s(&m.statements),
+            p50s(&m.components)
+        );
+    }
     let ms = |q: f64| window.latency_us.value_at_quantile(q) as f64 / 1000.0;
     let secs = window.elapsed.as_secs_f64();
     Ok(Measurement {
