@@ -37,6 +37,7 @@ pub struct Config {
     max_batch_events: usize,
     max_batch_bytes: usize,
     batching: bool,
+    pipelining: bool,
     writer_mailbox: usize,
     reader_mailbox: usize,
     reader_max_in_flight: usize,
@@ -77,6 +78,7 @@ impl Default for Config {
             max_batch_events: 2_000,
             max_batch_bytes: 8 << 20,
             batching: true,
+            pipelining: true,
             writer_mailbox: 1_024,
             reader_mailbox: 256,
             reader_max_in_flight: 32,
@@ -337,6 +339,15 @@ impl Config {
         self
     }
 
+    /// Whether the writer sends the next batch while the current one is still being
+    /// written (pipelined behind it on the same connection, so the server starts on
+    /// it the moment the first commits). On by default; off is a benchmark baseline.
+    #[must_use]
+    pub fn with_pipelining(mut self, pipelining: bool) -> Self {
+        self.pipelining = pipelining;
+        self
+    }
+
     /// Whether operations send instrumentation records to the metrics actor. Defaults
     /// to true; false is a benchmark baseline (snapshots then stay empty).
     #[must_use]
@@ -514,6 +525,9 @@ impl Config {
     pub(crate) fn subscription_poll_interval(&self) -> Duration {
         Duration::from_millis(self.subscription_poll_ms)
     }
+    pub(crate) fn pipelining(&self) -> bool {
+        self.pipelining
+    }
     pub(crate) fn decision_cache_entries(&self) -> usize {
         self.decision_cache_entries
     }
@@ -558,6 +572,7 @@ impl fmt::Debug for Config {
             .field("max_batch_events", &self.max_batch_events)
             .field("max_batch_bytes", &self.max_batch_bytes)
             .field("batching", &self.batching)
+            .field("pipelining", &self.pipelining)
             .field("writer_mailbox", &self.writer_mailbox)
             .field("reader_mailbox", &self.reader_mailbox)
             .field("reader_max_in_flight", &self.reader_max_in_flight)

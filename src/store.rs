@@ -162,6 +162,7 @@ impl EventStore {
                 schema: schema.clone(),
                 limits: config.limits(),
                 batching: config.batching(),
+                pipelining: config.pipelining(),
                 timeout: config.operation_timeout(),
                 notify: config.notify_commits().then(|| NotifySettings {
                     sql: sql::notify_statement(&schema),

@@ -10,7 +10,8 @@
 //! `read` (point reads of one tag, and of one type + tag, on a store pre-filled with
 //! `--prefill N` events by binary COPY). Modes are the baselines the design is measured
 //! against: `normal`, `no-batching` (one append per transaction), `no-cache`
-//! (statements prepared per read), `no-metrics`, `no-notify` (no `NOTIFY` per batch).
+//! (statements prepared per read), `no-metrics`, `no-notify` (no `NOTIFY` per batch),
+//! `no-pipelining` (one batch in flight at a time).
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -49,6 +50,8 @@ pub enum Mode {
     NoMetrics,
     /// No `NOTIFY` per batch (`notify_commits = false`).
     NoNotify,
+    /// One batch in flight at a time (`pipelining = false`).
+    NoPipelining,
 }
 
 #[derive(Args, Debug)]
@@ -204,6 +207,7 @@ fn mode_config(config: &Config, mode: Mode, schema: &str) -> Config {
         .with_metrics(mode != Mode::NoMetrics)
         .with_statement_cache_size(if mode == Mode::NoCache { 0 } else { 64 })
         .with_notify_commits(mode != Mode::NoNotify)
+        .with_pipelining(mode != Mode::NoPipelining)
 }
 
 fn fresh_schema(workload: &str) -> String {

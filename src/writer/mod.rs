@@ -19,6 +19,7 @@
 //! batch (pipelining, retries, isolation, what an error says); `rounds` plans rounds.
 
 use std::collections::VecDeque;
+use std::rc::Rc;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -34,6 +35,9 @@ mod batch;
 mod rounds;
 
 use batch::{BatchJob, WriterConnection};
+
+/// Batches written at once: one, and the next pipelined behind it on its connection.
+const MAX_IN_FLIGHT: usize = 2;
 #[cfg(feature = "internals")]
 pub(crate) use rounds::plan as plan_rounds;
 
@@ -167,6 +171,8 @@ pub(crate) struct WriterSettings {
     pub limits: Limits,
     /// `false`: one append per transaction (a benchmark baseline).
     pub batching: bool,
+    /// Up to [`MAX_IN_FLIGHT`] batches at once; one when off.
+    pub pipelining: bool,
     pub timeout: Duration,
     /// The `NOTIFY` each batch sends for other processes' subscribers, if any.
     pub notify: Option<NotifySettings>,
@@ -187,10 +193,13 @@ pub(crate) struct Writer {
     settings: std::rc::Rc<WriterSettings>,
     append_sql: std::rc::Rc<str>,
     lock_key: i64,
-    connection: Option<WriterConnection>,
+    /// The connection batches are written on; shared by the (at most two) batches in
+    /// flight, the second pipelined behind the first.
+    connection: Option<Rc<WriterConnection>>,
     pending: VecDeque<Pending>,
     flush_scheduled: bool,
-    writing: bool,
+    /// Batches sent and not yet answered (at most [`MAX_IN_FLIGHT`]).
+    in_flight: usize,
     /// Set by `Shutdown`: no more appends are taken; waiters are told when the last
     /// pending append has been written.
     closing: bool,
@@ -215,7 +224,7 @@ impl Writer {
             connection: None,
             pending: VecDeque::new(),
             flush_scheduled: false,
-            writing: false,
+            in_flight: 0,
             closing: false,
             shutdown_waiters: Vec::new(),
             metrics,
@@ -224,7 +233,7 @@ impl Writer {
 
     /// Runs `flush` after the mailbox has been drained (items run after messages).
     fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
-        if self.writing || self.flush_scheduled || self.pending.is_empty() {
+        if self.flush_scheduled || self.pending.is_empty() || !self.may_send_batch() {
             return;
         }
         self.flush_scheduled = true;
@@ -234,7 +243,25 @@ impl Writer {
         }));
     }
 
+    /// A batch goes out when none is in flight, or pipelined behind the one in flight
+    /// when that one has a working connection to share: the server then starts on it
+    /// the moment the first commits, instead of waiting for a round trip and for the
+    /// writer to form it. (Without a connection the first batch connects; a second
+    /// would open a connection of its own.)
+    fn may_send_batch(&self) -> bool {
+        match self.in_flight {
+            0 => true,
+            n if n < MAX_IN_FLIGHT && self.settings.pipelining => {
+                self.connection.as_ref().is_some_and(|c| !c.is_closed())
+            }
+            _ => false,
+        }
+    }
+
     fn flush(&mut self, ctx: &mut Context<Self>) {
+        if !self.may_send_batch() {
+            return;
+        }
         let mut batch = self.take_batch();
         if batch.is_empty() {
             return;
@@ -248,19 +275,43 @@ impl Writer {
         for rest in batch.drain(plan.planned..).rev() {
             self.pending.push_front(rest);
         }
-        self.writing = true;
+        self.in_flight += 1;
         let job = self.job();
-        let connection = self.connection.take();
-        ctx.wait(
-            job.run(connection, batch, plan.rounds)
+        let connection = self.connection.clone();
+        ctx.spawn(
+            job.run(connection.clone(), batch, plan.rounds)
                 .into_actor(self)
-                .map(|connection, act, ctx| {
-                    act.connection = connection;
-                    act.writing = false;
+                .map(move |returned, act, ctx| {
+                    act.in_flight -= 1;
+                    act.keep_connection(connection, returned);
                     act.schedule_flush(ctx);
                     act.notify_if_drained();
                 }),
         );
+        // The next batch may go out behind this one.
+        self.schedule_flush(ctx);
+    }
+
+    /// After a batch written on `used` gave back `returned`: keep the connection it
+    /// gave back, or forget `used` if the batch let it go (broken or timed out), unless
+    /// another batch has already replaced it.
+    fn keep_connection(
+        &mut self,
+        used: Option<Rc<WriterConnection>>,
+        returned: Option<Rc<WriterConnection>>,
+    ) {
+        match returned {
+            Some(connection) => self.connection = Some(connection),
+            None => {
+                let current_is_used = match (&self.connection, &used) {
+                    (Some(current), Some(used)) => Rc::ptr_eq(current, used),
+                    _ => false,
+                };
+                if current_is_used || self.connection.as_ref().is_some_and(|c| c.is_closed()) {
+                    self.connection = None;
+                }
+            }
+        }
     }
 
     fn job(&self) -> BatchJob {
@@ -276,7 +327,7 @@ impl Writer {
     }
 
     fn notify_if_drained(&mut self) {
-        if self.closing && !self.writing && self.pending.is_empty() {
+        if self.closing && self.in_flight == 0 && self.pending.is_empty() {
             for waiter in self.shutdown_waiters.drain(..) {
                 let _ = waiter.send(());
             }
@@ -365,15 +416,13 @@ impl Handler<QueueAppend> for Writer {
 impl Handler<Ping> for Writer {
     type Result = ResponseFuture<Result<()>>;
 
-    /// Runs between batches (a message is handled only when no batch is being
-    /// written) and holds the mailbox for its round trip, so no batch needs the
-    /// connection meanwhile.
+    /// A round trip on the batches' connection (behind any batch in flight).
     fn handle(&mut self, _: Ping, ctx: &mut Self::Context) -> Self::Result {
         let (reply, answer) = oneshot::channel();
-        let connection = self.connection.take();
-        ctx.wait(self.job().ping(connection).into_actor(self).map(
-            |(connection, result), act, _| {
-                act.connection = connection;
+        let connection = self.connection.clone();
+        ctx.spawn(self.job().ping(connection.clone()).into_actor(self).map(
+            move |(returned, result), act, _| {
+                act.keep_connection(connection, returned);
                 let _ = reply.send(result);
             },
         ));
