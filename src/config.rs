@@ -356,7 +356,8 @@ impl Config {
         self
     }
 
-    /// Appends the writer's mailbox holds before callers wait. Defaults to 1024.
+    /// Appends the writer holds at once (queued or being written) before callers wait,
+    /// or fail with `Error::Overloaded` under `fail_when_busy`. Defaults to 1024.
     #[must_use]
     pub fn with_writer_mailbox(mut self, appends: usize) -> Self {
         self.writer_mailbox = appends;

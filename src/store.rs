@@ -89,6 +89,8 @@ pub(crate) struct Inner {
     schema: Identifier,
     connector: Connector,
     writer: Addr<Writer>,
+    /// Permits for appends the writer holds (`writer_mailbox`), taken before sending.
+    admission: Arc<tokio::sync::Semaphore>,
     readers: Vec<Addr<Reader>>,
     next_reader: AtomicUsize,
     metrics_actor: Addr<MetricsActor>,
@@ -150,6 +152,8 @@ impl EventStore {
             consumer_stats.clone(),
             heads.clone(),
         );
+        // Appends the writer holds at once, queued or in flight.
+        let admission = Arc::new(tokio::sync::Semaphore::new(config.writer_mailbox()));
         let writer_arbiter = Arbiter::new();
         let reader_arbiter = Arbiter::new();
         let metrics_actor =
@@ -172,9 +176,10 @@ impl EventStore {
             };
             let mailbox = config.writer_mailbox();
             let heads = heads.clone();
+            let admission = admission.clone();
             Writer::start_in_arbiter(&writer_arbiter.handle(), move |ctx| {
                 ctx.set_mailbox_capacity(mailbox);
-                Writer::new(connector, settings, heads, metrics)
+                Writer::new(connector, settings, heads, metrics, admission)
             })
         };
         let cache_size = NonZeroUsize::new(config.statement_cache_size());
@@ -220,6 +225,7 @@ impl EventStore {
                 schema,
                 connector,
                 writer,
+                admission,
                 readers,
                 next_reader: AtomicUsize::new(0),
                 metrics_actor,
@@ -297,36 +303,52 @@ impl EventStore {
             otel.status_code = tracing::field::Empty,
             error.type = tracing::field::Empty,
         );
+        let admission = if options.fail_when_busy {
+            match self.inner.admission.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(tokio::sync::TryAcquireError::NoPermits) => {
+                    self.record(metrics::Method::Append, started, false);
+                    return Err(Error::Overloaded);
+                }
+                Err(tokio::sync::TryAcquireError::Closed) => return Err(Error::CLOSED),
+            }
+        } else {
+            // Waits for room in the writer; nothing was sent if the time runs out here.
+            let admission = self.inner.admission.clone().acquire_owned();
+            match self
+                .bounded(async { Ok::<_, ()>(Ok(admission.await)) }, limit, false)
+                .await
+            {
+                Ok(Ok(permit)) => permit,
+                Ok(Err(_closed)) => return Err(Error::CLOSED),
+                Err(error) => {
+                    self.record(metrics::Method::Append, started, false);
+                    return traced(&span, Err(error));
+                }
+            }
+        };
         let (reply, answer) = tokio::sync::oneshot::channel();
         let append = QueueAppend {
             append: Append::new(events, condition),
             reply,
             // The batch that writes this append links back to this span.
             caller: span.clone(),
+            admission,
         };
-        if options.fail_when_busy {
-            match self.inner.writer.try_send(append) {
-                Ok(()) => {}
-                Err(actix::prelude::SendError::Full(_)) => {
-                    self.record(metrics::Method::Append, started, false);
-                    return Err(Error::Overloaded);
-                }
-                Err(actix::prelude::SendError::Closed(_)) => return Err(Error::CLOSED),
-            }
-            let result = self
-                .bounded(answer.instrument(span.clone()), limit, true)
-                .await;
-            self.record(metrics::Method::Append, started, result.is_ok());
-            return traced(&span, result);
-        }
+        let remaining = limit.saturating_sub(started.elapsed());
         let writer = self.inner.writer.clone();
         let queued_and_answered = async move {
-            // Waits for room in the mailbox; then the append answers on its own channel.
+            // The mailbox has room for every permit; then the append answers on its
+            // own channel.
             writer.send(append).await.map_err(|_| ())?;
             answer.await.map_err(|_| ())
         };
         let result = self
-            .bounded(queued_and_answered.instrument(span.clone()), limit, true)
+            .bounded(
+                queued_and_answered.instrument(span.clone()),
+                remaining,
+                true,
+            )
             .await;
         self.record(metrics::Method::Append, started, result.is_ok());
         traced(&span, result)

@@ -31,15 +31,23 @@ struct Slot<'a> {
     unsaved: u64,
     from_snapshot: bool,
     applied: u64,
-    /// Whether the cache already holds this very state.
+    /// Whether the cache already holds this state at `loaded_head`.
     cached: bool,
+    loaded_head: Option<u64>,
 }
 
 impl Slot<'_> {
-    fn reset(&mut self) {
+    /// Starts over from the initial state: what was folded so far is not trusted.
+    fn reset(&mut self, store: &EventStore) {
+        if self.from_snapshot {
+            store.record_internal(Record::Snapshot(SnapshotOutcome::Rejected(
+                Rejection::Position,
+            )));
+        }
         self.head = None;
         self.state = self.leaf.initial();
         self.unsaved = 0;
+        self.applied = 0;
         self.from_snapshot = false;
         self.cached = false;
     }
@@ -96,6 +104,7 @@ pub(crate) async fn build<P: Projection>(
                 from_snapshot: false,
                 applied: 0,
                 cached: true,
+                loaded_head: entry.head,
             },
             None => {
                 let snapshot = snapshots.next().flatten();
@@ -114,6 +123,7 @@ pub(crate) async fn build<P: Projection>(
                     from_snapshot,
                     applied: 0,
                     cached: false,
+                    loaded_head: None,
                 }
             }
         };
@@ -160,7 +170,7 @@ async fn catch_up(
     slots: &mut [Slot<'_>],
 ) -> Result<Option<u64>> {
     let everyone: Vec<usize> = (0..slots.len()).collect();
-    loop {
+    'again: loop {
         if let Some(newest) = slots.iter().map(|s| s.head).max().flatten() {
             let mut behind: Vec<Option<u64>> = slots
                 .iter()
@@ -177,6 +187,13 @@ async fn catch_up(
                     .collect();
                 let group = union(members.iter().map(|&i| slots[i].query.clone()));
                 let head = fold(store, &group, slots, &members, from, Some(newest)).await?;
+                if head < from {
+                    // The store is behind these members' own heads.
+                    for &i in &members {
+                        slots[i].reset(store);
+                    }
+                    continue 'again;
+                }
                 for &i in &members {
                     slots[i].head = head;
                 }
@@ -187,12 +204,7 @@ async fn catch_up(
         let mut ahead = false;
         for slot in slots.iter_mut() {
             if slot.head > head {
-                if slot.from_snapshot {
-                    store.record_internal(Record::Snapshot(SnapshotOutcome::Rejected(
-                        Rejection::Ahead,
-                    )));
-                }
-                slot.reset();
+                slot.reset(store);
                 ahead = true;
             } else {
                 slot.head = head;
@@ -248,7 +260,9 @@ async fn fold(
 /// Puts a slot's state in the cache (unless it is already there as it is) and asks
 /// for a snapshot when enough events were folded since the last one.
 fn remember(decisions: &Decisions, slot: &mut Slot<'_>) {
-    if slot.cached && slot.applied == 0 {
+    // Unchanged: nothing to store. A leaf that only moved its head is stored again, so
+    // that it does not stay behind the other members of its tuples.
+    if slot.cached && slot.applied == 0 && slot.head == slot.loaded_head {
         return;
     }
     let Some(state) = slot.leaf.clone_state(&*slot.state) else {

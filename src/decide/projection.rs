@@ -12,7 +12,7 @@ use std::any::{Any, TypeId};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::model::{Query, SequencedEvent};
+use crate::model::{Query, QueryItem, SequencedEvent};
 
 /// A fold of the events matching a query into a state: what one decision needs to
 /// know about its consistency boundary.
@@ -185,14 +185,18 @@ impl<P: Projection> Leaf for P {
     }
 }
 
-/// The union of queries: an event matches it when it matches any of them.
+/// The union of queries: an event matches it when it matches any of them. Items that
+/// appear in several members are kept once.
 pub(crate) fn union(queries: impl IntoIterator<Item = Query>) -> Query {
-    Query::new(
-        queries
-            .into_iter()
-            .flat_map(|q| q.items().to_vec())
-            .collect::<Vec<_>>(),
-    )
+    let mut items: Vec<QueryItem> = Vec::new();
+    for query in queries {
+        for item in query.items() {
+            if !items.contains(item) {
+                items.push(item.clone());
+            }
+        }
+    }
+    Query::new(items)
 }
 
 macro_rules! tuple_projection {

@@ -14,7 +14,7 @@ use super::projection::{AnyState, Leaf, Serializer};
 use crate::connect::Connector;
 use crate::error::{Error, Result};
 use crate::metrics::{MetricsSink, Record, Rejection, SnapshotOutcome};
-use crate::model::{JsonText, Query};
+use crate::model::Query;
 use crate::sql::SnapshotStatements;
 
 /// Where snapshots are read and written.
@@ -71,7 +71,8 @@ impl Snapshots {
             let version: i32 = row.try_get(1).map_err(Error::db)?;
             let query: String = row.try_get(2).map_err(Error::db)?;
             let position: i64 = row.try_get(3).map_err(Error::db)?;
-            let state: JsonText = row.try_get(4).map_err(Error::db)?;
+            let state: String = row.try_get(4).map_err(Error::db)?;
+            let same_history: bool = row.try_get(5).map_err(Error::db)?;
             let Some(((leaf, key), slot)) = usize::try_from(index - 1)
                 .ok()
                 .and_then(|i| Some((leaves.get(i)?, found.get_mut(i)?)))
@@ -80,10 +81,12 @@ impl Snapshots {
             };
             let rejection = if version as u32 != key.version {
                 Some(Rejection::Version)
-            } else if query != *key.canonical || position < 0 {
+            } else if query != *key.canonical {
                 Some(Rejection::Query)
+            } else if position < 0 || !same_history {
+                Some(Rejection::Position)
             } else {
-                match leaf.deserialize(state.as_str()) {
+                match leaf.deserialize(&state) {
                     Some(state) => {
                         *slot = Some((position as u64, state));
                         self.outcome(SnapshotOutcome::Loaded);
@@ -114,7 +117,7 @@ impl Snapshots {
         let version = key.version as i32;
         let fingerprint = Query::fingerprint(&key.canonical);
         let canonical: &str = &key.canonical;
-        let state = JsonText::from_text(state_json);
+        let state = state_json;
         tokio::time::timeout(self.timeout, async {
             let client = self.connector.pooled().await?;
             if check_head {

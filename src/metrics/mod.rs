@@ -133,8 +133,9 @@ pub(crate) enum Rejection {
     Query,
     /// Its state does not deserialise into the projection's state type.
     State,
-    /// Its position is beyond the store's head.
-    Ahead,
+    /// Its position is not in this store's history: beyond the head, or the event
+    /// there is not the one it was saved after (a database restored to another point).
+    Position,
 }
 
 /// The hot path's handle: cloneable, never blocks.
@@ -253,7 +254,7 @@ pub struct MetricsSnapshot {
     /// Snapshot saves that failed (serialising or writing), or were dropped because the
     /// saver was busy.
     pub snapshot_save_failures: u64,
-    /// Stored snapshots ignored, by reason (`version`, `query`, `state`, `ahead`).
+    /// Stored snapshots ignored, by reason (`version`, `query`, `state`, `position`).
     pub snapshots_rejected: BTreeMap<String, u64>,
     /// Conflicts after which `decide` read again and decided again.
     pub decide_retries: u64,
@@ -606,7 +607,7 @@ fn rejection_name(r: Rejection) -> &'static str {
         Rejection::Version => "version",
         Rejection::Query => "query",
         Rejection::State => "state",
-        Rejection::Ahead => "ahead",
+        Rejection::Position => "position",
     }
 }
 

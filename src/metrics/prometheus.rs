@@ -167,7 +167,7 @@ impl MetricsSnapshot {
         }
         out.family(
             "dcb_snapshots_rejected_total",
-            "Stored snapshots ignored, by reason (version, query, state, ahead).",
+            "Stored snapshots ignored, by reason (version, query, state, position).",
             "counter",
         );
         for (reason, n) in &self.snapshots_rejected {

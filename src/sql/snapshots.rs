@@ -10,11 +10,12 @@ use super::Identifier;
 pub(crate) struct SnapshotStatements {
     /// `$1` names, `$2` fingerprints (parallel arrays): every version's row of each
     /// key, with the key's index (1-based) first, for the caller to choose from (and to
-    /// count the ones of other versions it ignores). Sent unprepared with its types
-    /// (one round trip): loads happen on cache misses only.
+    /// count the ones of other versions it ignores), and whether the store still holds
+    /// the event the snapshot was saved after at its position. Sent unprepared with its
+    /// types (one round trip): loads happen on cache misses only.
     pub load: String,
     /// `$1` name, `$2` version, `$3` fingerprint, `$4` canonical query, `$5` position,
-    /// `$6` state: returns a row only when it stored the snapshot.
+    /// `$6` state (JSON text): returns a row only when it stored the snapshot.
     pub save: String,
     /// The store's head (0 when empty): a snapshot may not claim more than exists.
     pub head: String,
@@ -25,16 +26,20 @@ impl SnapshotStatements {
         let s = schema.quoted();
         SnapshotStatements {
             load: format!(
-                "SELECT k.i, s.version, s.query, s.position, s.state
+                "SELECT k.i, s.version, s.query, s.position, s.state,
+                        s.event_id IS NOT DISTINCT FROM
+                            (SELECT e.event_id FROM {s}.events e WHERE e.position = s.position)
                  FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(name, fingerprint, i)
                  JOIN {s}.snapshots s ON s.name = k.name AND s.fingerprint = k.fingerprint"
             ),
             save: format!(
-                "INSERT INTO {s}.snapshots AS old (name, version, fingerprint, query, position, state)
-                 VALUES ($1, $2, $3, $4, $5, $6)
+                "INSERT INTO {s}.snapshots AS old
+                     (name, version, fingerprint, query, position, event_id, state)
+                 VALUES ($1, $2, $3, $4, $5,
+                         (SELECT e.event_id FROM {s}.events e WHERE e.position = $5), $6)
                  ON CONFLICT (name, fingerprint, version) DO UPDATE
                  SET query = EXCLUDED.query, position = EXCLUDED.position,
-                     state = EXCLUDED.state, saved_at = now()
+                     event_id = EXCLUDED.event_id, state = EXCLUDED.state, saved_at = now()
                  WHERE old.position < EXCLUDED.position
                  RETURNING position"
             ),

@@ -1,10 +1,13 @@
 //! The writer actor: gathers appends into batches and commits each batch as one
 //! transaction.
 //!
-//! While a batch is being written the actor does not read its mailbox (`ctx.wait`),
-//! so appends that arrive meanwhile wait there, bounded by the mailbox capacity
-//! (callers of `send` wait when it is full). When the write ends, the actor drains
-//! the mailbox into `pending` and starts the next batch at once: no timer, so a lone
+//! The actor keeps reading its mailbox while batches are written: appends that arrive
+//! meanwhile are validated and queued in `pending`, and the next batch is sent at once,
+//! pipelined behind the one in flight (at most two in flight). How many appends the
+//! writer holds at once (queued or in flight) is bounded by its admission semaphore
+//! (`writer_mailbox` permits): a caller takes a permit before its append is sent and
+//! the permit is returned when the append is answered, so callers wait (or, with
+//! `fail_when_busy`, fail with `Overloaded`) when the writer is full. No timer: a lone
 //! append is written immediately.
 //!
 //! A batch is one transaction: `BEGIN`, the schema's advisory lock (in its own
@@ -20,10 +23,11 @@
 
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::connect::Connector;
 use crate::error::{Error, Result};
@@ -86,6 +90,8 @@ pub(crate) struct QueueAppend {
     pub reply: oneshot::Sender<Result<AppendResult>>,
     /// The caller's span, which the batch's span follows from.
     pub caller: tracing::Span,
+    /// The append's place in the writer, given back when it is answered.
+    pub admission: OwnedSemaphorePermit,
 }
 
 /// An append waiting for its batch, and what is known of its outcome so far.
@@ -102,6 +108,8 @@ struct Pending {
     unknown_outcome: Option<Error>,
     /// The caller's span (none for message-driven callers).
     caller: tracing::Span,
+    /// Returned to the admission semaphore when this is dropped (answered or not).
+    _admission: Option<OwnedSemaphorePermit>,
 }
 
 impl Pending {
@@ -109,6 +117,7 @@ impl Pending {
         append: Append,
         reply: oneshot::Sender<Result<AppendResult>>,
         caller: tracing::Span,
+        admission: Option<OwnedSemaphorePermit>,
     ) -> Self {
         Pending {
             events: append.events,
@@ -117,6 +126,7 @@ impl Pending {
             in_flight: std::cell::Cell::new(false),
             unknown_outcome: None,
             caller,
+            _admission: admission,
         }
     }
 
@@ -205,6 +215,8 @@ pub(crate) struct Writer {
     closing: bool,
     shutdown_waiters: Vec<oneshot::Sender<()>>,
     metrics: MetricsSink,
+    /// Bounds the appends the writer holds (shared with the store's handle).
+    admission: Arc<Semaphore>,
 }
 
 impl Writer {
@@ -213,8 +225,10 @@ impl Writer {
         settings: WriterSettings,
         heads: crate::subscribe::Heads,
         metrics: MetricsSink,
+        admission: Arc<Semaphore>,
     ) -> Self {
         Writer {
+            admission,
             connector,
             heads,
             listeners: std::rc::Rc::default(),
@@ -378,6 +392,7 @@ impl Writer {
         mut append: Append,
         reply: oneshot::Sender<Result<AppendResult>>,
         caller: tracing::Span,
+        admission: Option<OwnedSemaphorePermit>,
         ctx: &mut Context<Self>,
     ) {
         if self.closing {
@@ -389,7 +404,8 @@ impl Writer {
             let _ = reply.send(Err(e));
             return;
         }
-        self.pending.push_back(Pending::new(append, reply, caller));
+        self.pending
+            .push_back(Pending::new(append, reply, caller, admission));
         self.schedule_flush(ctx);
     }
 }
@@ -397,11 +413,26 @@ impl Writer {
 impl Handler<Append> for Writer {
     type Result = ResponseFuture<Result<AppendResult>>;
 
+    /// A message-driven caller waits for room like the handle's callers: the append
+    /// takes a permit, then queues itself.
     fn handle(&mut self, append: Append, ctx: &mut Self::Context) -> Self::Result {
         let (reply, result) = oneshot::channel();
-        // A message-driven caller hands no span over.
-        self.queue(append, reply, tracing::Span::none(), ctx);
-        Box::pin(async move { result.await.unwrap_or(Err(Error::CLOSED)) })
+        let admission = self.admission.clone();
+        let writer = ctx.address();
+        Box::pin(async move {
+            let admission = admission.acquire_owned().await.map_err(|_| Error::CLOSED)?;
+            writer
+                .send(QueueAppend {
+                    append,
+                    reply,
+                    // A message-driven caller hands no span over.
+                    caller: tracing::Span::none(),
+                    admission,
+                })
+                .await
+                .map_err(|_| Error::CLOSED)?;
+            result.await.unwrap_or(Err(Error::CLOSED))
+        })
     }
 }
 
@@ -409,7 +440,13 @@ impl Handler<QueueAppend> for Writer {
     type Result = ();
 
     fn handle(&mut self, message: QueueAppend, ctx: &mut Self::Context) {
-        self.queue(message.append, message.reply, message.caller, ctx);
+        self.queue(
+            message.append,
+            message.reply,
+            message.caller,
+            Some(message.admission),
+            ctx,
+        );
     }
 }
 
@@ -454,7 +491,10 @@ mod tests {
             events: vec![Event::new("E", serde_json::json!({}))],
             condition: None,
         };
-        (Pending::new(append, reply, tracing::Span::none()), answer)
+        (
+            Pending::new(append, reply, tracing::Span::none(), None),
+            answer,
+        )
     }
 
     #[test]

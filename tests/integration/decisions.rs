@@ -396,22 +396,37 @@ async fn snapshots_of_another_version_type_or_position_are_ignored_and_counted()
         other_type.metrics().await.unwrap().snapshots_rejected["state"],
         1
     );
-    // A snapshot from beyond the store's head (written behind the store's back) is
-    // never trusted.
+    // A snapshot from beyond the store's head, or saved after another event at its
+    // position (a database restored to another point), is never trusted.
     let client = support::client().await;
-    client
-        .execute(
-            &format!("UPDATE {schema}.snapshots SET position = 1000000"),
-            &[],
-        )
-        .await
-        .unwrap();
-    let ahead = fresh().await;
-    assert_eq!(ahead.decision_model(&v1).await.unwrap().state, 3);
-    assert_eq!(
-        ahead.metrics().await.unwrap().snapshots_rejected["ahead"],
-        1
-    );
+    for tamper in [
+        "SET position = 1000000",
+        "SET event_id = '00000000-0000-4000-8000-000000000000'",
+    ] {
+        client
+            .execute(&format!("UPDATE {schema}.snapshots {tamper}"), &[])
+            .await
+            .unwrap();
+        let elsewhere = fresh().await;
+        assert_eq!(
+            elsewhere.decision_model(&v1).await.unwrap().state,
+            3,
+            "{tamper}"
+        );
+        let m = elsewhere.metrics().await.unwrap();
+        assert_eq!(m.snapshots_rejected["position"], 1, "{tamper}");
+        let restore = format!(
+            "UPDATE {schema}.snapshots SET position = 3, \
+             event_id = (SELECT event_id FROM {schema}.events WHERE position = 3)"
+        );
+        client.execute(&restore, &[]).await.unwrap();
+        let trusting = fresh().await;
+        assert_eq!(
+            trusting.decision_model(&v1).await.unwrap().state,
+            100,
+            "{tamper}"
+        );
+    }
 }
 
 #[actix::test]

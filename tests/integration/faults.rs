@@ -341,6 +341,12 @@ async fn overload_pushes_back_and_throughput_recovers() {
     let accepted = results.iter().filter(|r| r.is_ok()).count();
     assert!(refused > 0, "a full mailbox pushes back");
     assert_eq!(refused + accepted, 200, "{results:?}");
+    // Every attempt was made while the writer was stalled: it held at most
+    // `writer_mailbox` appends (the stalled one included), whatever it had read.
+    assert!(
+        accepted < 8,
+        "{accepted} accepted while the writer was stalled"
+    );
     // Throughput recovers once the load drops.
     for _ in 0..20 {
         store
