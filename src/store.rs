@@ -207,6 +207,7 @@ impl EventStore {
                 sql: Arc::new(sql::SnapshotStatements::new(&schema)),
                 metrics: metrics.clone(),
                 timeout: config.operation_timeout(),
+                presence: Arc::default(),
             },
             config.decision_cache_entries(),
             config.snapshot_after_events(),

@@ -187,6 +187,9 @@ impl EventStore {
                 .snapshots
                 .save(&key, position, json, true)
                 .await?;
+            if stored {
+                self.decisions().snapshots.presence.saved(key.name);
+            }
             all &= stored;
         }
         Ok(all)

@@ -79,7 +79,7 @@ pub(crate) async fn build<P: Projection>(
     let mut snapshots = if misses.is_empty() {
         Vec::new()
     } else {
-        match decisions.snapshots.load(&misses).await {
+        match decisions.snapshots.load_for_misses(&misses).await {
             Ok(found) => found,
             Err(error) => {
                 // Reading from the start is always exact; the read below meets a real

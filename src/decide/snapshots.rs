@@ -3,8 +3,9 @@
 //! (monotonic), and the background task that saves off the hot path.
 
 use std::any::Any;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_postgres::types::Type;
@@ -24,6 +25,59 @@ pub(crate) struct Snapshots {
     pub sql: Arc<SnapshotStatements>,
     pub metrics: MetricsSink,
     pub timeout: Duration,
+    pub presence: Arc<Presence>,
+}
+
+/// How long an answer to "does this projection have any snapshot?" holds.
+const PRESENCE_FRESH: Duration = Duration::from_secs(5);
+
+/// Which projections (by name) have any snapshot, as last checked. A projection with
+/// none (small boundaries never reach `snapshot_after_events`) skips the snapshot lookup
+/// on a cache miss: a round trip saved on the first decision of every new boundary.
+/// Skipping a snapshot is always exact (the state is built from the events); an answer
+/// holds for [`PRESENCE_FRESH`], and this process's own saves count at once.
+#[derive(Default)]
+pub(crate) struct Presence {
+    known: Mutex<HashMap<&'static str, (Instant, bool)>>,
+}
+
+impl Presence {
+    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<&'static str, (Instant, bool)>> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Of `names`, those without a fresh answer.
+    fn stale(&self, names: &[&'static str], now: Instant) -> Vec<&'static str> {
+        let known = self.known();
+        let mut stale: Vec<&'static str> = names
+            .iter()
+            .copied()
+            .filter(|name| {
+                known
+                    .get(name)
+                    .is_none_or(|(at, _)| now.saturating_duration_since(*at) >= PRESENCE_FRESH)
+            })
+            .collect();
+        stale.sort_unstable();
+        stale.dedup();
+        stale
+    }
+
+    fn record(&self, checked: &[&'static str], present: &HashSet<String>, at: Instant) {
+        let mut known = self.known();
+        for name in checked {
+            known.insert(name, (at, present.contains(*name)));
+        }
+    }
+
+    pub(crate) fn saved(&self, name: &'static str) {
+        self.known().insert(name, (Instant::now(), true));
+    }
+
+    /// Whether `name` may have snapshots (unknown counts as yes).
+    fn may_have(&self, name: &str) -> bool {
+        self.known().get(name).is_none_or(|(_, present)| *present)
+    }
 }
 
 /// A state to save: copied by the model builder, serialised by the saver.
@@ -35,6 +89,54 @@ pub(crate) struct SaveJob {
 }
 
 impl Snapshots {
+    /// The usable snapshots of the `leaves` (cache misses), skipping projections known to
+    /// have none; `None` for those.
+    pub(crate) async fn load_for_misses(
+        &self,
+        leaves: &[(&dyn Leaf, &Key)],
+    ) -> Result<Vec<Option<(u64, AnyState)>>> {
+        let names: Vec<&'static str> = leaves.iter().map(|(_, key)| key.name).collect();
+        let stale = self.presence.stale(&names, Instant::now());
+        if !stale.is_empty() {
+            let checked_at = Instant::now();
+            let rows = tokio::time::timeout(self.timeout, async {
+                let client = self.connector.pooled().await?;
+                client
+                    .query_typed(&self.sql.present, &[(&stale, Type::TEXT_ARRAY)])
+                    .await
+                    .map_err(Error::db)
+            })
+            .await
+            .map_err(|_| Error::Timeout {
+                after: self.timeout,
+                may_have_been_written: false,
+            })??;
+            let present: HashSet<String> = rows.iter().filter_map(|r| r.try_get(0).ok()).collect();
+            self.presence.record(&stale, &present, checked_at);
+        }
+        let wanted: Vec<(&dyn Leaf, &Key)> = leaves
+            .iter()
+            .copied()
+            .filter(|(_, key)| self.presence.may_have(key.name))
+            .collect();
+        let mut found = if wanted.is_empty() {
+            Vec::new()
+        } else {
+            self.load(&wanted).await?
+        }
+        .into_iter();
+        Ok(leaves
+            .iter()
+            .map(|(_, key)| {
+                if self.presence.may_have(key.name) {
+                    found.next().flatten()
+                } else {
+                    None
+                }
+            })
+            .collect())
+    }
+
     /// The usable snapshot of each leaf, if any, in one round trip. Snapshots of
     /// another version, of another query with the same fingerprint, or whose state
     /// does not deserialise into the leaf's state type are counted and ignored.
@@ -172,7 +274,10 @@ impl Snapshots {
                 continue;
             };
             match self.save(&job.key, job.position, json, false).await {
-                Ok(true) => self.outcome(SnapshotOutcome::Saved),
+                Ok(true) => {
+                    self.presence.saved(job.key.name);
+                    self.outcome(SnapshotOutcome::Saved)
+                }
                 Ok(false) => self.outcome(SnapshotOutcome::NotNewer),
                 Err(error) => {
                     tracing::warn!(projection = job.key.name, %error, "snapshot not saved");

@@ -19,6 +19,8 @@ pub(crate) struct SnapshotStatements {
     pub save: String,
     /// The store's head (0 when empty): a snapshot may not claim more than exists.
     pub head: String,
+    /// `$1` names: those that have any snapshot (sent unprepared, like `load`).
+    pub present: String,
 }
 
 impl SnapshotStatements {
@@ -44,6 +46,9 @@ impl SnapshotStatements {
                  RETURNING position"
             ),
             head: format!("SELECT coalesce(max(position), 0) FROM {s}.events"),
+            present: format!(
+                "SELECT DISTINCT name FROM {s}.snapshots WHERE name = ANY ($1::text[])"
+            ),
         }
     }
 }
