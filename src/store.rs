@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use futures_util::Stream;
+use futures_util::{FutureExt, Stream};
 use tracing::Instrument;
 
 use crate::config::Config;
@@ -316,12 +316,9 @@ impl EventStore {
         } else {
             // Waits for room in the writer; nothing was sent if the time runs out here.
             let admission = self.inner.admission.clone().acquire_owned();
-            match self
-                .bounded(async { Ok::<_, ()>(Ok(admission.await)) }, limit, false)
-                .await
-            {
-                Ok(Ok(permit)) => permit,
-                Ok(Err(_closed)) => return Err(Error::CLOSED),
+            let admitted = admission.map(|permit| Ok::<_, ()>(permit.map_err(|_| Error::CLOSED)));
+            match self.bounded(admitted, limit, false).await {
+                Ok(permit) => permit,
                 Err(error) => {
                     self.record(metrics::Method::Append, started, false);
                     return traced(&span, Err(error));

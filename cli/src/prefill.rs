@@ -29,7 +29,19 @@ const CHUNK: u64 = 50_000;
 /// Makes sure `bench_read_<n>` holds exactly events 1..=n.
 pub async fn ensure(config: &Config, n: u64) -> Result<(), Error> {
     let schema = schema_name(n);
-    let client = connect(config, &schema).await?;
+    let url = config.database_url().ok_or_else(|| {
+        Error::Config("bench read needs DATABASE_URL (the prefilled store is kept)".into())
+    })?;
+    // Creates the schema and tables when missing.
+    drop(EventStore::connect(config.clone().with_schema(&schema)).await?);
+    let pg = tokio_postgres::Config::from_str(url).map_err(|e| Error::Config(e.to_string()))?;
+    let (client, connection) = pg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| Error::Connect(e.to_string()))?;
+    actix::spawn(async move {
+        let _ = connection.await;
+    });
     let db = Error::from;
     let have: i64 = client
         .query_one(
@@ -48,37 +60,12 @@ pub async fn ensure(config: &Config, n: u64) -> Result<(), Error> {
             "schema {schema} holds {have} events, not {n}; drop it (DROP SCHEMA {schema} CASCADE) to refill"
         )));
     }
-    copy_events(&client, &schema, n).await?;
-    prewarm(&client, &schema).await;
-    Ok(())
-}
-
-/// Creates the store's tables in `schema` when missing, and connects to the database.
-async fn connect(config: &Config, schema: &str) -> Result<tokio_postgres::Client, Error> {
-    let url = config.database_url().ok_or_else(|| {
-        Error::Config("pre-filled benchmarks need DATABASE_URL (the store is kept)".into())
-    })?;
-    drop(EventStore::connect(config.clone().with_schema(schema)).await?);
-    let pg = tokio_postgres::Config::from_str(url).map_err(|e| Error::Config(e.to_string()))?;
-    let (client, connection) = pg
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| Error::Connect(e.to_string()))?;
-    actix::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
-}
-
-/// Writes events 1..=n by binary COPY, then vacuums and analyses as autovacuum would.
-async fn copy_events(client: &tokio_postgres::Client, schema: &str, n: u64) -> Result<(), Error> {
-    let db = Error::from;
     let progress = ProgressBar::new(n);
     progress.set_style(
         ProgressStyle::with_template("prefill {msg} [{bar:30}] {pos}/{len} {elapsed}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    progress.set_message(schema.to_owned());
+    progress.set_message(schema.clone());
     let payload = "x".repeat(150);
     let now = chrono::Utc::now();
     let mut start = 1;
@@ -154,6 +141,7 @@ async fn copy_events(client: &tokio_postgres::Client, schema: &str, n: u64) -> R
             .await
             .map_err(db)?;
     }
+    prewarm(&client, &schema).await;
     Ok(())
 }
 

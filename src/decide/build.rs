@@ -1,12 +1,13 @@
 //! Building a decision model: each leaf's state from the cache, else its snapshot, else
-//! its initial state; then one read of the union of the leaves' queries after the
-//! oldest of their heads, applying each event to the leaves that have not scanned it
-//! and whose query matches it.
+//! its initial state; leaves behind the newest head read their own queries up to it;
+//! then one read of the union of the leaves' queries after that head, applying each
+//! event to the leaves whose query matches it.
 //!
-//! Exactness: a leaf's state folds every event matching its query up to its head. The
-//! read returns every event of the union after the oldest head up to the read's head,
-//! in position order (positions become visible in order), so each leaf gets exactly
-//! the events it lacks, and all leaves end at the read's head — the model's head.
+//! Exactness: a leaf's state folds every event matching its query up to its head. Each
+//! read returns every event of its query after a leaf's head, in position order
+//! (positions become visible in order), and applies it only to leaves that have not
+//! scanned it, so each leaf gets exactly the events it lacks, and all leaves end at the
+//! last read's head — the model's head.
 
 use std::sync::Arc;
 
@@ -31,9 +32,8 @@ struct Slot<'a> {
     unsaved: u64,
     from_snapshot: bool,
     applied: u64,
-    /// Whether the cache already holds this state at `loaded_head`.
-    cached: bool,
-    loaded_head: Option<u64>,
+    /// The head at which the cache holds this very state, when it came from there.
+    cached_at: Option<Option<u64>>,
 }
 
 impl Slot<'_> {
@@ -49,7 +49,7 @@ impl Slot<'_> {
         self.unsaved = 0;
         self.applied = 0;
         self.from_snapshot = false;
-        self.cached = false;
+        self.cached_at = None;
     }
 }
 
@@ -59,7 +59,12 @@ pub(crate) async fn build<P: Projection>(
     projection: &P,
 ) -> Result<DecisionModel<P::State>> {
     let leaves = Members::of(projection);
-    let keys: Vec<Key> = leaves.iter().map(|leaf| Key::of(*leaf)).collect();
+    let queries: Vec<Query> = leaves.iter().map(|leaf| leaf.query()).collect();
+    let keys: Vec<Key> = leaves
+        .iter()
+        .zip(&queries)
+        .map(|(leaf, query)| Key::with_query(*leaf, query))
+        .collect();
     let cached: Vec<Option<(Entry, AnyState)>> = leaves
         .iter()
         .zip(&keys)
@@ -92,49 +97,32 @@ pub(crate) async fn build<P: Projection>(
     .into_iter();
     let (hits, misses) = (cached.len() - misses.len(), misses.len());
     let mut slots = Vec::with_capacity(leaves.len());
-    for ((leaf, key), cached) in leaves.into_iter().zip(keys).zip(cached) {
-        let slot = match cached {
-            Some((entry, state)) => Slot {
-                leaf,
-                query: leaf.query(),
-                key,
-                head: entry.head,
-                state,
-                unsaved: entry.unsaved,
-                from_snapshot: false,
-                applied: 0,
-                cached: true,
-                loaded_head: entry.head,
+    for (((leaf, query), key), cached) in leaves.into_iter().zip(queries).zip(keys).zip(cached) {
+        let (head, state, unsaved, from_snapshot, cached_at) = match cached {
+            Some((entry, state)) => (entry.head, state, entry.unsaved, false, Some(entry.head)),
+            None => match snapshots.next().flatten() {
+                Some((position, state)) => (Some(position), state, 0, true, None),
+                None => (None, leaf.initial(), 0, false, None),
             },
-            None => {
-                let snapshot = snapshots.next().flatten();
-                let from_snapshot = snapshot.is_some();
-                let (head, state) = match snapshot {
-                    Some((position, state)) => (Some(position), state),
-                    None => (None, leaf.initial()),
-                };
-                Slot {
-                    leaf,
-                    query: leaf.query(),
-                    key,
-                    head,
-                    state,
-                    unsaved: 0,
-                    from_snapshot,
-                    applied: 0,
-                    cached: false,
-                    loaded_head: None,
-                }
-            }
         };
-        slots.push(slot);
+        slots.push(Slot {
+            leaf,
+            key,
+            query,
+            head,
+            state,
+            unsaved,
+            from_snapshot,
+            applied: 0,
+            cached_at,
+        });
     }
     let query = union(slots.iter().map(|s| s.query.clone()));
     let head = catch_up(store, &query, &mut slots).await?;
     let mut applied = 0u64;
+    // `catch_up` left every slot at `head`.
     for slot in &mut slots {
         applied += slot.applied;
-        slot.head = head;
         slot.unsaved += slot.applied;
         remember(decisions, slot);
     }
@@ -259,10 +247,10 @@ async fn fold(
 
 /// Puts a slot's state in the cache (unless it is already there as it is) and asks
 /// for a snapshot when enough events were folded since the last one.
-fn remember(decisions: &Decisions, slot: &mut Slot<'_>) {
+fn remember(decisions: &Decisions, slot: &Slot<'_>) {
     // Unchanged: nothing to store. A leaf that only moved its head is stored again, so
     // that it does not stay behind the other members of its tuples.
-    if slot.cached && slot.applied == 0 && slot.head == slot.loaded_head {
+    if slot.applied == 0 && slot.cached_at == Some(slot.head) {
         return;
     }
     let Some(state) = slot.leaf.clone_state(&*slot.state) else {

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use lru::LruCache;
 
 use super::projection::Leaf;
+use crate::model::Query;
 
 /// What identifies a state: the projection's name, version and type (two types that
 /// share a name by mistake never see each other's states), and its query's canonical
@@ -26,11 +27,16 @@ pub(crate) struct Key {
 
 impl Key {
     pub(crate) fn of(leaf: &dyn Leaf) -> Self {
+        Self::with_query(leaf, &leaf.query())
+    }
+
+    /// The key of `leaf`, whose query is `query` (for callers that need it too).
+    pub(crate) fn with_query(leaf: &dyn Leaf, query: &Query) -> Self {
         Key {
             name: leaf.name(),
             version: leaf.version(),
             projection: leaf.projection_type(),
-            canonical: leaf.query().canonical().into(),
+            canonical: query.canonical().into(),
         }
     }
 }
@@ -73,12 +79,5 @@ impl StateCache {
             return;
         }
         entries.put(key, entry);
-    }
-
-    /// Number of entries (tests and metrics).
-    pub(crate) fn len(&self) -> usize {
-        self.entries.as_ref().map_or(0, |entries| {
-            entries.lock().unwrap_or_else(|e| e.into_inner()).len()
-        })
     }
 }

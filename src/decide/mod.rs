@@ -121,11 +121,3 @@ impl Decisions {
         }
     }
 }
-
-impl std::fmt::Debug for Decisions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Decisions")
-            .field("cached_states", &self.cache.len())
-            .finish_non_exhaustive()
-    }
-}

@@ -99,41 +99,33 @@ impl Snapshots {
         let stale = self.presence.stale(&names, Instant::now());
         if !stale.is_empty() {
             let checked_at = Instant::now();
-            let rows = tokio::time::timeout(self.timeout, async {
-                let client = self.connector.pooled().await?;
-                client
-                    .query_typed(&self.sql.present, &[(&stale, Type::TEXT_ARRAY)])
-                    .await
-                    .map_err(Error::db)
-            })
-            .await
-            .map_err(|_| Error::Timeout {
-                after: self.timeout,
-                may_have_been_written: false,
-            })??;
+            let rows = self
+                .query_typed(&self.sql.present, &[(&stale, Type::TEXT_ARRAY)])
+                .await?;
             let present: HashSet<String> = rows.iter().filter_map(|r| r.try_get(0).ok()).collect();
             self.presence.record(&stale, &present, checked_at);
         }
-        let wanted: Vec<(&dyn Leaf, &Key)> = leaves
+        // Decided once: a save meanwhile (the saver runs concurrently) must not shift
+        // which answer belongs to which leaf.
+        let wanted: Vec<bool> = leaves
             .iter()
-            .copied()
-            .filter(|(_, key)| self.presence.may_have(key.name))
+            .map(|(_, key)| self.presence.may_have(key.name))
             .collect();
-        let mut found = if wanted.is_empty() {
+        let to_load: Vec<(&dyn Leaf, &Key)> = leaves
+            .iter()
+            .zip(&wanted)
+            .filter(|(_, wanted)| **wanted)
+            .map(|(leaf, _)| *leaf)
+            .collect();
+        let mut found = if to_load.is_empty() {
             Vec::new()
         } else {
-            self.load(&wanted).await?
+            self.load(&to_load).await?
         }
         .into_iter();
-        Ok(leaves
-            .iter()
-            .map(|(_, key)| {
-                if self.presence.may_have(key.name) {
-                    found.next().flatten()
-                } else {
-                    None
-                }
-            })
+        Ok(wanted
+            .into_iter()
+            .map(|wanted| if wanted { found.next().flatten() } else { None })
             .collect())
     }
 
@@ -149,24 +141,15 @@ impl Snapshots {
             .iter()
             .map(|(_, key)| Query::fingerprint(&key.canonical))
             .collect();
-        let rows = tokio::time::timeout(self.timeout, async {
-            let client = self.connector.pooled().await?;
-            client
-                .query_typed(
-                    &self.sql.load,
-                    &[
-                        (&names, Type::TEXT_ARRAY),
-                        (&fingerprints, Type::TEXT_ARRAY),
-                    ],
-                )
-                .await
-                .map_err(Error::db)
-        })
-        .await
-        .map_err(|_| Error::Timeout {
-            after: self.timeout,
-            may_have_been_written: false,
-        })??;
+        let rows = self
+            .query_typed(
+                &self.sql.load,
+                &[
+                    (&names, Type::TEXT_ARRAY),
+                    (&fingerprints, Type::TEXT_ARRAY),
+                ],
+            )
+            .await?;
         let mut found: Vec<Option<(u64, AnyState)>> = leaves.iter().map(|_| None).collect();
         for row in rows {
             let index: i64 = row.try_get(0).map_err(Error::db)?;
@@ -220,7 +203,8 @@ impl Snapshots {
         let fingerprint = Query::fingerprint(&key.canonical);
         let canonical: &str = &key.canonical;
         let state = state_json;
-        tokio::time::timeout(self.timeout, async {
+        // A timeout may leave the upsert committed.
+        self.bounded(true, async {
             let client = self.connector.pooled().await?;
             if check_head {
                 let head: i64 = client
@@ -251,10 +235,34 @@ impl Snapshots {
             Ok(stored.is_some())
         })
         .await
-        .map_err(|_| Error::Timeout {
-            after: self.timeout,
-            may_have_been_written: true,
-        })?
+    }
+
+    /// `work`, within the operation timeout.
+    async fn bounded<T>(
+        &self,
+        may_have_been_written: bool,
+        work: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .map_err(|_| Error::Timeout {
+                after: self.timeout,
+                may_have_been_written,
+            })?
+    }
+
+    /// A read-only statement sent unprepared on a pooled connection, within the
+    /// operation timeout.
+    async fn query_typed(
+        &self,
+        sql: &str,
+        params: &[(&(dyn tokio_postgres::types::ToSql + Sync), Type)],
+    ) -> Result<Vec<tokio_postgres::Row>> {
+        self.bounded(false, async {
+            let client = self.connector.pooled().await?;
+            client.query_typed(sql, params).await.map_err(Error::db)
+        })
+        .await
     }
 
     fn outcome(&self, outcome: SnapshotOutcome) {

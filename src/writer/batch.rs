@@ -130,7 +130,7 @@ impl BatchJob {
         let timeout = self.settings.timeout;
         async move {
             let deadline = Instant::now() + timeout;
-            let mut connection = connection.filter(|c| !c.client.is_closed());
+            let mut connection = connection.filter(|c| !c.is_closed());
             // The error to report if every attempt fails.
             let mut failure: Option<Error> = None;
             for attempt in 0u32.. {
@@ -220,7 +220,7 @@ impl BatchJob {
         one: &mut [Pending],
         deadline: Instant,
     ) -> Result<Vec<Result<AppendResult>>> {
-        let current = match connection.take().filter(|c| !c.client.is_closed()) {
+        let current = match connection.take().filter(|c| !c.is_closed()) {
             Some(c) => c,
             None => match self.connect_by(deadline).await {
                 Some(connected) => Rc::new(connected?),
@@ -257,7 +257,7 @@ impl BatchJob {
         connection: Option<Rc<WriterConnection>>,
     ) -> (Option<Rc<WriterConnection>>, Result<()>) {
         let deadline = Instant::now() + self.settings.timeout;
-        let connection = match connection.filter(|c| !c.client.is_closed()) {
+        let connection = match connection.filter(|c| !c.is_closed()) {
             Some(c) => c,
             None => match self.connect_by(deadline).await {
                 Some(Ok(c)) => Rc::new(c),

@@ -109,7 +109,7 @@ struct Pending {
     /// The caller's span (none for message-driven callers).
     caller: tracing::Span,
     /// Returned to the admission semaphore when this is dropped (answered or not).
-    _admission: Option<OwnedSemaphorePermit>,
+    _admission: OwnedSemaphorePermit,
 }
 
 impl Pending {
@@ -117,7 +117,7 @@ impl Pending {
         append: Append,
         reply: oneshot::Sender<Result<AppendResult>>,
         caller: tracing::Span,
-        admission: Option<OwnedSemaphorePermit>,
+        admission: OwnedSemaphorePermit,
     ) -> Self {
         Pending {
             events: append.events,
@@ -326,12 +326,10 @@ impl Writer {
         match returned {
             Some(connection) => self.connection = Some(connection),
             None => {
-                let current_is_used = match (&self.connection, &used) {
-                    (Some(current), Some(used)) => Rc::ptr_eq(current, used),
-                    _ => false,
-                };
-                if current_is_used || self.connection.as_ref().is_some_and(|c| c.is_closed()) {
-                    self.connection = None;
+                if let (Some(current), Some(used)) = (&self.connection, &used) {
+                    if Rc::ptr_eq(current, used) {
+                        self.connection = None;
+                    }
                 }
             }
         }
@@ -401,7 +399,7 @@ impl Writer {
         mut append: Append,
         reply: oneshot::Sender<Result<AppendResult>>,
         caller: tracing::Span,
-        admission: Option<OwnedSemaphorePermit>,
+        admission: OwnedSemaphorePermit,
         ctx: &mut Context<Self>,
     ) {
         if self.closing {
@@ -453,7 +451,7 @@ impl Handler<QueueAppend> for Writer {
             message.append,
             message.reply,
             message.caller,
-            Some(message.admission),
+            message.admission,
             ctx,
         );
     }
@@ -494,6 +492,12 @@ impl Handler<Shutdown> for Writer {
 mod tests {
     use super::*;
 
+    fn permit() -> OwnedSemaphorePermit {
+        Arc::new(Semaphore::new(1))
+            .try_acquire_owned()
+            .expect("a fresh semaphore has a permit")
+    }
+
     fn pending() -> (Pending, oneshot::Receiver<Result<AppendResult>>) {
         let (reply, answer) = oneshot::channel();
         let append = Append {
@@ -501,7 +505,7 @@ mod tests {
             condition: None,
         };
         (
-            Pending::new(append, reply, tracing::Span::none(), None),
+            Pending::new(append, reply, tracing::Span::none(), permit()),
             answer,
         )
     }
