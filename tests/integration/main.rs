@@ -14,6 +14,7 @@ mod generate;
 mod matching;
 mod metrics;
 mod ordering;
+mod partitioning;
 mod outcomes;
 mod properties;
 mod reads;
