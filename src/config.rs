@@ -61,6 +61,10 @@ pub struct Config {
     decision_cache_entries: usize,
     snapshot_after_events: u64,
     decide_retries: u32,
+    replica_urls: Vec<String>,
+    replica_max_lag_ms: u64,
+    replica_wait_ms: u64,
+    replica_poll_ms: u64,
     /// Start a throwaway server when no URL is configured (never from a file).
     #[serde(skip)]
     throwaway_server: bool,
@@ -102,6 +106,10 @@ impl Default for Config {
             decision_cache_entries: 10_000,
             snapshot_after_events: 1_000,
             decide_retries: 16,
+            replica_urls: Vec::new(),
+            replica_max_lag_ms: 5_000,
+            replica_wait_ms: 1_000,
+            replica_poll_ms: 100,
             throwaway_server: false,
         }
     }
@@ -204,6 +212,7 @@ impl Config {
             ),
             ("subscription_buffer_bytes", self.subscription_buffer_bytes),
             ("subscription_poll_ms", self.subscription_poll_ms as usize),
+            ("replica_poll_ms", self.replica_poll_ms as usize),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -217,7 +226,65 @@ impl Config {
                 self.max_name_bytes
             )));
         }
+        for url in &self.replica_urls {
+            url.parse::<tokio_postgres::Config>().map_err(|e| {
+                Error::Config(format!(
+                    "replica url {:?} is not valid: {e}",
+                    redact_password(url)
+                ))
+            })?;
+        }
         Ok(())
+    }
+
+    /// Read replicas (PostgreSQL streaming replicas of the database): reads asked for
+    /// with [`Consistency::Eventual`](crate::Consistency::Eventual) or
+    /// [`Consistency::AtLeast`](crate::Consistency::AtLeast) may be served by them;
+    /// appends, conditions and strong reads always go to the primary. Each replica gets
+    /// its own readers (as many as [`with_readers`](Config::with_readers)). Defaults to
+    /// none.
+    ///
+    /// ```
+    /// use dcb_store::Config;
+    /// let config = Config::default()
+    ///     .with_database_url("postgres://app@db1/shop")
+    ///     .with_replica_urls(["postgres://app@db2/shop", "postgres://app@db3/shop"]);
+    /// # let _ = config;
+    /// ```
+    #[must_use]
+    pub fn with_replica_urls<I, S>(mut self, urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.replica_urls = urls.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// How far behind the primary a replica may be, in time, and still serve eventual
+    /// reads: a replica missing an event the primary had longer ago than this is taken
+    /// out of rotation until it catches up. Defaults to 5 s.
+    #[must_use]
+    pub fn with_replica_max_lag(mut self, lag: Duration) -> Self {
+        self.replica_max_lag_ms = lag.as_millis() as u64;
+        self
+    }
+
+    /// How long a read with [`Consistency::AtLeast`](crate::Consistency::AtLeast) waits
+    /// for a replica to reach its position before the primary serves it. Defaults to
+    /// 1 s; 0 goes to the primary at once unless the router already knows a replica has it.
+    #[must_use]
+    pub fn with_replica_wait(mut self, wait: Duration) -> Self {
+        self.replica_wait_ms = wait.as_millis() as u64;
+        self
+    }
+
+    /// How often the router asks every replica (and the primary) for its head.
+    /// Defaults to 100 ms.
+    #[must_use]
+    pub fn with_replica_poll_interval(mut self, interval: Duration) -> Self {
+        self.replica_poll_ms = interval.as_millis().max(1) as u64;
+        self
     }
 
     /// Whether batches send a `NOTIFY` (in their transaction) while some process
@@ -535,6 +602,19 @@ impl Config {
     pub(crate) fn snapshot_after_events(&self) -> u64 {
         self.snapshot_after_events
     }
+    /// The replicas' connection strings.
+    pub fn replica_urls(&self) -> &[String] {
+        &self.replica_urls
+    }
+    pub(crate) fn replica_max_lag(&self) -> Duration {
+        Duration::from_millis(self.replica_max_lag_ms)
+    }
+    pub(crate) fn replica_wait(&self) -> Duration {
+        Duration::from_millis(self.replica_wait_ms)
+    }
+    pub(crate) fn replica_poll_interval(&self) -> Duration {
+        Duration::from_millis(self.replica_poll_ms)
+    }
     pub(crate) fn decide_retries(&self) -> u32 {
         self.decide_retries
     }
@@ -600,6 +680,17 @@ impl fmt::Debug for Config {
             .field("decision_cache_entries", &self.decision_cache_entries)
             .field("snapshot_after_events", &self.snapshot_after_events)
             .field("decide_retries", &self.decide_retries)
+            .field(
+                "replica_urls",
+                &self
+                    .replica_urls
+                    .iter()
+                    .map(|url| redact_password(url))
+                    .collect::<Vec<_>>(),
+            )
+            .field("replica_max_lag_ms", &self.replica_max_lag_ms)
+            .field("replica_wait_ms", &self.replica_wait_ms)
+            .field("replica_poll_ms", &self.replica_poll_ms)
             .finish()
     }
 }

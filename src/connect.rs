@@ -78,6 +78,19 @@ impl Connector {
             .map_err(|e| Error::Connect(with_causes(&e)))
     }
 
+    /// A connection made at once, without the pool's retries (one attempt per host,
+    /// each within `connect_timeout`): for the router's health polls, where a server
+    /// that does not answer must be reported, not waited for.
+    pub(crate) async fn direct(&self) -> Result<Client> {
+        let (client, connection) = self
+            .config
+            .connect(self.tls.clone())
+            .await
+            .map_err(|e| Error::Connect(with_causes(&e)))?;
+        tokio::spawn(connection);
+        Ok(client)
+    }
+
     /// A connection from the pool, for short administrative statements.
     pub(crate) async fn pooled(&self) -> Result<bb8::PooledConnection<'_, Manager>> {
         self.pool

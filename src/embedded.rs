@@ -20,6 +20,8 @@ pub struct EmbeddedPostgres {
     bin: PathBuf,
     port: u16,
     run_as: Option<(u32, u32)>,
+    /// The server's command-line options (port, sockets, settings).
+    options: String,
     watchdog: Option<Child>,
 }
 
@@ -63,25 +65,7 @@ impl EmbeddedPostgres {
     }
 
     fn start_inner(tls: Option<(&str, &str)>) -> Result<Self> {
-        let bin = find_binaries()?;
-        let run_as = unprivileged_user()?;
-        let dir = tempfile::Builder::new()
-            .prefix("dcb-store-pg-")
-            .tempdir()
-            .map_err(|e| Error::Embedded(format!("cannot create a temporary directory: {e}")))?;
-        if let Some((uid, gid)) = run_as {
-            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).map_err(|e| {
-                Error::Embedded(format!("cannot hand the directory to uid {uid}: {e}"))
-            })?;
-        }
-        let port = free_port()?;
-        let mut server = EmbeddedPostgres {
-            dir,
-            bin,
-            port,
-            run_as,
-            watchdog: None,
-        };
+        let mut server = Self::prepare()?;
         server.run(
             "initdb",
             &[
@@ -97,40 +81,107 @@ impl EmbeddedPostgres {
                 "--no-sync",
             ],
         )?;
-        let mut options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=on",
-            server.dir.path().display()
-        );
         if let Some((cert, key)) = tls {
             let cert_path = server.dir.path().join("server.crt");
             let key_path = server.dir.path().join("server.key");
             server.write_private(&cert_path, cert, 0o644)?;
             server.write_private(&key_path, key, 0o600)?;
-            options.push_str(&format!(
+            server.options.push_str(&format!(
                 " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
                 cert_path.display(),
                 key_path.display()
             ));
         }
-        let log = server.dir.path().join("server.log");
-        server.run(
-            "pg_ctl",
+        server.launch()?;
+        Ok(server)
+    }
+
+    /// A streaming replica of this server (`pg_basebackup -R`), running as a hot
+    /// standby on a port of its own: it replays what this server commits and serves
+    /// reads. `initdb`'s default access rules already let loopback connections
+    /// replicate. Settings made on this server with `ALTER SYSTEM` before the call are
+    /// copied too (make `synchronous_standby_names` after it, or a promoted replica
+    /// would wait for a standby of its own).
+    pub fn replica(&self) -> Result<Self> {
+        let mut replica = Self::prepare()?;
+        let port = self.port.to_string();
+        replica.run(
+            "pg_basebackup",
             &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
                 "-D",
-                &server.data_dir(),
-                "-l",
-                &log.display().to_string(),
-                "-o",
-                &options,
-                "-w",
-                "-t",
-                "60",
-                "start",
+                &replica.data_dir(),
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-sync",
             ],
         )?;
-        server.watchdog = spawn_watchdog(&server.data_dir(), server.dir.path()).ok();
-        tracing::info!(port, dir = %server.dir.path().display(), "embedded PostgreSQL started");
-        Ok(server)
+        replica.launch()?;
+        Ok(replica)
+    }
+
+    /// A temporary directory, a free port and the server's options; no cluster yet.
+    fn prepare() -> Result<Self> {
+        let bin = find_binaries()?;
+        let run_as = unprivileged_user()?;
+        let dir = tempfile::Builder::new()
+            .prefix("dcb-store-pg-")
+            .tempdir()
+            .map_err(|e| Error::Embedded(format!("cannot create a temporary directory: {e}")))?;
+        if let Some((uid, gid)) = run_as {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).map_err(|e| {
+                Error::Embedded(format!("cannot hand the directory to uid {uid}: {e}"))
+            })?;
+        }
+        let port = free_port()?;
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=on",
+            dir.path().display()
+        );
+        Ok(EmbeddedPostgres {
+            dir,
+            bin,
+            port,
+            run_as,
+            options,
+            watchdog: None,
+        })
+    }
+
+    /// Starts the prepared cluster and its watchdog.
+    fn launch(&mut self) -> Result<()> {
+        self.start_server()?;
+        self.watchdog = spawn_watchdog(&self.data_dir(), self.dir.path()).ok();
+        tracing::info!(port = self.port, dir = %self.dir.path().display(), "embedded PostgreSQL started");
+        Ok(())
+    }
+
+    fn start_server(&self) -> Result<()> {
+        // With a log file, so that the server does not inherit (and hold open) the
+        // pipes this process reads pg_ctl's output from.
+        let log = self.dir.path().join("server.log").display().to_string();
+        let data = self.data_dir();
+        let args = [
+            "-D",
+            &data,
+            "-l",
+            &log,
+            "-o",
+            &self.options,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        ];
+        self.run("pg_ctl", &args)
     }
 
     /// A connection string for the `postgres` database as the `postgres` user.
@@ -146,14 +197,41 @@ impl EmbeddedPostgres {
     /// Restarts the server (fast shutdown, then start), as an operator would; clients
     /// lose their connections. Blocks until the server accepts connections again.
     pub fn restart(&self) -> Result<()> {
-        // With a log file, so that the new server does not inherit (and hold open) the
-        // pipes this process reads pg_ctl's output from.
-        let log = self.dir.path().join("server.log").display().to_string();
+        self.stop()?;
+        self.start_again()
+    }
+
+    /// Stops the server (fast shutdown: clients are disconnected, nothing committed is
+    /// lost). [`start_again`](EmbeddedPostgres::start_again) brings it back.
+    pub fn stop(&self) -> Result<()> {
         let data = self.data_dir();
-        let args = [
-            "-D", &data, "-l", &log, "-m", "fast", "-w", "-t", "60", "restart",
-        ];
-        self.run("pg_ctl", &args)
+        self.run(
+            "pg_ctl",
+            &["-D", &data, "-m", "fast", "-w", "-t", "60", "stop"],
+        )
+    }
+
+    /// Stops the server as a crash would (immediate shutdown: no checkpoint; the next
+    /// start recovers from the WAL).
+    pub fn kill(&self) -> Result<()> {
+        let data = self.data_dir();
+        self.run(
+            "pg_ctl",
+            &["-D", &data, "-m", "immediate", "-w", "-t", "60", "stop"],
+        )
+    }
+
+    /// Starts the server again after [`stop`](EmbeddedPostgres::stop) or
+    /// [`kill`](EmbeddedPostgres::kill), on the same port and data.
+    pub fn start_again(&self) -> Result<()> {
+        self.start_server()
+    }
+
+    /// Promotes a [`replica`](EmbeddedPostgres::replica) to a primary (`pg_ctl
+    /// promote`): it stops replaying and accepts writes. Blocks until it does.
+    pub fn promote(&self) -> Result<()> {
+        let data = self.data_dir();
+        self.run("pg_ctl", &["-D", &data, "-w", "-t", "60", "promote"])
     }
 
     /// Writes a file the server (maybe another user) must own, with `mode`.
@@ -174,7 +252,15 @@ impl EmbeddedPostgres {
     }
 
     fn run(&self, program: &str, args: &[&str]) -> Result<()> {
-        let mut command = Command::new(self.bin.join(program));
+        // Tools beyond the server's own (`pg_basebackup`) may live with the versioned
+        // binaries when `initdb` and `pg_ctl` were found elsewhere on `PATH`.
+        let mut path = self.bin.join(program);
+        if !path.is_file() {
+            if let Some(dir) = versioned_binaries(program) {
+                path = dir.join(program);
+            }
+        }
+        let mut command = Command::new(path);
         command
             .args(args)
             .current_dir(self.dir.path())
@@ -199,9 +285,11 @@ impl EmbeddedPostgres {
 
 impl Drop for EmbeddedPostgres {
     fn drop(&mut self) {
-        let data = self.data_dir();
-        if let Err(e) = self.run("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"]) {
-            tracing::warn!(error = %e, "could not stop the embedded PostgreSQL");
+        // A server stopped on purpose has no pid file.
+        if Path::new(&self.data_dir()).join("postmaster.pid").exists() {
+            if let Err(e) = self.kill() {
+                tracing::warn!(error = %e, "could not stop the embedded PostgreSQL");
+            }
         }
         if let Some(mut watchdog) = self.watchdog.take() {
             let _ = watchdog.kill();
@@ -220,18 +308,7 @@ fn find_binaries() -> Result<PathBuf> {
     if let Some(dir) = on_path {
         return Ok(dir);
     }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            let version = entry.file_name().to_str()?.parse().ok()?;
-            let bin = entry.path().join("bin");
-            bin.join("initdb").is_file().then_some((version, bin))
-        })
-        .collect();
-    versions.sort();
-    versions.pop().map(|(_, bin)| bin).ok_or_else(|| {
+    versioned_binaries("initdb").ok_or_else(|| {
         Error::Embedded(
             "no database is configured and no PostgreSQL server binaries (initdb, pg_ctl) were \
              found on PATH or under /usr/lib/postgresql/*/bin: install PostgreSQL (Debian: \
@@ -239,6 +316,22 @@ fn find_binaries() -> Result<PathBuf> {
                 .to_owned(),
         )
     })
+}
+
+/// The newest `/usr/lib/postgresql/<version>/bin` that holds `program`.
+fn versioned_binaries(program: &str) -> Option<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let version = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join(program).is_file().then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin)
 }
 
 /// As root, the user to run the server as (PostgreSQL refuses root).

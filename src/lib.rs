@@ -31,6 +31,9 @@
 //! - Subscriptions follow a query from any position, history then live, each event
 //!   once and in order; durable consumers keep a checkpoint in the schema and have one
 //!   holder at a time across processes ([`EventStore::subscribe`]).
+//! - Reads may go to streaming replicas ([`Consistency`]): eventual, or at least a
+//!   position (read your own writes); appends and conditions always use the primary,
+//!   and a multi-host primary URL (`target_session_attrs=read-write`) survives failover.
 //! - Instrumentation goes through a bounded channel to a metrics actor.
 //!
 //! See `ARCHITECTURE.md` for the actors, their messages and the invariants.
@@ -56,6 +59,7 @@ pub mod internals;
 mod metrics;
 mod model;
 mod reader;
+mod router;
 mod schema;
 mod sql;
 mod store;
@@ -70,10 +74,10 @@ pub use decide::{Members, States};
 #[cfg(feature = "embedded")]
 pub use embedded::EmbeddedPostgres;
 pub use error::{Error, Result};
-pub use metrics::{ConsumerMetrics, LatencySummary, MetricsSnapshot, SizeSummary};
+pub use metrics::{ConsumerMetrics, LatencySummary, MetricsSnapshot, ReplicaMetrics, SizeSummary};
 pub use model::{
-    AppendCondition, AppendOptions, AppendResult, DataFilter, Event, Query, QueryItem, ReadOptions,
-    ReadResult, SequencedEvent, MAX_NAME_BYTES,
+    AppendCondition, AppendOptions, AppendResult, Consistency, DataFilter, Event, Query, QueryItem,
+    ReadOptions, ReadResult, SequencedEvent, MAX_NAME_BYTES,
 };
 pub use reader::Read;
 pub use schema::SCHEMA_VERSION;

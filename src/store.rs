@@ -22,10 +22,11 @@ use crate::error::{Error, Result};
 use crate::metrics::ConsumerRegistry;
 use crate::metrics::{self, GetSnapshot, MetricsActor, MetricsSink, MetricsSnapshot, Record};
 use crate::model::{
-    AppendCondition, AppendOptions, AppendResult, Event, Query, ReadOptions, ReadResult,
-    SequencedEvent,
+    AppendCondition, AppendOptions, AppendResult, Consistency, Event, Query, ReadOptions,
+    ReadResult, SequencedEvent,
 };
 use crate::reader::{Read, ReadBy, Reader, ReaderSettings};
+use crate::router::{self, Replica, Replicas, Router, RouterSettings, Server};
 use crate::schema;
 use crate::sql::{self, ConsumerStatements, Identifier};
 use crate::subscribe::{Heads, Tail};
@@ -93,6 +94,9 @@ pub(crate) struct Inner {
     admission: Arc<tokio::sync::Semaphore>,
     readers: Vec<Addr<Reader>>,
     next_reader: AtomicUsize,
+    /// Read replicas, when configured; the router keeps their figures current.
+    replicas: Option<Arc<Replicas>>,
+    _router: Option<Addr<Router>>,
     metrics_actor: Addr<MetricsActor>,
     metrics: MetricsSink,
     arbiters: Vec<Arbiter>,
@@ -145,12 +149,14 @@ impl EventStore {
 
         let heads = Heads::new();
         let consumer_stats = Arc::new(ConsumerRegistry::default());
+        let replica_list = router::replica_list(config.replica_urls());
         let (metrics_actor, metrics) = MetricsActor::new(
             config.schema(),
             config.metrics_channel_capacity(),
             config.metrics_enabled(),
             consumer_stats.clone(),
             heads.clone(),
+            replica_list.clone(),
         );
         // Appends the writer holds at once, queued or in flight.
         let admission = Arc::new(tokio::sync::Semaphore::new(config.writer_mailbox()));
@@ -182,25 +188,53 @@ impl EventStore {
                 Writer::new(connector, settings, heads, metrics, admission)
             })
         };
-        let cache_size = NonZeroUsize::new(config.statement_cache_size());
-        let readers = (0..config.readers())
-            .map(|_| {
-                let connector = connector.clone();
-                let metrics = metrics.clone();
-                let settings = ReaderSettings {
-                    schema: schema.clone(),
-                    limits: config.limits(),
-                    cache_size,
-                    max_in_flight: config.reader_max_in_flight(),
-                    timeout: config.operation_timeout(),
-                };
-                let mailbox = config.reader_mailbox();
-                Reader::start_in_arbiter(&reader_arbiter.handle(), move |ctx| {
-                    ctx.set_mailbox_capacity(mailbox);
-                    Reader::new(connector, settings, metrics)
+        let start_readers = |connector: &Connector, for_replica: bool| -> Vec<Addr<Reader>> {
+            (0..config.readers())
+                .map(|_| {
+                    let connector = connector.clone();
+                    let metrics = metrics.clone();
+                    let settings = ReaderSettings {
+                        schema: schema.clone(),
+                        limits: config.limits(),
+                        cache_size: NonZeroUsize::new(config.statement_cache_size()),
+                        max_in_flight: config.reader_max_in_flight(),
+                        timeout: config.operation_timeout(),
+                        for_replica,
+                    };
+                    let mailbox = config.reader_mailbox();
+                    Reader::start_in_arbiter(&reader_arbiter.handle(), move |ctx| {
+                        ctx.set_mailbox_capacity(mailbox);
+                        Reader::new(connector, settings, metrics)
+                    })
                 })
-            })
-            .collect();
+                .collect()
+        };
+        let readers = start_readers(&connector, false);
+        let (replicas, router) = if replica_list.is_empty() {
+            (None, None)
+        } else {
+            let mut probes = Vec::new();
+            let mut replicas = Vec::new();
+            for (url, (_, stats)) in config.replica_urls().iter().zip(replica_list.iter()) {
+                // No connection is made here: a replica that is down at start is only
+                // out of rotation.
+                let replica = Connector::new(&config, url, 1).await?;
+                replicas.push(Replica::new(start_readers(&replica, true), stats.clone()));
+                probes.push((replica, stats.clone()));
+            }
+            let settings = RouterSettings {
+                head_sql: sql::head_statement(&schema),
+                interval: config.replica_poll_interval(),
+                max_lag: config.replica_max_lag(),
+            };
+            let primary = connector.clone();
+            let heads = heads.clone();
+            let router = Router::start_in_arbiter(&reader_arbiter.handle(), move |_| {
+                Router::new(primary, probes, heads, settings)
+            });
+            let replicas = Replicas::new(replicas, config.replica_wait(), metrics.clone());
+            (Some(Arc::new(replicas)), Some(router))
+        };
         let (decisions, saver) = Decisions::new(
             Snapshots {
                 connector: connector.clone(),
@@ -229,6 +263,8 @@ impl EventStore {
                 admission,
                 readers,
                 next_reader: AtomicUsize::new(0),
+                replicas,
+                _router: router,
                 metrics_actor,
                 metrics,
                 arbiters: vec![writer_arbiter, reader_arbiter],
@@ -399,6 +435,19 @@ impl EventStore {
     /// # Ok(()) }
     /// ```
     pub async fn read(&self, query: &Query, options: ReadOptions) -> Result<ReadResult> {
+        self.read_served(query, options)
+            .await
+            .map(|(result, _)| result)
+    }
+
+    /// [`EventStore::read`], saying which kind of server answered: a reader of pages
+    /// that the primary had to serve stays on it (a replica lagged), instead of waiting
+    /// for a replica again on every page.
+    pub(crate) async fn read_served(
+        &self,
+        query: &Query,
+        options: ReadOptions,
+    ) -> Result<(ReadResult, Server)> {
         let started = Instant::now();
         let limit = options
             .timeout
@@ -412,13 +461,23 @@ impl EventStore {
             otel.status_code = tracing::field::Empty,
             error.type = tracing::field::Empty,
         );
-        let sent = self.next_reader().send(ReadBy {
-            read: Read::new(query.clone(), options),
-            deadline: started + limit,
-        });
-        let result = self
-            .bounded(sent.instrument(span.clone()), limit, false)
-            .await;
+        let read = Read::new(query.clone(), options);
+        let deadline = started + limit;
+        let result = match &self.inner.replicas {
+            None => {
+                let sent = self.next_reader().send(ReadBy { read, deadline });
+                let answered =
+                    sent.map(|answer| answer.map(|a| a.map(|a| (a.result, Server::Primary))));
+                self.bounded(answered.instrument(span.clone()), limit, false)
+                    .await
+            }
+            Some(replicas) => {
+                let routed = replicas.read(read, deadline, self.next_reader());
+                let answered = routed.map(Ok::<_, ()>);
+                self.bounded(answered.instrument(span.clone()), limit, false)
+                    .await
+            }
+        };
         self.record(metrics::Method::Read, started, result.is_ok());
         traced(&span, result)
     }
@@ -447,6 +506,8 @@ impl EventStore {
     /// All events matching `query`, page by page (pages of `read_page_size`), so
     /// memory stays bounded however many events match. Forwards, the stream ends at
     /// the first page that comes back short, i.e. once it has caught up with writers.
+    /// With a replica's [`Consistency`](crate::Consistency), each page comes from a
+    /// server that has every event the pages before it saw.
     pub fn read_stream(
         &self,
         query: Query,
@@ -476,12 +537,12 @@ impl EventStore {
                         limit: Some(want),
                         ..state.options
                     };
-                    match state.store.read(&state.query, page_options).await {
+                    match state.store.read_served(&state.query, page_options).await {
                         Err(e) => {
                             state.done = true;
                             return Some((Err(e), state));
                         }
-                        Ok(result) => state.next_page(result, want),
+                        Ok((result, server)) => state.next_page(result, want, server),
                     }
                 }
             },
@@ -631,12 +692,18 @@ struct StreamState {
 impl StreamState {
     /// Moves the bounds past `result` so the next page continues where it ended.
     /// Positions become visible in order, so `after` the last one misses nothing.
-    fn next_page(&mut self, result: ReadResult, asked: u64) {
+    fn next_page(&mut self, result: ReadResult, asked: u64, server: Server) {
         let got = result.events.len() as u64;
         if let Some(remaining) = &mut self.remaining {
             *remaining -= got.min(*remaining);
         }
         self.done = got < asked || self.remaining == Some(0);
+        // Later pages from a server that has at least what this one saw (monotonic
+        // reads across replicas); once the primary had to serve, from the primary.
+        self.options.consistency = match server {
+            Server::Primary => Consistency::Strong,
+            Server::Replica => self.options.consistency.at_least(result.head),
+        };
         if let Some(last) = result.events.last() {
             if self.options.backwards {
                 self.options.before = Some(last.position);

@@ -8,7 +8,9 @@
 //! with and without a snapshot, `cold.rs`),
 //! `subscribe` (catch-up, live latency and fan-out of subscriptions, `follow.rs`),
 //! `read` (point reads of one tag, and of one type + tag, on a store pre-filled with
-//! `--prefill N` events by binary COPY). Modes are the baselines the design is measured
+//! `--prefill N` events by binary COPY; with `--replicas 0,1,2` on a throwaway primary
+//! with that many streaming replicas, reading with `Consistency::Eventual`; `append
+//! --prefill N` appends into that store). Modes are the baselines the design is measured
 //! against: `normal`, `no-batching` (one append per transaction), `no-cache`
 //! (statements prepared per read), `no-metrics`, `no-notify` (no `NOTIFY` per batch),
 //! `no-pipelining` (one batch in flight at a time).
@@ -20,7 +22,9 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
-use dcb_store::{Config, Error, Event, EventStore, Query, QueryItem, ReadOptions};
+use dcb_store::{
+    Config, Consistency, EmbeddedPostgres, Error, Event, EventStore, Query, QueryItem, ReadOptions,
+};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::Rng;
@@ -70,11 +74,18 @@ pub struct BenchArgs {
     /// Warm-up seconds before each measurement (not counted).
     #[arg(long, default_value_t = 2.0)]
     warmup: f64,
-    /// For `read`: store sizes (events) to measure at (default 100000). For
+    /// For `read`: store sizes (events) to measure at (default 100000); for `append`:
+    /// append into the store `read` fills with that many events (default: an empty
+    /// store). For
     /// `enrolment`: subscriptions in the store before the run (default none). For
     /// `cold-start`: events in the boundary (default 10000).
     #[arg(long, value_delimiter = ',')]
     pub(crate) prefill: Vec<u64>,
+    /// For `read`: measure with this many streaming replicas each (reads with
+    /// `Consistency::Eventual`), on a throwaway primary and replicas this run starts
+    /// (the prefilled store is copied to the replicas before they start).
+    #[arg(long, value_delimiter = ',')]
+    replicas: Vec<usize>,
     /// For `enrolment`: how decisions are made, each measured in this run.
     #[arg(long, value_delimiter = ',', default_value = "plain,decide")]
     decider: Vec<Decider>,
@@ -146,7 +157,9 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<std::process::ExitCo
     let mut results = Vec::new();
     let sizes: Vec<Option<u64>> = match args.workload {
         Workload::Read if args.prefill.is_empty() => vec![Some(100_000)],
-        Workload::Read | Workload::Enrolment => args.prefill.iter().copied().map(Some).collect(),
+        Workload::Read | Workload::Enrolment | Workload::Append => {
+            args.prefill.iter().copied().map(Some).collect()
+        }
         _ => Vec::new(),
     };
     let sizes = if sizes.is_empty() { vec![None] } else { sizes };
@@ -164,27 +177,63 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<std::process::ExitCo
         _ => &[""],
     };
     let mut invariants_ok = true;
+    // With --replicas: a throwaway primary, filled, then copied to the replicas.
+    let mut cluster: Option<(EmbeddedPostgres, Vec<EmbeddedPostgres>)> = None;
+    let mut config = config;
+    if args.workload == Workload::Read && !args.replicas.is_empty() {
+        let primary = tokio::task::spawn_blocking(EmbeddedPostgres::start)
+            .await
+            .map_err(|e| Error::Embedded(e.to_string()))??;
+        config = config.with_database_url(primary.url());
+        cluster = Some((primary, Vec::new()));
+    }
+    let replica_counts = if args.replicas.is_empty() {
+        vec![None]
+    } else {
+        args.replicas.iter().copied().map(Some).collect()
+    };
     for size in sizes {
-        if let (Some(n), Workload::Read) = (size, args.workload) {
+        if let (Some(n), Workload::Read | Workload::Append) = (size, args.workload) {
             prefill::ensure(&config, n).await?;
         }
+        let urls = match &mut cluster {
+            Some((primary, replicas)) => {
+                let wanted = args.replicas.iter().copied().max().unwrap_or(0);
+                while replicas.len() < wanted {
+                    eprintln!(
+                        "starting replica {} (a copy of the primary)",
+                        replicas.len() + 1
+                    );
+                    replicas.push(primary.replica()?);
+                }
+                replicas.iter().map(EmbeddedPostgres::url).collect()
+            }
+            None => Vec::new(),
+        };
         for &query in queries {
-            for &clients in &args.clients {
-                // Modes interleaved within each repeat, so that drift of the machine
-                // (checkpoints, autovacuum) does not favour one mode.
-                for _ in 0..args.repeat {
-                    for &mode in &args.mode {
-                        let m = measure(&config, &args, mode, clients, size, query).await?;
-                        invariants_ok &= m.invariants != Some(false);
-                        if args.json {
-                            println!("{}", serde_json::to_string(&m).unwrap_or_default());
+            for &replicas in &replica_counts {
+                let config = match replicas {
+                    Some(k) => config.clone().with_replica_urls(urls[..k].to_vec()),
+                    None => config.clone(),
+                };
+                for &clients in &args.clients {
+                    // Modes interleaved within each repeat, so that drift of the machine
+                    // (checkpoints, autovacuum) does not favour one mode.
+                    for _ in 0..args.repeat {
+                        for &mode in &args.mode {
+                            let m = measure(&config, &args, mode, clients, size, query).await?;
+                            invariants_ok &= m.invariants != Some(false);
+                            if args.json {
+                                println!("{}", serde_json::to_string(&m).unwrap_or_default());
+                            }
+                            results.push(m);
                         }
-                        results.push(m);
                     }
                 }
             }
         }
     }
+    drop(cluster);
     if !args.json {
         print_table(&results);
     }
@@ -229,6 +278,9 @@ async fn measure(
     let label = match args.workload {
         Workload::Append => "append".to_owned(),
         Workload::Enrolment => format!("enrolment:{query}"),
+        Workload::Read if !args.replicas.is_empty() => {
+            format!("read:{query}+{}replicas", config.replica_urls().len())
+        }
         Workload::Read => format!("read:{query}"),
         Workload::Subscribe | Workload::ColdStart => {
             return Err(Error::Config(format!(
@@ -238,7 +290,7 @@ async fn measure(
         }
     };
     let schema = match (prefill, args.workload) {
-        (Some(n), Workload::Read) => prefill::schema_name(n),
+        (Some(n), Workload::Read | Workload::Append) => prefill::schema_name(n),
         _ => fresh_schema(&label),
     };
     let store = EventStore::connect(mode_config(config, mode, &schema)).await?;
@@ -339,6 +391,11 @@ async fn measure(
         Workload::Read => {
             let n = prefill.unwrap_or(1);
             let typed = query == "type+tag";
+            let consistency = if config.replica_urls().is_empty() {
+                Consistency::Strong
+            } else {
+                Consistency::Eventual
+            };
             let window = drive(clients, timing, move |_| {
                 let store = store.clone();
                 async move {
@@ -347,9 +404,8 @@ async fn measure(
                     if typed {
                         item = item.types([prefill::event_type(i)]);
                     }
-                    let r = store
-                        .read(&Query::new([item]), ReadOptions::default())
-                        .await?;
+                    let options = ReadOptions::default().consistency(consistency);
+                    let r = store.read(&Query::new([item]), options).await?;
                     Ok(OpOutcome {
                         events: r.events.len() as u64,
                         conflicts: 0,

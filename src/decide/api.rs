@@ -8,7 +8,7 @@ use super::projection::{Members, States};
 use super::{Decided, DecisionModel, Projection};
 use crate::error::{Error, Result};
 use crate::metrics::{Method, Record};
-use crate::model::{AppendCondition, AppendResult, Event};
+use crate::model::{AppendCondition, AppendResult, Consistency, Event};
 use crate::store::EventStore;
 
 /// Times an append whose outcome is unknown is sent again (same events, same ids: a
@@ -53,7 +53,24 @@ impl EventStore {
         &self,
         projection: &P,
     ) -> Result<DecisionModel<P::State>> {
-        build(self, self.decisions(), projection).await
+        self.decision_model_with(projection, Consistency::Strong)
+            .await
+    }
+
+    /// [`EventStore::decision_model`] read with `consistency`: with
+    /// [`Consistency::Eventual`] a replica may serve it, so the model may miss the
+    /// newest events. Its condition is still checked on the primary, so an append
+    /// under it fails (never succeeds wrongly) when the model missed a matching event.
+    /// The reads never go behind a state the store already holds in its cache.
+    ///
+    /// # Errors
+    /// As [`EventStore::decision_model`].
+    pub async fn decision_model_with<P: Projection>(
+        &self,
+        projection: &P,
+        consistency: Consistency,
+    ) -> Result<DecisionModel<P::State>> {
+        build(self, self.decisions(), projection, consistency).await
     }
 
     /// Reads the decision model of `projection`, calls `decide` with its state, and
@@ -96,13 +113,38 @@ impl EventStore {
     /// }
     /// # Ok(()) }
     /// ```
-    pub async fn decide<P, R, F>(&self, projection: &P, mut decide: F) -> Result<Decided<R>>
+    pub async fn decide<P, R, F>(&self, projection: &P, decide: F) -> Result<Decided<R>>
+    where
+        P: Projection,
+        F: FnMut(&P::State) -> std::result::Result<Vec<Event>, R>,
+    {
+        self.decide_with(projection, Consistency::Strong, decide)
+            .await
+    }
+
+    /// [`EventStore::decide`] with the first decision model read with `consistency`
+    /// (a replica may serve it, see [`EventStore::decision_model_with`]). A stale
+    /// model never makes a wrong decision: events decided on it are appended under its
+    /// condition, checked on the primary, and after a conflict the model is read again
+    /// from the primary; a refusal or no change, which no append checks, is decided
+    /// again on the primary's state (reading only what is new) before it is returned.
+    ///
+    /// # Errors
+    /// As [`EventStore::decide`].
+    pub async fn decide_with<P, R, F>(
+        &self,
+        projection: &P,
+        consistency: Consistency,
+        mut decide: F,
+    ) -> Result<Decided<R>>
     where
         P: Projection,
         F: FnMut(&P::State) -> std::result::Result<Vec<Event>, R>,
     {
         let started = Instant::now();
-        let result = self.decide_inner(projection, &mut decide).await;
+        let result = self
+            .decide_inner(projection, consistency, &mut decide)
+            .await;
         self.record_internal(Record::Method {
             method: Method::Decide,
             elapsed: started.elapsed(),
@@ -111,15 +153,27 @@ impl EventStore {
         result
     }
 
-    async fn decide_inner<P, R, F>(&self, projection: &P, decide: &mut F) -> Result<Decided<R>>
+    async fn decide_inner<P, R, F>(
+        &self,
+        projection: &P,
+        mut consistency: Consistency,
+        decide: &mut F,
+    ) -> Result<Decided<R>>
     where
         P: Projection,
         F: FnMut(&P::State) -> std::result::Result<Vec<Event>, R>,
     {
         let mut conflicts = 0;
         loop {
-            let model = self.decision_model(projection).await?;
-            let events = match decide(&model.state) {
+            let model = self.decision_model_with(projection, consistency).await?;
+            let decided = decide(&model.state);
+            if consistency != Consistency::Strong && !matches!(&decided, Ok(e) if !e.is_empty()) {
+                // No append checks a refusal: it must come from the primary's state.
+                // The cache holds this model, so only what is new is read.
+                consistency = Consistency::Strong;
+                continue;
+            }
+            let events = match decided {
                 Err(reason) => return Ok(Decided::Rejected(reason)),
                 Ok(events) if events.is_empty() => return Ok(Decided::Unchanged),
                 Ok(events) => events,
@@ -128,6 +182,8 @@ impl EventStore {
                 Ok(at) => return Ok(Decided::Appended(at)),
                 Err(Error::ConditionFailed { .. }) if conflicts < self.decisions().retries => {
                     conflicts += 1;
+                    // What the replica lacked is on the primary.
+                    consistency = Consistency::Strong;
                     self.record_internal(Record::DecideRetry);
                 }
                 Err(e) => return Err(e),

@@ -17,7 +17,8 @@ use super::snapshots::SaveJob;
 use super::{DecisionModel, Decisions};
 use crate::error::Result;
 use crate::metrics::{Record, Rejection, SnapshotOutcome};
-use crate::model::{MatchView, Query, ReadOptions};
+use crate::model::{Consistency, MatchView, Query, ReadOptions};
+use crate::router::Server;
 use crate::store::EventStore;
 use crate::Projection;
 
@@ -57,6 +58,7 @@ pub(crate) async fn build<P: Projection>(
     store: &EventStore,
     decisions: &Decisions,
     projection: &P,
+    consistency: Consistency,
 ) -> Result<DecisionModel<P::State>> {
     let leaves = Members::of(projection);
     let queries: Vec<Query> = leaves.iter().map(|leaf| leaf.query()).collect();
@@ -118,7 +120,7 @@ pub(crate) async fn build<P: Projection>(
         });
     }
     let query = union(slots.iter().map(|s| s.query.clone()));
-    let head = catch_up(store, &query, &mut slots).await?;
+    let head = catch_up(store, &query, &mut slots, consistency).await?;
     let mut applied = 0u64;
     // `catch_up` left every slot at `head`.
     for slot in &mut slots {
@@ -152,13 +154,19 @@ pub(crate) async fn build<P: Projection>(
 /// read of the union after that head serves all members. A slot whose head is beyond
 /// the store's (a snapshot from a database since restored to an earlier point) is
 /// never trusted: it starts over from its initial state.
+///
+/// Reads that may go to a replica ask for one that has every slot's head, so a lagging
+/// replica never looks like a store behind the states (the primary answers when no
+/// replica has it).
 async fn catch_up(
     store: &EventStore,
     query: &Query,
     slots: &mut [Slot<'_>],
+    mut consistency: Consistency,
 ) -> Result<Option<u64>> {
     let everyone: Vec<usize> = (0..slots.len()).collect();
     'again: loop {
+        consistency = consistency.at_least(slots.iter().map(|s| s.head).max().flatten());
         if let Some(newest) = slots.iter().map(|s| s.head).max().flatten() {
             let mut behind: Vec<Option<u64>> = slots
                 .iter()
@@ -174,7 +182,17 @@ async fn catch_up(
                     .filter(|&i| slots[i].head == from)
                     .collect();
                 let group = union(members.iter().map(|&i| slots[i].query.clone()));
-                let head = fold(store, &group, slots, &members, from, Some(newest)).await?;
+                let until = Some(newest);
+                let head = fold(
+                    store,
+                    &group,
+                    slots,
+                    &members,
+                    from,
+                    until,
+                    &mut consistency,
+                )
+                .await?;
                 if head < from {
                     // The store is behind these members' own heads.
                     for &i in &members {
@@ -188,7 +206,7 @@ async fn catch_up(
             }
         }
         let from = slots.iter().map(|s| s.head).min().flatten();
-        let head = fold(store, query, slots, &everyone, from, None).await?;
+        let head = fold(store, query, slots, &everyone, from, None, &mut consistency).await?;
         let mut ahead = false;
         for slot in slots.iter_mut() {
             if slot.head > head {
@@ -206,7 +224,8 @@ async fn catch_up(
 
 /// Reads `query` (the union of the `members`' queries) after `after` and up to
 /// `until`, page by page, applying each event to the members that have not scanned
-/// it and whose query matches it; returns the read's head.
+/// it and whose query matches it; returns the read's head. `consistency` moves on with
+/// the pages: at least the head read so far, or the primary once it had to serve.
 async fn fold(
     store: &EventStore,
     query: &Query,
@@ -214,19 +233,26 @@ async fn fold(
     members: &[usize],
     mut after: Option<u64>,
     until: Option<u64>,
+    consistency: &mut Consistency,
 ) -> Result<Option<u64>> {
     let page = store.config().read_page_size() as u64;
     // With one member, the read returns exactly its query's events.
     let exact = members.len() == 1;
     loop {
-        let mut options = ReadOptions::default().limit(page);
+        let mut options = ReadOptions::default().limit(page).consistency(*consistency);
         if let Some(after) = after {
             options = options.after(after);
         }
         if let Some(until) = until {
             options = options.before(until.saturating_add(1));
         }
-        let read = store.read(query, options).await?;
+        let (read, server) = store.read_served(query, options).await?;
+        // The next page (or read) from a server that has this one's events; from the
+        // primary once it had to serve (a replica lagged).
+        *consistency = match server {
+            Server::Primary => Consistency::Strong,
+            Server::Replica => consistency.at_least(read.head),
+        };
         for event in &read.events {
             let view = MatchView::new(&event.event);
             for &i in members {

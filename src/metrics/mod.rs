@@ -20,9 +20,15 @@ use hdrhistogram::Histogram;
 
 mod consumers;
 mod prometheus;
+mod replicas;
 
 pub use consumers::ConsumerMetrics;
 pub(crate) use consumers::{ConsumerRegistry, ConsumerStats};
+pub use replicas::ReplicaMetrics;
+pub(crate) use replicas::ReplicaStats;
+
+/// The replicas by name, with the figures the router keeps for each.
+pub(crate) type ReplicaList = Arc<[(String, Arc<ReplicaStats>)]>;
 
 /// Upper bounds (seconds) of the latency histograms' buckets, as exported.
 pub(crate) const LATENCY_BUCKETS: [f64; 16] = [
@@ -108,6 +114,39 @@ pub(crate) enum Record {
     Snapshot(SnapshotOutcome),
     /// `decide` met a conflict and decides again.
     DecideRetry,
+    /// A read served: how fresh it asked to be, which server answered (`None`: the
+    /// primary), and whether the primary served it because no replica could.
+    Routed {
+        consistency: Level,
+        replica: Option<u16>,
+        fallback: bool,
+    },
+}
+
+/// A read's [`Consistency`](crate::Consistency), without its position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Level {
+    Strong,
+    Eventual,
+    AtLeast,
+}
+
+impl Level {
+    pub(crate) fn of(consistency: crate::Consistency) -> Self {
+        match consistency {
+            crate::Consistency::Strong => Level::Strong,
+            crate::Consistency::Eventual => Level::Eventual,
+            crate::Consistency::AtLeast(_) => Level::AtLeast,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Level::Strong => "strong",
+            Level::Eventual => "eventual",
+            Level::AtLeast => "at_least",
+        }
+    }
 }
 
 /// What happened to a snapshot.
@@ -258,6 +297,14 @@ pub struct MetricsSnapshot {
     pub snapshots_rejected: BTreeMap<String, u64>,
     /// Conflicts after which `decide` read again and decided again.
     pub decide_retries: u64,
+    /// Read replicas, by name (`host:port`).
+    pub replicas: BTreeMap<String, ReplicaMetrics>,
+    /// Reads by consistency (`strong`, `eventual`, `at_least`) and the server that
+    /// served them (`primary` or a replica's name).
+    pub reads_routed: BTreeMap<(String, String), u64>,
+    /// Reads that could go to a replica but were served by the primary (none in
+    /// rotation, none had the position in time, or the replica failed), by consistency.
+    pub replica_fallbacks: BTreeMap<String, u64>,
 }
 
 /// Distribution of a count (batch sizes).
@@ -301,6 +348,9 @@ pub(crate) struct MetricsActor {
     heads: crate::subscribe::Heads,
     decision_events_applied: Series,
     snapshots_rejected: BTreeMap<Rejection, u64>,
+    replicas: ReplicaList,
+    routed: BTreeMap<(Level, Option<u16>), u64>,
+    fallbacks: BTreeMap<Level, u64>,
 }
 
 #[derive(Default)]
@@ -338,6 +388,7 @@ impl MetricsActor {
         enabled: bool,
         consumers: Arc<ConsumerRegistry>,
         heads: crate::subscribe::Heads,
+        replicas: ReplicaList,
     ) -> (Self, MetricsSink) {
         let (sender, receiver) = crossbeam_channel::bounded(capacity);
         let dropped = Arc::new(AtomicU64::new(0));
@@ -356,6 +407,9 @@ impl MetricsActor {
             heads,
             decision_events_applied: Series::default(),
             snapshots_rejected: BTreeMap::new(),
+            replicas,
+            routed: BTreeMap::new(),
+            fallbacks: BTreeMap::new(),
         };
         let sender = enabled.then_some(sender);
         (actor, MetricsSink { sender, dropped })
@@ -440,6 +494,16 @@ impl MetricsActor {
                 }
             },
             Record::DecideRetry => c.decide_retries += 1,
+            Record::Routed {
+                consistency,
+                replica,
+                fallback,
+            } => {
+                *self.routed.entry((consistency, replica)).or_default() += 1;
+                if fallback {
+                    *self.fallbacks.entry(consistency).or_default() += 1;
+                }
+            }
         }
     }
 
@@ -502,7 +566,37 @@ impl MetricsActor {
                 .map(|(reason, n)| (rejection_name(*reason).to_owned(), *n))
                 .collect(),
             decide_retries: c.decide_retries,
+            replicas: replicas::snapshot(&self.replicas, &self.served_by_replica()),
+            reads_routed: self
+                .routed
+                .iter()
+                .map(|((level, replica), n)| {
+                    let target = match replica {
+                        None => "primary".to_owned(),
+                        Some(i) => self
+                            .replicas
+                            .get(usize::from(*i))
+                            .map_or_else(|| format!("replica-{i}"), |(name, _)| name.clone()),
+                    };
+                    ((level.name().to_owned(), target), *n)
+                })
+                .collect(),
+            replica_fallbacks: self
+                .fallbacks
+                .iter()
+                .map(|(level, n)| (level.name().to_owned(), *n))
+                .collect(),
         }
+    }
+
+    fn served_by_replica(&self) -> BTreeMap<u16, u64> {
+        let mut served = BTreeMap::new();
+        for ((_, replica), n) in &self.routed {
+            if let Some(i) = replica {
+                *served.entry(*i).or_default() += n;
+            }
+        }
+        served
     }
 }
 

@@ -174,6 +174,31 @@ impl MetricsSnapshot {
             out.sample("dcb_snapshots_rejected_total", &[("reason", reason)], *n);
         }
         out.consumers(&self.consumers);
+        out.family(
+            "dcb_reads_routed_total",
+            "Reads by consistency (strong, eventual, at_least) and the server that served them (primary or a replica).",
+            "counter",
+        );
+        for ((consistency, target), n) in &self.reads_routed {
+            out.sample(
+                "dcb_reads_routed_total",
+                &[("consistency", consistency), ("target", target)],
+                *n,
+            );
+        }
+        out.family(
+            "dcb_replica_fallbacks_total",
+            "Reads a replica could have served that the primary served, by consistency.",
+            "counter",
+        );
+        for (consistency, n) in &self.replica_fallbacks {
+            out.sample(
+                "dcb_replica_fallbacks_total",
+                &[("consistency", consistency)],
+                *n,
+            );
+        }
+        out.replicas(&self.replicas);
         out.out
     }
 }
@@ -264,6 +289,44 @@ impl Exposition {
             self.family(name, help, kind);
             for (consumer, metrics) in consumers {
                 self.sample(name, &[("consumer", consumer)], value(metrics));
+            }
+        }
+    }
+
+    /// Per read replica, labelled `replica`.
+    fn replicas(&mut self, replicas: &BTreeMap<String, super::ReplicaMetrics>) {
+        type Value = fn(&super::ReplicaMetrics) -> f64;
+        let families: [(&str, &str, Value); 5] = [
+            (
+                "dcb_replica_head",
+                "The newest position the replica holds.",
+                |r| r.head as f64,
+            ),
+            (
+                "dcb_replica_lag_events",
+                "The primary's head minus the replica's.",
+                |r| r.lag_events as f64,
+            ),
+            (
+                "dcb_replica_lag_seconds",
+                "How long ago the primary had the oldest event the replica lacks.",
+                |r| r.lag_seconds,
+            ),
+            (
+                "dcb_replica_reachable",
+                "1 when the replica answered the router's last poll and its last read.",
+                |r| f64::from(u8::from(r.reachable)),
+            ),
+            (
+                "dcb_replica_in_rotation",
+                "1 when eventual reads go to the replica.",
+                |r| f64::from(u8::from(r.in_rotation)),
+            ),
+        ];
+        for (name, help, value) in families {
+            self.family(name, help, "gauge");
+            for (replica, metrics) in replicas {
+                self.sample(name, &[("replica", replica)], value(metrics));
             }
         }
     }

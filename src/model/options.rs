@@ -18,6 +18,48 @@ pub struct ReadOptions {
     pub(crate) limit: Option<u64>,
     pub(crate) backwards: bool,
     pub(crate) timeout: Option<Duration>,
+    pub(crate) consistency: Consistency,
+}
+
+/// Which server may answer a read: how fresh it must be.
+///
+/// Positions become visible in order on a replica as on the primary (the writer commits
+/// them in order and replicas replay commits in that order), so a replica whose head is
+/// at least `p` holds every event up to `p`.
+///
+/// ```
+/// use dcb_store::{Consistency, ReadOptions};
+/// let anywhere = ReadOptions::default().consistency(Consistency::Eventual);
+/// let after_my_append = ReadOptions::default().consistency(Consistency::AtLeast(42));
+/// # let _ = (anywhere, after_my_append);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Consistency {
+    /// The primary: everything committed before the read started (the default).
+    #[default]
+    Strong,
+    /// Any replica in rotation (within the store's `replica_max_lag`), else the primary.
+    /// Reading again may see an older head than the last read did.
+    Eventual,
+    /// A replica that has every event up to this position (read your own writes: pass
+    /// an append's `last_position`); when none has it, waits up to `replica_wait` for
+    /// one to catch up, then reads from the primary. Either way the server's head at the
+    /// read's snapshot is at least this position (or the primary's head, if that is
+    /// lower), so the read sees every event up to it.
+    AtLeast(u64),
+}
+
+impl Consistency {
+    /// This consistency, raised so that the answer has at least `position`; a strong
+    /// read already has it.
+    pub(crate) fn at_least(self, position: Option<u64>) -> Self {
+        match (self, position) {
+            (Consistency::Strong, _) | (_, None) => self,
+            (Consistency::AtLeast(p), Some(q)) => Consistency::AtLeast(p.max(q)),
+            (_, Some(q)) => Consistency::AtLeast(q),
+        }
+    }
 }
 
 impl ReadOptions {
@@ -58,6 +100,15 @@ impl ReadOptions {
         self.timeout = Some(limit);
         self
     }
+
+    /// Which server may answer: [`Consistency::Strong`] (the primary, the default),
+    /// [`Consistency::Eventual`] or [`Consistency::AtLeast`]. Without replicas
+    /// configured, every read goes to the primary.
+    #[must_use]
+    pub fn consistency(mut self, consistency: Consistency) -> Self {
+        self.consistency = consistency;
+        self
+    }
 }
 
 /// How to append. All optional.
@@ -91,5 +142,26 @@ impl AppendOptions {
     pub fn fail_when_busy(mut self) -> Self {
         self.fail_when_busy = true;
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Consistency::{self, *};
+
+    #[test]
+    fn raising_a_consistency_never_lowers_it_and_leaves_strong_alone() {
+        let all = [Strong, Eventual, AtLeast(0), AtLeast(5), AtLeast(u64::MAX)];
+        for c in all {
+            for position in [None, Some(0), Some(4), Some(5), Some(6), Some(u64::MAX)] {
+                let raised: Consistency = c.at_least(position);
+                match (c, position) {
+                    (Strong, _) => assert_eq!(raised, Strong),
+                    (_, None) => assert_eq!(raised, c),
+                    (Eventual, Some(q)) => assert_eq!(raised, AtLeast(q)),
+                    (AtLeast(p), Some(q)) => assert_eq!(raised, AtLeast(p.max(q))),
+                }
+            }
+        }
     }
 }

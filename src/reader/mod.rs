@@ -38,11 +38,14 @@ mod rows;
 mod statements;
 
 pub(crate) use rows::decode;
+use rows::store_head;
 use statements::{Connections, Runnable};
 
 /// Reads the events matching `query`. Send it to
 /// [`EventStore::reader`](crate::EventStore::reader) or use
-/// [`EventStore::read`](crate::EventStore::read).
+/// [`EventStore::read`](crate::EventStore::read). A `Read` sent to a reader is served by
+/// that reader's server (the primary's, for `EventStore::reader`), whatever its options'
+/// [`Consistency`](crate::Consistency); routing to replicas is `EventStore::read`'s.
 #[derive(Clone, Debug, Message)]
 #[rtype(result = "Result<ReadResult>")]
 #[non_exhaustive]
@@ -67,6 +70,10 @@ pub(crate) struct ReaderSettings {
     pub cache_size: Option<NonZeroUsize>,
     pub max_in_flight: usize,
     pub timeout: Duration,
+    /// A replica's reader: a read whose connection failed fails at once instead of
+    /// being read again until its deadline, and a read that runs out of time is not
+    /// counted as a timeout (the routing sends both to the primary).
+    pub for_replica: bool,
 }
 
 pub(crate) struct Reader {
@@ -108,10 +115,19 @@ impl Actor for Reader {
 /// A read with its caller's deadline, sent by [`EventStore`](crate::EventStore), so
 /// the reader stops working for a caller who has stopped waiting.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<ReadResult>")]
+#[rtype(result = "Result<Answer>")]
 pub(crate) struct ReadBy {
     pub read: Read,
     pub deadline: Instant,
+}
+
+/// What a read found, and the head of the server that answered it (at the read's
+/// snapshot, whatever the read's bounds and limit): the router checks it against a
+/// read's [`Consistency::AtLeast`](crate::Consistency::AtLeast).
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub result: ReadResult,
+    pub server_head: u64,
 }
 
 impl Handler<Read> for Reader {
@@ -120,12 +136,13 @@ impl Handler<Read> for Reader {
     fn handle(&mut self, read: Read, ctx: &mut Self::Context) -> Self::Result {
         let limit = read.options.timeout.unwrap_or(self.shared.settings.timeout);
         let deadline = Instant::now() + limit;
-        self.handle(ReadBy { read, deadline }, ctx)
+        let answer = self.handle(ReadBy { read, deadline }, ctx);
+        Box::pin(async move { answer.await.map(|a| a.result) })
     }
 }
 
 impl Handler<ReadBy> for Reader {
-    type Result = ResponseFuture<Result<ReadResult>>;
+    type Result = ResponseFuture<Result<Answer>>;
 
     fn handle(
         &mut self,
@@ -167,7 +184,7 @@ const RETRY_BACKOFF: Duration = Duration::from_millis(20);
 /// reading again on a fresh connection may succeed: no connection, a closed one, a
 /// connection error (SQLSTATE class 08) or a server shutting down or starting up
 /// (57P01-57P03). Anything else the server refused for a reason retrying cannot fix.
-fn connection_failed(error: &Error) -> bool {
+pub(crate) fn connection_failed(error: &Error) -> bool {
     match error {
         Error::Connect(_) => true,
         Error::Database { source, .. } => match source.code() {
@@ -185,12 +202,12 @@ impl Shared {
     /// Connects if needed, prepares if needed, and reads, all by `deadline`; a read
     /// whose connection fails is read again on a fresh one (a read is always safe to
     /// repeat), with a growing pause, until it succeeds or the deadline passes.
-    async fn run(&self, read: Read, deadline: Instant) -> Result<ReadResult> {
+    async fn run(&self, read: Read, deadline: Instant) -> Result<Answer> {
         let attempts = async {
             let mut attempt = 0u32;
             loop {
                 match self.read(&read).await {
-                    Err(error) if connection_failed(&error) => {
+                    Err(error) if connection_failed(&error) && !self.settings.for_replica => {
                         tracing::debug!(%error, attempt, "read failed with its connection; reading again");
                     }
                     result => return result,
@@ -203,7 +220,9 @@ impl Shared {
             Ok(result) => result,
             Err(_) => {
                 // Abandoned, not cancelled: a cancel could hit another caller's read.
-                self.metrics.record(Record::Timeout);
+                if !self.settings.for_replica {
+                    self.metrics.record(Record::Timeout);
+                }
                 Err(Error::Timeout {
                     after: self.settings.timeout,
                     may_have_been_written: false,
@@ -212,7 +231,7 @@ impl Shared {
         }
     }
 
-    async fn read(&self, read: &Read) -> Result<ReadResult> {
+    async fn read(&self, read: &Read) -> Result<Answer> {
         let building = Instant::now();
         let shape = ReadShape::of(&read.query, &read.options);
         let params = ReadParams::new(&read.query, &read.options, &shape);
@@ -235,7 +254,10 @@ impl Shared {
         let processing = Instant::now();
         let result = decode(&rows, &read.options);
         self.component(Component::ResultProcessing, processing.elapsed());
-        result
+        Ok(Answer {
+            result: result?,
+            server_head: store_head(&rows),
+        })
     }
 
     fn db_error(&self, error: tokio_postgres::Error) -> Error {

@@ -7,9 +7,14 @@ use crate::error::{Error, Result};
 use crate::model::{Event, JsonText, ReadOptions, ReadResult, SequencedEvent};
 use crate::sql::read_columns as col;
 
+/// The store's head at the read statement's snapshot (0 when empty).
+pub(crate) fn store_head(rows: &[Row]) -> u64 {
+    rows.first().map_or(0, |r| r.get::<_, i64>(col::HEAD)) as u64
+}
+
 /// Turns the rows of a read statement into events and the read's head.
 pub(crate) fn decode(rows: &[Row], options: &ReadOptions) -> Result<ReadResult> {
-    let store_head = rows.first().map_or(0, |r| r.get::<_, i64>(col::HEAD)) as u64;
+    let store_head = store_head(rows);
     let mut events = Vec::with_capacity(rows.len());
     for row in rows {
         let Some(position) = row.get::<_, Option<i64>>(col::POSITION) else {

@@ -68,6 +68,15 @@ impl Identifier {
     }
 }
 
+/// The store's head: the newest position (0 when empty). On a replica, every position
+/// up to it is there too.
+pub(crate) fn head_statement(schema: &Identifier) -> String {
+    format!(
+        "SELECT coalesce(max(position), 0) FROM {}.events",
+        schema.quoted()
+    )
+}
+
 /// Sent by each batch before its `COMMIT` (so delivered only if it commits): `$1` the
 /// channel; the payload is the head after the batch.
 pub(crate) fn notify_statement(schema: &Identifier) -> String {

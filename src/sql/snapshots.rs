@@ -45,7 +45,7 @@ impl SnapshotStatements {
                  WHERE old.position < EXCLUDED.position
                  RETURNING position"
             ),
-            head: format!("SELECT coalesce(max(position), 0) FROM {s}.events"),
+            head: super::head_statement(schema),
             present: format!(
                 "SELECT DISTINCT name FROM {s}.snapshots WHERE name = ANY ($1::text[])"
             ),

@@ -1,0 +1,300 @@
+//! Read replicas: the router actor that tracks each replica's head and lag, and the
+//! routing of a read by its [`Consistency`].
+//!
+//! The router polls every replica (and the primary) for its head each
+//! `replica_poll_interval`, on a connection of its own per server, and keeps each
+//! replica's figures in atomics ([`ReplicaStats`]) that the read path and the metrics
+//! read without messages. A replica is *in rotation* for eventual reads while it
+//! answers and lacks no event the primary had longer ago than `replica_max_lag`. Lag in
+//! time is measured against the primary's heads as the router saw them grow, so an
+//! idle store has no lag (unlike `now() - pg_last_xact_replay_timestamp()`).
+//!
+//! Routing (in `route.rs`) never trusts these figures for exactness: an
+//! `AtLeast(p)` read is accepted from a replica only when the replica's head *at the
+//! read's own snapshot* is at least `p`. A replica's reader does not retry a failed
+//! connection; the read goes to the primary and the replica leaves the rotation until
+//! the router sees it healthy again, so reads never fail because a replica is down.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use futures_util::future::join_all;
+use tokio_postgres::Client;
+
+use crate::connect::Connector;
+use crate::error::{Error, Result};
+use crate::metrics::{MetricsSink, ReplicaList, ReplicaStats};
+use crate::reader::Reader;
+use crate::subscribe::Heads;
+
+mod route;
+
+pub(crate) use route::Server;
+
+/// The replicas as the read path sees them. Shared; read without messages.
+pub(crate) struct Replicas {
+    replicas: Vec<Replica>,
+    /// Round-robin over the replicas in rotation.
+    next: AtomicUsize,
+    /// How long an `AtLeast` read waits for a replica to have its position.
+    wait: Duration,
+    metrics: MetricsSink,
+}
+
+pub(crate) struct Replica {
+    readers: Vec<Addr<Reader>>,
+    next_reader: AtomicUsize,
+    stats: Arc<ReplicaStats>,
+}
+
+impl Replica {
+    pub(crate) fn new(readers: Vec<Addr<Reader>>, stats: Arc<ReplicaStats>) -> Self {
+        Replica {
+            readers,
+            next_reader: AtomicUsize::new(0),
+            stats,
+        }
+    }
+
+    fn reader(&self) -> &Addr<Reader> {
+        let i = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        &self.readers[i % self.readers.len()]
+    }
+}
+
+impl Replicas {
+    pub(crate) fn new(replicas: Vec<Replica>, wait: Duration, metrics: MetricsSink) -> Self {
+        Replicas {
+            replicas,
+            next: AtomicUsize::new(0),
+            wait,
+            metrics,
+        }
+    }
+
+    /// The next replica in rotation, in turn.
+    fn in_rotation(&self) -> Option<(u16, &Replica)> {
+        let n = self.replicas.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| self.replicas[i].stats.in_rotation())
+            .map(|i| (i as u16, &self.replicas[i]))
+    }
+
+    /// The reachable replica with the newest head (in or out of rotation: lag does not
+    /// matter to a read that names its position).
+    fn most_advanced(&self) -> Option<(u16, &Replica)> {
+        self.replicas
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.stats.reachable())
+            .max_by_key(|(_, r)| r.stats.head())
+            .map(|(i, r)| (i as u16, r))
+    }
+}
+
+/// A server the router polls.
+struct Probe {
+    connector: Connector,
+    /// Kept between polls; `None` after a failure (the next poll connects again).
+    client: Option<Client>,
+}
+
+/// The actor that polls the replicas' heads and decides which are in rotation.
+pub(crate) struct Router {
+    primary: Probe,
+    replicas: Vec<(Probe, Arc<ReplicaStats>)>,
+    head_sql: Arc<str>,
+    heads: Heads,
+    interval: Duration,
+    max_lag: Duration,
+    /// The primary's head at each poll that saw it grow, oldest first: a replica's lag
+    /// in time is the age of the oldest entry beyond its head.
+    history: VecDeque<(u64, Instant)>,
+    polling: bool,
+}
+
+/// Heads the primary's history keeps; at 10 polls a second, over 15 minutes of
+/// growth, beyond which a replica's lag in time stops growing (it is out of rotation
+/// long before).
+const HISTORY: usize = 10_000;
+
+pub(crate) struct RouterSettings {
+    pub head_sql: String,
+    pub interval: Duration,
+    pub max_lag: Duration,
+}
+
+impl Router {
+    pub(crate) fn new(
+        primary: Connector,
+        replicas: Vec<(Connector, Arc<ReplicaStats>)>,
+        heads: Heads,
+        settings: RouterSettings,
+    ) -> Self {
+        let probe = |connector| Probe {
+            connector,
+            client: None,
+        };
+        Router {
+            primary: probe(primary),
+            replicas: replicas
+                .into_iter()
+                .map(|(connector, stats)| (probe(connector), stats))
+                .collect(),
+            head_sql: settings.head_sql.into(),
+            heads,
+            interval: settings.interval,
+            max_lag: settings.max_lag,
+            history: VecDeque::new(),
+            polling: false,
+        }
+    }
+
+    /// Asks every server for its head, all at once; each answer within a bound so that
+    /// a server that hangs counts as down.
+    fn poll(&mut self, ctx: &mut Context<Self>) {
+        if self.polling {
+            return;
+        }
+        self.polling = true;
+        let bound = (self.interval * 10).max(Duration::from_secs(1));
+        let sql = self.head_sql.clone();
+        let probes: Vec<_> = std::iter::once(&mut self.primary)
+            .chain(self.replicas.iter_mut().map(|(probe, _)| probe))
+            .map(|p| (p.connector.clone(), p.client.take()))
+            .collect();
+        let asked = join_all(probes.into_iter().map(move |(connector, client)| {
+            let sql = sql.clone();
+            async move {
+                let asked = tokio::time::timeout(bound, head_of(&connector, client, &sql));
+                match asked.await {
+                    Ok(Ok((client, head))) => (Some(client), Some(head)),
+                    Ok(Err(error)) => {
+                        tracing::debug!(%error, "router: a server did not answer");
+                        (None, None)
+                    }
+                    Err(_) => (None, None),
+                }
+            }
+        }));
+        ctx.spawn(asked.into_actor(self).map(|answers, router, _| {
+            router.polling = false;
+            router.update(answers);
+        }));
+    }
+
+    /// Takes the poll's answers (the primary's first) into the replicas' figures.
+    fn update(&mut self, answers: Vec<(Option<Client>, Option<u64>)>) {
+        let now = Instant::now();
+        let mut answers = answers.into_iter();
+        let (client, polled) = answers.next().unwrap_or_default();
+        self.primary.client = client;
+        let newest = self.history.back().map_or(0, |(head, _)| *head);
+        let primary = polled.unwrap_or(0).max(self.heads.current());
+        if primary > newest {
+            // The first head seen counts as old: a replica that lacks it at start may be
+            // far behind, and stays out of rotation until it has it.
+            let seen = if self.history.is_empty() {
+                now.checked_sub(self.max_lag.saturating_mul(2))
+                    .unwrap_or(now)
+            } else {
+                now
+            };
+            self.history.push_back((primary, seen));
+            if self.history.len() > HISTORY {
+                self.history.pop_front();
+            }
+        }
+        let primary = primary.max(newest);
+        for ((probe, stats), (client, head)) in self.replicas.iter_mut().zip(answers) {
+            probe.client = client;
+            let Some(head) = head else {
+                stats.failed();
+                continue;
+            };
+            stats.head.store(head, Ordering::Relaxed);
+            // Heads in the history grow: the first one beyond the replica's is the oldest
+            // event it lacks.
+            let lacking = self.history.partition_point(|(h, _)| *h <= head);
+            let lag = self
+                .history
+                .get(lacking)
+                .map_or(Duration::ZERO, |(_, at)| now.saturating_duration_since(*at));
+            stats
+                .lag_positions
+                .store(primary.saturating_sub(head), Ordering::Relaxed);
+            stats
+                .lag_ms
+                .store(lag.as_millis() as u64, Ordering::Relaxed);
+            stats.reachable.store(true, Ordering::Relaxed);
+            stats
+                .in_rotation
+                .store(lag <= self.max_lag, Ordering::Relaxed);
+        }
+        // Heads every replica has are no longer needed to measure anyone's lag.
+        let slowest = self.replicas.iter().map(|(_, stats)| stats.head()).min();
+        while self.history.len() > 1 && self.history.front().map(|(h, _)| *h) <= slowest {
+            self.history.pop_front();
+        }
+    }
+}
+
+/// A server's head, on `client` or on a new connection.
+async fn head_of(
+    connector: &Connector,
+    client: Option<Client>,
+    sql: &str,
+) -> Result<(Client, u64)> {
+    let client = match client {
+        Some(client) if !client.is_closed() => client,
+        _ => connector.direct().await?,
+    };
+    let row = client.query_one(sql, &[]).await.map_err(Error::db)?;
+    let head: i64 = row.get(0);
+    Ok((client, head.max(0) as u64))
+}
+
+impl Actor for Router {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.poll(ctx);
+        ctx.run_interval(self.interval, |router, ctx| router.poll(ctx));
+    }
+}
+
+/// The name a replica is shown by in metrics: its first host and port.
+pub(crate) fn replica_name(index: usize, url: &str) -> String {
+    let Ok(config) = url.parse::<tokio_postgres::Config>() else {
+        return format!("replica-{index}");
+    };
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
+        None => "localhost".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}")
+}
+
+/// Names for the replicas of `urls`, made unique (a duplicate gets its index).
+pub(crate) fn replica_list(urls: &[String]) -> ReplicaList {
+    let mut names: Vec<String> = Vec::with_capacity(urls.len());
+    for (i, url) in urls.iter().enumerate() {
+        let mut name = replica_name(i, url);
+        if names.contains(&name) {
+            name = format!("{name}#{i}");
+        }
+        names.push(name);
+    }
+    names
+        .into_iter()
+        .map(|name| (name, Arc::new(ReplicaStats::default())))
+        .collect()
+}
