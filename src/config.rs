@@ -272,7 +272,7 @@ impl Config {
 
     /// How long a read with [`Consistency::AtLeast`](crate::Consistency::AtLeast) waits
     /// for a replica to reach its position before the primary serves it. Defaults to
-    /// 1 s; 0 goes to the primary at once unless the router already knows a replica has it.
+    /// 1 s; with 0, one read on the most advanced replica, then the primary.
     #[must_use]
     pub fn with_replica_wait(mut self, wait: Duration) -> Self {
         self.replica_wait_ms = wait.as_millis() as u64;

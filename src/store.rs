@@ -22,10 +22,10 @@ use crate::error::{Error, Result};
 use crate::metrics::ConsumerRegistry;
 use crate::metrics::{self, GetSnapshot, MetricsActor, MetricsSink, MetricsSnapshot, Record};
 use crate::model::{
-    AppendCondition, AppendOptions, AppendResult, Consistency, Event, Query, ReadOptions,
-    ReadResult, SequencedEvent,
+    AppendCondition, AppendOptions, AppendResult, Event, Query, ReadOptions, ReadResult,
+    SequencedEvent,
 };
-use crate::reader::{Read, ReadBy, Reader, ReaderSettings};
+use crate::reader::{Read, Reader, ReaderSettings};
 use crate::router::{self, Replica, Replicas, Router, RouterSettings, Server};
 use crate::schema;
 use crate::sql::{self, ConsumerStatements, Identifier};
@@ -463,21 +463,17 @@ impl EventStore {
         );
         let read = Read::new(query.clone(), options);
         let deadline = started + limit;
-        let result = match &self.inner.replicas {
-            None => {
-                let sent = self.next_reader().send(ReadBy { read, deadline });
-                let answered =
-                    sent.map(|answer| answer.map(|a| a.map(|a| (a.result, Server::Primary))));
-                self.bounded(answered.instrument(span.clone()), limit, false)
+        let primary = self.next_reader();
+        let served = async {
+            match &self.inner.replicas {
+                None => router::ask(primary, read, deadline)
                     .await
-            }
-            Some(replicas) => {
-                let routed = replicas.read(read, deadline, self.next_reader());
-                let answered = routed.map(Ok::<_, ()>);
-                self.bounded(answered.instrument(span.clone()), limit, false)
-                    .await
+                    .map(|answer| (answer.result, Server::Primary)),
+                Some(replicas) => replicas.read(read, deadline, primary).await,
             }
         };
+        let answered = served.map(Ok::<_, ()>).instrument(span.clone());
+        let result = self.bounded(answered, limit, false).await;
         self.record(metrics::Method::Read, started, result.is_ok());
         traced(&span, result)
     }
@@ -698,12 +694,7 @@ impl StreamState {
             *remaining -= got.min(*remaining);
         }
         self.done = got < asked || self.remaining == Some(0);
-        // Later pages from a server that has at least what this one saw (monotonic
-        // reads across replicas); once the primary had to serve, from the primary.
-        self.options.consistency = match server {
-            Server::Primary => Consistency::Strong,
-            Server::Replica => self.options.consistency.at_least(result.head),
-        };
+        self.options.consistency = server.next_read(self.options.consistency, result.head);
         if let Some(last) = result.events.last() {
             if self.options.backwards {
                 self.options.before = Some(last.position);

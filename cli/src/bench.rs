@@ -391,11 +391,8 @@ async fn measure(
         Workload::Read => {
             let n = prefill.unwrap_or(1);
             let typed = query == "type+tag";
-            let consistency = if config.replica_urls().is_empty() {
-                Consistency::Strong
-            } else {
-                Consistency::Eventual
-            };
+            // Without replicas, eventual reads go to the primary.
+            let consistency = Consistency::Eventual;
             let window = drive(clients, timing, move |_| {
                 let store = store.clone();
                 async move {

@@ -127,7 +127,8 @@ impl EventStore {
     /// model never makes a wrong decision: events decided on it are appended under its
     /// condition, checked on the primary, and after a conflict the model is read again
     /// from the primary; a refusal or no change, which no append checks, is decided
-    /// again on the primary's state (reading only what is new) before it is returned.
+    /// again on the primary's state (with the decision cache, reading only what is new)
+    /// before it is returned.
     ///
     /// # Errors
     /// As [`EventStore::decide`].

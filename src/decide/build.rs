@@ -18,7 +18,6 @@ use super::{DecisionModel, Decisions};
 use crate::error::Result;
 use crate::metrics::{Record, Rejection, SnapshotOutcome};
 use crate::model::{Consistency, MatchView, Query, ReadOptions};
-use crate::router::Server;
 use crate::store::EventStore;
 use crate::Projection;
 
@@ -166,8 +165,9 @@ async fn catch_up(
 ) -> Result<Option<u64>> {
     let everyone: Vec<usize> = (0..slots.len()).collect();
     'again: loop {
-        consistency = consistency.at_least(slots.iter().map(|s| s.head).max().flatten());
-        if let Some(newest) = slots.iter().map(|s| s.head).max().flatten() {
+        let newest = slots.iter().map(|s| s.head).max().flatten();
+        consistency = consistency.at_least(newest);
+        if let Some(newest) = newest {
             let mut behind: Vec<Option<u64>> = slots
                 .iter()
                 .map(|s| s.head)
@@ -247,12 +247,7 @@ async fn fold(
             options = options.before(until.saturating_add(1));
         }
         let (read, server) = store.read_served(query, options).await?;
-        // The next page (or read) from a server that has this one's events; from the
-        // primary once it had to serve (a replica lagged).
-        *consistency = match server {
-            Server::Primary => Consistency::Strong,
-            Server::Replica => consistency.at_least(read.head),
-        };
+        *consistency = server.next_read(*consistency, read.head);
         for event in &read.events {
             let view = MatchView::new(&event.event);
             for &i in members {

@@ -314,7 +314,7 @@ impl Exposition {
             ),
             (
                 "dcb_replica_reachable",
-                "1 when the replica answered the router's last poll and its last read.",
+                "1 when the replica answered the router's last poll and has failed no read since.",
                 |r| f64::from(u8::from(r.reachable)),
             ),
             (

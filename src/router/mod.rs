@@ -32,7 +32,7 @@ use crate::subscribe::Heads;
 
 mod route;
 
-pub(crate) use route::Server;
+pub(crate) use route::{ask, Server};
 
 /// The replicas as the read path sees them. Shared; read without messages.
 pub(crate) struct Replicas {
@@ -76,7 +76,7 @@ impl Replicas {
     }
 
     /// The next replica in rotation, in turn.
-    fn in_rotation(&self) -> Option<(u16, &Replica)> {
+    fn next_in_rotation(&self) -> Option<(u16, &Replica)> {
         let n = self.replicas.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..n)

@@ -23,6 +23,19 @@ pub(crate) enum Server {
     Replica,
 }
 
+impl Server {
+    /// The consistency for the next read of a sequence (pages, a fold's reads) after
+    /// this server answered one with `head`: a server that has at least what this one
+    /// saw (monotonic reads across replicas), or the primary once it had to serve (a
+    /// replica lagged: no second wait for it).
+    pub(crate) fn next_read(self, consistency: Consistency, head: Option<u64>) -> Consistency {
+        match self {
+            Server::Primary => Consistency::Strong,
+            Server::Replica => consistency.at_least(head),
+        }
+    }
+}
+
 impl Replicas {
     /// Serves `read` by its consistency, on `primary` when no replica can; says which
     /// kind of server answered.
@@ -57,15 +70,16 @@ impl Replicas {
     }
 
     async fn eventual(&self, read: &Read, deadline: Instant) -> Option<(u16, ReadResult)> {
-        let (i, replica) = self.in_rotation()?;
+        let (i, replica) = self.next_in_rotation()?;
         let answer = try_replica(replica, read.clone(), deadline).await?;
         Some((i, answer.result))
     }
 
     /// A replica's answer whose head is at least `position`, if one comes by the wait
     /// bound (`replica_wait`, at most half the caller's time, so that the primary keeps
-    /// the rest). While the most advanced replica lacks the position, it is asked for its
-    /// head alone (a read of nothing), with a growing pause.
+    /// the rest). The most advanced replica gets the read at once; while it lacks the
+    /// position it is asked for its head alone (a read of nothing), with a growing pause,
+    /// and gets the read again once it has it.
     async fn at_least(
         &self,
         read: &Read,
@@ -75,13 +89,17 @@ impl Replicas {
         let now = Instant::now();
         let give_up = now + self.wait.min(deadline.saturating_duration_since(now) / 2);
         let mut pause = Duration::from_millis(1);
+        // The first look is the read itself: the router's figures are usually a poll
+        // behind a replica that already has the position.
+        let mut first = true;
         loop {
             let (i, replica) = self.most_advanced()?;
-            if replica.stats.head() < position && !self.wait.is_zero() {
+            if !first && replica.stats.head() < position {
                 let head_only = Read::new(Query::all(), ReadOptions::default().limit(0));
                 try_replica(replica, head_only, give_up).await;
             }
-            if replica.stats.head() >= position {
+            if first || replica.stats.head() >= position {
+                first = false;
                 if let Some(answer) = try_replica(replica, read.clone(), deadline).await {
                     // The head at the read's snapshot decides, not what the router saw.
                     if answer.server_head >= position {
@@ -125,7 +143,7 @@ async fn try_replica(replica: &Replica, read: Read, deadline: Instant) -> Option
     }
 }
 
-async fn ask(reader: &Addr<Reader>, read: Read, deadline: Instant) -> Result<Answer> {
+pub(crate) async fn ask(reader: &Addr<Reader>, read: Read, deadline: Instant) -> Result<Answer> {
     reader
         .send(ReadBy { read, deadline })
         .await

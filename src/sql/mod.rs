@@ -80,10 +80,7 @@ pub(crate) fn head_statement(schema: &Identifier) -> String {
 /// Sent by each batch before its `COMMIT` (so delivered only if it commits): `$1` the
 /// channel; the payload is the head after the batch.
 pub(crate) fn notify_statement(schema: &Identifier) -> String {
-    format!(
-        "SELECT pg_notify($1, (SELECT coalesce(max(position), 0) FROM {}.events)::text)",
-        schema.quoted()
-    )
+    format!("SELECT pg_notify($1, ({})::text)", head_statement(schema))
 }
 
 /// Whether any session holds the listeners' shared lock of key `$1` (in this

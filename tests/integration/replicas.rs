@@ -643,14 +643,14 @@ async fn failover_to_a_synchronous_standby_loses_and_duplicates_nothing() {
     let resumed = acked
         .iter()
         .map(|(_, at)| *at)
-        .filter(|at| *at > killed)
+        .filter(|at| *at > promoted)
         .min()
-        .map_or(f64::NAN, |at| (at - killed).as_secs_f64());
+        .map_or(f64::NAN, |at| (at - promoted).as_secs_f64());
     println!(
         "failover accounting: acked {} events ({} after the promotion), stored {}, lost {lost}, \
          duplicated {duplicated}, outcome unknown {} (of which stored {unknown_stored}); \
-         appends sent again {retried}; first ack {resumed:.2} s after the kill \
-         (promotion {:.2} s after it)",
+         appends sent again {retried}; promoted {:.2} s after the kill, first ack \
+         {resumed:.2} s after the promotion",
         acked.len(),
         after_promotion,
         rows.len(),
