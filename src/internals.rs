@@ -95,7 +95,7 @@ pub async fn raw_read(
 
 /// Decodes read rows into events and the head, as a reader does.
 pub fn decode_rows(rows: &[Row], options: &ReadOptions) -> Result<ReadResult> {
-    crate::reader::decode(rows, options)
+    crate::reader::decode(rows, options).map(|answer| answer.result)
 }
 
 /// Validates an append as the writer does, with the default limits.

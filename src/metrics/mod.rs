@@ -114,12 +114,11 @@ pub(crate) enum Record {
     Snapshot(SnapshotOutcome),
     /// `decide` met a conflict and decides again.
     DecideRetry,
-    /// A read served: how fresh it asked to be, which server answered (`None`: the
-    /// primary), and whether the primary served it because no replica could.
+    /// A read served: how fresh it asked to be and which server answered (`None`: the
+    /// primary; for any consistency but `Strong`, because no replica could).
     Routed {
         consistency: Level,
         replica: Option<u16>,
-        fallback: bool,
     },
 }
 
@@ -350,7 +349,6 @@ pub(crate) struct MetricsActor {
     snapshots_rejected: BTreeMap<Rejection, u64>,
     replicas: ReplicaList,
     routed: BTreeMap<(Level, Option<u16>), u64>,
-    fallbacks: BTreeMap<Level, u64>,
 }
 
 #[derive(Default)]
@@ -409,7 +407,6 @@ impl MetricsActor {
             snapshots_rejected: BTreeMap::new(),
             replicas,
             routed: BTreeMap::new(),
-            fallbacks: BTreeMap::new(),
         };
         let sender = enabled.then_some(sender);
         (actor, MetricsSink { sender, dropped })
@@ -497,13 +494,7 @@ impl MetricsActor {
             Record::Routed {
                 consistency,
                 replica,
-                fallback,
-            } => {
-                *self.routed.entry((consistency, replica)).or_default() += 1;
-                if fallback {
-                    *self.fallbacks.entry(consistency).or_default() += 1;
-                }
-            }
+            } => *self.routed.entry((consistency, replica)).or_default() += 1,
         }
     }
 
@@ -582,9 +573,10 @@ impl MetricsActor {
                 })
                 .collect(),
             replica_fallbacks: self
-                .fallbacks
+                .routed
                 .iter()
-                .map(|(level, n)| (level.name().to_owned(), *n))
+                .filter(|((level, replica), _)| replica.is_none() && *level != Level::Strong)
+                .map(|((level, _), n)| (level.name().to_owned(), *n))
                 .collect(),
         }
     }

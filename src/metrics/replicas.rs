@@ -1,25 +1,35 @@
-//! Per-replica figures: kept in atomics by the router (never on the append path) and
-//! read by the metrics actor for a snapshot.
+//! Per-replica figures: kept in atomics by the router's polls and the routing of reads
+//! (never on the append path), read by the routing and by the metrics actor.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 /// One replica's health, as the router last saw it.
 #[derive(Default)]
 pub(crate) struct ReplicaStats {
     /// Its head: the newest position it holds (every position up to it, too).
-    pub head: AtomicU64,
-    /// Whether it answered the router's last poll and its last read.
-    pub reachable: AtomicBool,
+    head: AtomicU64,
+    /// Whether it answered the router's last poll and has failed no read since.
+    reachable: AtomicBool,
     /// Whether eventual reads may go to it: reachable and within the maximum lag.
-    pub in_rotation: AtomicBool,
+    in_rotation: AtomicBool,
     /// The primary's head minus its head, at the last poll.
-    pub lag_positions: AtomicU64,
+    lag_events: AtomicU64,
     /// How long ago the primary had the oldest event it still lacks, in milliseconds.
-    pub lag_ms: AtomicU64,
+    lag_ms: AtomicU64,
 }
 
 impl ReplicaStats {
+    /// Records a poll the replica answered.
+    pub(crate) fn polled(&self, head: u64, lag_events: u64, lag: Duration, in_rotation: bool) {
+        self.head.store(head, Ordering::Relaxed);
+        self.lag_events.store(lag_events, Ordering::Relaxed);
+        self.lag_ms.store(lag.as_millis() as u64, Ordering::Relaxed);
+        self.reachable.store(true, Ordering::Relaxed);
+        self.in_rotation.store(in_rotation, Ordering::Relaxed);
+    }
+
     /// Records a head the replica was seen with (heads only grow).
     pub(crate) fn saw_head(&self, head: u64) {
         self.head.fetch_max(head, Ordering::Relaxed);
@@ -74,7 +84,7 @@ pub(crate) fn snapshot(
         .map(|(i, (name, s))| {
             let metrics = ReplicaMetrics {
                 head: s.head(),
-                lag_events: s.lag_positions.load(Ordering::Relaxed),
+                lag_events: s.lag_events.load(Ordering::Relaxed),
                 lag_seconds: s.lag_ms.load(Ordering::Relaxed) as f64 / 1000.0,
                 reachable: s.reachable(),
                 in_rotation: s.in_rotation(),

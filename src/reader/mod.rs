@@ -38,7 +38,6 @@ mod rows;
 mod statements;
 
 pub(crate) use rows::decode;
-use rows::store_head;
 use statements::{Connections, Runnable};
 
 /// Reads the events matching `query`. Send it to
@@ -252,12 +251,9 @@ impl Shared {
         self.component(Component::SqlExecution, started.elapsed());
 
         let processing = Instant::now();
-        let result = decode(&rows, &read.options);
+        let answer = decode(&rows, &read.options);
         self.component(Component::ResultProcessing, processing.elapsed());
-        Ok(Answer {
-            result: result?,
-            server_head: store_head(&rows),
-        })
+        answer
     }
 
     fn db_error(&self, error: tokio_postgres::Error) -> Error {

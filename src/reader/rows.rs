@@ -3,18 +3,15 @@
 
 use tokio_postgres::Row;
 
+use super::Answer;
 use crate::error::{Error, Result};
 use crate::model::{Event, JsonText, ReadOptions, ReadResult, SequencedEvent};
 use crate::sql::read_columns as col;
 
-/// The store's head at the read statement's snapshot (0 when empty).
-pub(crate) fn store_head(rows: &[Row]) -> u64 {
-    rows.first().map_or(0, |r| r.get::<_, i64>(col::HEAD)) as u64
-}
-
-/// Turns the rows of a read statement into events and the read's head.
-pub(crate) fn decode(rows: &[Row], options: &ReadOptions) -> Result<ReadResult> {
-    let store_head = store_head(rows);
+/// Turns the rows of a read statement into events, the read's head and the server's
+/// head at the statement's snapshot.
+pub(crate) fn decode(rows: &[Row], options: &ReadOptions) -> Result<Answer> {
+    let store_head = rows.first().map_or(0, |r| r.get::<_, i64>(col::HEAD)) as u64;
     let mut events = Vec::with_capacity(rows.len());
     for row in rows {
         let Some(position) = row.get::<_, Option<i64>>(col::POSITION) else {
@@ -48,8 +45,11 @@ pub(crate) fn decode(rows: &[Row], options: &ReadOptions) -> Result<ReadResult> 
             .map_or(options.after.unwrap_or(0), |e| e.position)
             .min(store_head);
     }
-    Ok(ReadResult {
-        events,
-        head: (head > 0).then_some(head),
+    Ok(Answer {
+        result: ReadResult {
+            events,
+            head: (head > 0).then_some(head),
+        },
+        server_head: store_head,
     })
 }

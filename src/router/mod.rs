@@ -195,8 +195,8 @@ impl Router {
         let (client, polled) = answers.next().unwrap_or_default();
         self.primary.client = client;
         let newest = self.history.back().map_or(0, |(head, _)| *head);
-        let primary = polled.unwrap_or(0).max(self.heads.current());
-        if primary > newest {
+        let primary_head = polled.unwrap_or(0).max(self.heads.current());
+        if primary_head > newest {
             // The first head seen counts as old: a replica that lacks it at start may be
             // far behind, and stays out of rotation until it has it.
             let seen = if self.history.is_empty() {
@@ -205,19 +205,18 @@ impl Router {
             } else {
                 now
             };
-            self.history.push_back((primary, seen));
+            self.history.push_back((primary_head, seen));
             if self.history.len() > HISTORY {
                 self.history.pop_front();
             }
         }
-        let primary = primary.max(newest);
+        let primary_head = primary_head.max(newest);
         for ((probe, stats), (client, head)) in self.replicas.iter_mut().zip(answers) {
             probe.client = client;
             let Some(head) = head else {
                 stats.failed();
                 continue;
             };
-            stats.head.store(head, Ordering::Relaxed);
             // Heads in the history grow: the first one beyond the replica's is the oldest
             // event it lacks.
             let lacking = self.history.partition_point(|(h, _)| *h <= head);
@@ -225,16 +224,12 @@ impl Router {
                 .history
                 .get(lacking)
                 .map_or(Duration::ZERO, |(_, at)| now.saturating_duration_since(*at));
-            stats
-                .lag_positions
-                .store(primary.saturating_sub(head), Ordering::Relaxed);
-            stats
-                .lag_ms
-                .store(lag.as_millis() as u64, Ordering::Relaxed);
-            stats.reachable.store(true, Ordering::Relaxed);
-            stats
-                .in_rotation
-                .store(lag <= self.max_lag, Ordering::Relaxed);
+            stats.polled(
+                head,
+                primary_head.saturating_sub(head),
+                lag,
+                lag <= self.max_lag,
+            );
         }
         // Heads every replica has are no longer needed to measure anyone's lag.
         let slowest = self.replicas.iter().map(|(_, stats)| stats.head()).min();

@@ -65,7 +65,6 @@ impl Replicas {
         self.metrics.record(Record::Routed {
             consistency,
             replica,
-            fallback: replica.is_none() && consistency != Level::Strong,
         });
     }
 

@@ -59,21 +59,38 @@ fn routed(metrics: &MetricsSnapshot, consistency: &str, target: &str) -> u64 {
     metrics.reads_routed.get(&key).copied().unwrap_or(0)
 }
 
-/// Waits (up to 30 s) until the store's metrics satisfy `ready`.
-async fn until(store: &EventStore, what: &str, ready: impl Fn(&MetricsSnapshot) -> bool) {
+/// Waits (up to 30 s, looking every 20 ms) until `check` holds; fails saying `what`.
+async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let metrics = store.metrics().await.unwrap();
-        if ready(&metrics) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never {what}: {:?}",
-            metrics.replicas
-        );
+    while !check().await {
+        assert!(Instant::now() < deadline, "never {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits until the store's metrics satisfy `ready`.
+async fn until(store: &EventStore, what: &str, ready: impl Fn(&MetricsSnapshot) -> bool) {
+    let ready = &ready;
+    eventually(
+        what,
+        || async move { ready(&store.metrics().await.unwrap()) },
+    )
+    .await;
+}
+
+/// Runs one of `server`'s blocking controls (stop, start again, kill, promote).
+async fn control(
+    server: &Arc<EmbeddedPostgres>,
+    action: fn(&EmbeddedPostgres) -> dcb_store::Result<()>,
+) {
+    let server = server.clone();
+    tokio::task::spawn_blocking(move || action(&server))
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 async fn in_rotation(store: &EventStore, replica: &EmbeddedPostgres, head: u64) {
@@ -94,24 +111,21 @@ async fn sql(server: &EmbeddedPostgres, statement: &str) {
         .unwrap();
 }
 
-/// Waits (up to 30 s) until `server` holds the store's events up to `position`.
+/// Waits until `server` holds the store's events up to `position`.
 async fn holds(server: &EmbeddedPostgres, position: u64) {
-    let client = support::client_for(&server.url()).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let client = &support::client_for(&server.url()).await;
     let head = "SELECT coalesce(max(position), 0) FROM replicated.events";
-    while client
-        .query_one(head, &[])
-        .await
-        .map_or(0, |row| row.get::<_, i64>(0))
-        < position as i64
-    {
-        assert!(
-            Instant::now() < deadline,
-            "{} never got {position}",
-            server.port()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        &format!("{} holding {position}", server.port()),
+        || async move {
+            client
+                .query_one(head, &[])
+                .await
+                .map_or(0, |row| row.get::<_, i64>(0))
+                >= position as i64
+        },
+    )
+    .await;
 }
 
 /// Index and sequential scans of the store's tables that `server` counted.
@@ -171,14 +185,10 @@ async fn eventual_reads_are_served_by_a_replica() {
         assert!(text.contains(family), "{family} exported");
     }
     // The replica's own statistics count the reads (flushed within about a second).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while scans(replica).await < scans_before + 20 {
-        assert!(
-            Instant::now() < deadline,
-            "the replica never counted the reads"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually("the replica counting the reads", || async {
+        scans(replica).await >= scans_before + 20
+    })
+    .await;
 }
 
 #[actix::test]
@@ -345,11 +355,7 @@ async fn a_replica_going_down_and_coming_back_costs_no_read() {
     let eventual = ReadOptions::default().consistency(Consistency::Eventual);
     store.read(&tagged("d"), eventual).await.unwrap();
 
-    let stopping = replica.clone();
-    tokio::task::spawn_blocking(move || stopping.stop())
-        .await
-        .unwrap()
-        .unwrap();
+    control(&replica, EmbeddedPostgres::stop).await;
     let name = name(&replica);
     for _ in 0..20 {
         let read = store.read(&tagged("d"), eventual).await.unwrap();
@@ -365,11 +371,7 @@ async fn a_replica_going_down_and_coming_back_costs_no_read() {
     assert!(down.replica_fallbacks.get("eventual").copied().unwrap_or(0) >= 19);
     assert_eq!(down.reads_failed, 0);
 
-    let starting = replica.clone();
-    tokio::task::spawn_blocking(move || starting.start_again())
-        .await
-        .unwrap()
-        .unwrap();
+    control(&replica, EmbeddedPostgres::start_again).await;
     in_rotation(&store, &replica, at.last_position).await;
     let served = routed(&store.metrics().await.unwrap(), "eventual", &name);
     for _ in 0..5 {
@@ -514,27 +516,12 @@ async fn failover_to_a_synchronous_standby_loses_and_duplicates_nothing() {
     // wait for a standby of its own).
     sql(&primary, "ALTER SYSTEM SET synchronous_standby_names = '*'").await;
     sql(&primary, "SELECT pg_reload_conf()").await;
-    let watcher = support::client_for(&primary.url()).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let sync: i64 = watcher
-            .query_one(
-                "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if sync == 1 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the standby never became synchronous"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    drop(watcher);
+    let watcher = &support::client_for(&primary.url()).await;
+    eventually("a synchronous standby", || async move {
+        let sync = "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'";
+        watcher.query_one(sync, &[]).await.unwrap().get::<_, i64>(0) == 1
+    })
+    .await;
 
     let url = format!(
         "postgresql://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?target_session_attrs=read-write",
@@ -600,18 +587,10 @@ async fn failover_to_a_synchronous_standby_loses_and_duplicates_nothing() {
         .collect();
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let killing = primary.clone();
-    tokio::task::spawn_blocking(move || killing.kill())
-        .await
-        .unwrap()
-        .unwrap();
+    control(&primary, EmbeddedPostgres::kill).await;
     let killed = Instant::now();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let promoting = standby.clone();
-    tokio::task::spawn_blocking(move || promoting.promote())
-        .await
-        .unwrap()
-        .unwrap();
+    control(&standby, EmbeddedPostgres::promote).await;
     let promoted = Instant::now();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     stop.set(true);
