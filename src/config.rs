@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::model::{Limits, MAX_NAME_BYTES};
-use crate::sql::Identifier;
+use crate::sql::{Identifier, MAX_INDEXED_KEYS, MAX_INDEXED_KEY_BYTES};
 use crate::tls::TlsMode;
 
 /// Settings of an [`EventStore`](crate::EventStore).
@@ -65,6 +65,8 @@ pub struct Config {
     replica_max_lag_ms: u64,
     replica_wait_ms: u64,
     replica_poll_ms: u64,
+    indexed_keys: Vec<String>,
+    indexed_metadata_keys: Vec<String>,
     /// Start a throwaway server when no URL is configured (never from a file).
     #[serde(skip)]
     throwaway_server: bool,
@@ -110,6 +112,8 @@ impl Default for Config {
             replica_max_lag_ms: 5_000,
             replica_wait_ms: 1_000,
             replica_poll_ms: 100,
+            indexed_keys: Vec::new(),
+            indexed_metadata_keys: Vec::new(),
             throwaway_server: false,
         }
     }
@@ -226,6 +230,7 @@ impl Config {
                 self.max_name_bytes
             )));
         }
+        self.check_indexed_keys()?;
         for url in &self.replica_urls {
             url.parse::<tokio_postgres::Config>().map_err(|e| {
                 Error::Config(format!(
@@ -235,6 +240,90 @@ impl Config {
             })?;
         }
         Ok(())
+    }
+
+    fn check_indexed_keys(&self) -> Result<()> {
+        let count = self.indexed_keys.len() + self.indexed_metadata_keys.len();
+        if count > MAX_INDEXED_KEYS {
+            return Err(Error::Config(format!(
+                "{count} indexed keys listed (data and metadata), more than {MAX_INDEXED_KEYS}"
+            )));
+        }
+        for keys in [&self.indexed_keys, &self.indexed_metadata_keys] {
+            for (i, key) in keys.iter().enumerate() {
+                if key.is_empty() || key.len() > MAX_INDEXED_KEY_BYTES || key.contains('\0') {
+                    return Err(Error::Config(format!(
+                        "indexed key {key:?} must be 1 to {MAX_INDEXED_KEY_BYTES} bytes, without NUL"
+                    )));
+                }
+                if keys[..i].contains(key) {
+                    return Err(Error::Config(format!(
+                        "indexed key {key:?} is listed twice"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Top-level data keys whose string values are indexed: a query item whose data
+    /// filter needs `key = "value"` on one of them ([`QueryItem::data_all`], or
+    /// [`QueryItem::data_any`] with one pair) is then answered by an ordered index
+    /// probe, like a tag, instead of filtering the events its types or range select.
+    /// At connect, the store's declared keys are made to match this list: a new key is
+    /// backfilled in the background (reads and conditions stay exact meanwhile; they
+    /// use the key once [`EventStore::indexed_keys`](crate::EventStore::indexed_keys)
+    /// says it is ready), a key no longer listed is dropped with its entries. Each key
+    /// costs appends one index entry per event holding a string there. At most 32
+    /// keys of at most 256 bytes; none by default.
+    ///
+    /// [`QueryItem::data_all`]: crate::QueryItem::data_all
+    /// [`QueryItem::data_any`]: crate::QueryItem::data_any
+    ///
+    /// ```
+    /// use dcb_store::Config;
+    /// let config = Config::default().with_indexed_keys(["order_id", "customer_id"]);
+    /// assert_eq!(config.indexed_keys(), ["order_id", "customer_id"]);
+    /// ```
+    #[must_use]
+    pub fn with_indexed_keys<I, S>(mut self, keys: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.indexed_keys = keys.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The declared indexed data keys (see [`Config::with_indexed_keys`]).
+    pub fn indexed_keys(&self) -> &[String] {
+        &self.indexed_keys
+    }
+
+    /// Top-level metadata keys whose string values are indexed, as
+    /// [`with_indexed_keys`](Config::with_indexed_keys) does for data: a query item with
+    /// [`QueryItem::metadata_all`](crate::QueryItem::metadata_all) on one of them (all
+    /// events of one correlation id) is an ordered index probe. Counted with the data
+    /// keys against the limit of 32; none by default.
+    ///
+    /// ```
+    /// use dcb_store::Config;
+    /// let config = Config::default().with_indexed_metadata_keys(["correlation_id"]);
+    /// assert_eq!(config.indexed_metadata_keys(), ["correlation_id"]);
+    /// ```
+    #[must_use]
+    pub fn with_indexed_metadata_keys<I, S>(mut self, keys: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.indexed_metadata_keys = keys.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The declared indexed metadata keys.
+    pub fn indexed_metadata_keys(&self) -> &[String] {
+        &self.indexed_metadata_keys
     }
 
     /// Read replicas (PostgreSQL streaming replicas of the database): reads asked for
@@ -691,6 +780,8 @@ impl fmt::Debug for Config {
             .field("replica_max_lag_ms", &self.replica_max_lag_ms)
             .field("replica_wait_ms", &self.replica_wait_ms)
             .field("replica_poll_ms", &self.replica_poll_ms)
+            .field("indexed_keys", &self.indexed_keys)
+            .field("indexed_metadata_keys", &self.indexed_metadata_keys)
             .finish()
     }
 }

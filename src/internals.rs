@@ -8,14 +8,14 @@ use tokio_postgres::{Client, Row};
 
 use crate::error::Result;
 use crate::model::{AppendCondition, Event, Query, ReadOptions, ReadResult};
-use crate::sql::{self, AppendParams, ReadParams, ReadShape};
+use crate::sql::{self, AppendParams, DeclaredKeys, ReadParams, ReadShape};
 
 /// Encodes appends into the append statement's bind parameters, as the writer does
 /// for one round; returns the number of parameters (to keep the work observable).
 pub fn encode_append_round(appends: &[(Vec<Event>, Option<AppendCondition>)]) -> usize {
     let mut params = AppendParams::default();
     for (events, condition) in appends {
-        params.push(events, condition.as_ref());
+        params.push(events, condition.as_ref(), &DeclaredKeys::default());
     }
     params.as_params().len()
 }
@@ -44,7 +44,7 @@ impl ShapeCache {
 
     /// Computes the shape of a read and looks it up, inserting it when missing.
     pub fn lookup(&mut self, query: &Query, options: &ReadOptions) -> u32 {
-        let shape = ReadShape::of(query, options);
+        let shape = ReadShape::of(query, options, &DeclaredKeys::default());
         let next = self.0.len() as u32;
         *self.0.get_or_insert(shape, || next)
     }
@@ -55,7 +55,8 @@ impl ShapeCache {
 /// # Panics
 /// When `schema` is not a plain identifier.
 pub fn read_statement(schema: &str, query: &Query, options: &ReadOptions) -> String {
-    sql::read_statement(&identifier(schema), &ReadShape::of(query, options))
+    let shape = ReadShape::of(query, options, &DeclaredKeys::default());
+    sql::read_statement(&identifier(schema), &shape)
 }
 
 fn identifier(schema: &str) -> sql::Identifier {
@@ -78,7 +79,8 @@ pub async fn raw_read_many_items(
     query: &Query,
     options: &ReadOptions,
 ) -> Result<Vec<Row>> {
-    let params = ReadParams::new(query, options, &ReadShape::many_items(options));
+    let shape = ReadShape::many_items(options);
+    let params = ReadParams::new(query, options, &shape, &DeclaredKeys::default());
     Ok(client.query(statement, &params.as_params()).await?)
 }
 
@@ -89,7 +91,8 @@ pub async fn raw_read(
     query: &Query,
     options: &ReadOptions,
 ) -> Result<Vec<Row>> {
-    let params = ReadParams::new(query, options, &ReadShape::of(query, options));
+    let keys = DeclaredKeys::default();
+    let params = ReadParams::new(query, options, &ReadShape::of(query, options, &keys), &keys);
     Ok(client.query(statement, &params.as_params()).await?)
 }
 

@@ -53,6 +53,7 @@ mod decide;
 #[cfg(feature = "embedded")]
 mod embedded;
 mod error;
+mod indexing;
 #[cfg(feature = "internals")]
 #[doc(hidden)]
 pub mod internals;
@@ -74,6 +75,7 @@ pub use decide::{Members, States};
 #[cfg(feature = "embedded")]
 pub use embedded::EmbeddedPostgres;
 pub use error::{Error, Result};
+pub use indexing::{IndexedKey, KeySource};
 pub use metrics::{ConsumerMetrics, LatencySummary, MetricsSnapshot, ReplicaMetrics, SizeSummary};
 pub use model::{
     AppendCondition, AppendOptions, AppendResult, Consistency, DataFilter, Event, Query, QueryItem,

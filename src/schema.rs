@@ -52,6 +52,16 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "table_snapshots",
         include_str!("schema/008_table_snapshots.sql"),
     ),
+    (
+        9,
+        "table_event_keys",
+        include_str!("schema/009_table_event_keys.sql"),
+    ),
+    (
+        10,
+        "idx_events_occurred_at",
+        include_str!("schema/010_idx_events_occurred_at.sql"),
+    ),
 ];
 
 /// Serialises migrations of all schemas in one database (a constant key).
@@ -71,7 +81,8 @@ pub(crate) async fn grant_application_role(
         .batch_execute(&format!(
             "REVOKE ALL ON ALL TABLES IN SCHEMA {s} FROM {role};
              GRANT USAGE ON SCHEMA {s} TO {role};
-             GRANT SELECT, INSERT ON {s}.events, {s}.event_tags TO {role};
+             GRANT SELECT, INSERT ON {s}.events, {s}.event_tags, {s}.event_keys TO {role};
+             GRANT SELECT ON {s}.indexed_keys TO {role};
              GRANT SELECT ON {s}.schema_migrations TO {role};
              GRANT SELECT, INSERT, UPDATE, DELETE ON {s}.consumers, {s}.parked TO {role};
              GRANT SELECT, INSERT, UPDATE ON {s}.snapshots TO {role};"

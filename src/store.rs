@@ -19,6 +19,7 @@ use crate::decide::{Decisions, Snapshots};
 #[cfg(feature = "embedded")]
 use crate::embedded::EmbeddedPostgres;
 use crate::error::{Error, Result};
+use crate::indexing::{self, IndexedKey};
 use crate::metrics::ConsumerRegistry;
 use crate::metrics::{self, GetSnapshot, MetricsActor, MetricsSink, MetricsSnapshot, Record};
 use crate::model::{
@@ -28,7 +29,7 @@ use crate::model::{
 use crate::reader::{Read, Reader, ReaderSettings};
 use crate::router::{self, Replica, Replicas, Router, RouterSettings, Server};
 use crate::schema;
-use crate::sql::{self, ConsumerStatements, Identifier};
+use crate::sql::{self, ConsumerStatements, DeclaredKeys, Identifier, KeyStatements};
 use crate::subscribe::{Heads, Tail};
 use crate::writer::{Append, NotifySettings, Ping, QueueAppend, Shutdown, Writer, WriterSettings};
 
@@ -145,6 +146,10 @@ impl EventStore {
         let connector = Connector::new(&config, &url, config.pool_size()).await?;
         let mut client = connector.dedicated().await?;
         schema::migrate(&mut client, &schema).await?;
+        let key_sql = KeyStatements::new(&schema);
+        let keys = DeclaredKeys::new(config.indexed_keys(), config.indexed_metadata_keys());
+        let backfill =
+            indexing::sync(&mut client, &key_sql, sql::write_lock_key(&schema), &keys).await?;
         drop(client);
 
         let heads = Heads::new();
@@ -179,6 +184,7 @@ impl EventStore {
                     channel: sql::notify_channel(&schema),
                     listener_key: sql::listener_lock_key(&schema),
                 }),
+                keys: keys.clone(),
             };
             let mailbox = config.writer_mailbox();
             let heads = heads.clone();
@@ -200,6 +206,7 @@ impl EventStore {
                         max_in_flight: config.reader_max_in_flight(),
                         timeout: config.operation_timeout(),
                         for_replica,
+                        keys: keys.clone(),
                     };
                     let mailbox = config.reader_mailbox();
                     Reader::start_in_arbiter(&reader_arbiter.handle(), move |ctx| {
@@ -248,6 +255,9 @@ impl EventStore {
             config.decide_retries(),
         );
         reader_arbiter.spawn(saver);
+        if backfill {
+            reader_arbiter.spawn(indexing::backfill_in_background(connector.clone(), key_sql));
+        }
         tracing::info!(
             schema = config.schema(),
             readers = config.readers(),
@@ -545,8 +555,9 @@ impl EventStore {
         ))
     }
 
-    /// Creates or migrates the schema of `config` without starting a store; returns
-    /// the versions applied (empty when it was up to date).
+    /// Creates or migrates the schema of `config` without starting a store, and makes
+    /// its indexed keys match `config`'s, backfilling new ones before it returns;
+    /// returns the versions applied (empty when it was up to date).
     pub async fn migrate(config: &Config) -> Result<Vec<i32>> {
         Self::migrate_with_role(config, None).await
     }
@@ -570,10 +581,27 @@ impl EventStore {
             .map(|role| Identifier::parse(role, "role"))
             .transpose()?;
         let applied = schema::migrate(&mut client, &schema).await?;
+        let key_sql = KeyStatements::new(&schema);
+        let write_lock = sql::write_lock_key(&schema);
+        let keys = DeclaredKeys::new(config.indexed_keys(), config.indexed_metadata_keys());
+        if indexing::sync(&mut client, &key_sql, write_lock, &keys).await? {
+            indexing::backfill(&mut client, &key_sql).await?;
+        }
         if let Some(role) = &role {
             schema::grant_application_role(&client, &schema, role).await?;
         }
         Ok(applied)
+    }
+
+    /// The store's declared indexed keys (see [`Config::with_indexed_keys`]) and how
+    /// far each one's backfill has come; reads and conditions probe a key's entries
+    /// once it [is ready](IndexedKey::is_ready).
+    ///
+    /// # Errors
+    /// [`Error::Database`] or [`Error::Connect`] when the table cannot be read.
+    pub async fn indexed_keys(&self) -> Result<Vec<IndexedKey>> {
+        let client = self.inner.connector.pooled().await?;
+        indexing::list(&client, &KeyStatements::new(&self.inner.schema)).await
     }
 
     /// A snapshot of the metrics (latency histograms per method, statement and

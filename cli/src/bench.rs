@@ -7,7 +7,10 @@
 //! courses; invariants checked after each run), `cold-start` (the first decision on a boundary of 10,000 events,
 //! with and without a snapshot, `cold.rs`),
 //! `subscribe` (catch-up, live latency and fan-out of subscriptions, `follow.rs`),
-//! `read` (point reads of one tag, and of one type + tag, on a store pre-filled with
+//! `read` (reads of the `--queries` shapes, by default one tag, 100 events of one tag,
+//! one type + tag, an
+//! indexed data key alone and with a type, an `occurred_at` range of 100 events alone
+//! and with a type, and a type + an undeclared data key, on a store pre-filled with
 //! `--prefill N` events by binary COPY; with `--replicas 0,1,2` on a throwaway primary
 //! with that many streaming replicas, reading with `Consistency::Eventual`; `append
 //! --prefill N` appends into that store). Modes are the baselines the design is measured
@@ -58,6 +61,13 @@ pub enum Mode {
     NoPipelining,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OccurredIndex {
+    Btree,
+    Brin,
+    None,
+}
+
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// What to measure.
@@ -86,6 +96,26 @@ pub struct BenchArgs {
     /// (the prefilled store is copied to the replicas before they start).
     #[arg(long, value_delimiter = ',')]
     replicas: Vec<usize>,
+    /// For `read`: the query shapes to measure (see `read_query`).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "tag,tag100,type+tag,key,type+key,range,type+range,undeclared"
+    )]
+    queries: Vec<String>,
+    /// For `append` on a fresh store: declare this many indexed keys (of `order` and
+    /// `customer`, which every appended event holds), one measurement per value.
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    indexed_keys: Vec<usize>,
+    /// For `append` on a fresh store: the index on `occurred_at` to measure with:
+    /// `btree` (the store's), `brin` or `none` (the store's index replaced after
+    /// connect), one measurement per value.
+    #[arg(long, value_delimiter = ',', default_value = "btree")]
+    occurred_index: Vec<OccurredIndex>,
+    /// For `append` on a fresh store: also measure with the seed's GIN index
+    /// (`jsonb_path_ops`) on data and no declared keys.
+    #[arg(long)]
+    data_gin: bool,
     /// For `enrolment`: how decisions are made, each measured in this run.
     #[arg(long, value_delimiter = ',', default_value = "plain,decide")]
     decider: Vec<Decider>,
@@ -171,9 +201,29 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<std::process::ExitCo
             Decider::Decide => "decide",
         })
         .collect();
+    let read_queries: Vec<&str> = args.queries.iter().map(String::as_str).collect();
+    for query in &read_queries {
+        if read_query(query, 1, 1).is_none() {
+            return Err(Error::Config(format!("unknown read query {query:?}")));
+        }
+    }
+    // Append variants: declared keys x occurred_at index, named as in their labels.
+    let variants: Vec<String> = args
+        .indexed_keys
+        .iter()
+        .flat_map(|k| {
+            args.occurred_index.iter().map(move |index| match index {
+                OccurredIndex::Btree => format!("keys={k}"),
+                other => format!("keys={k}:occurred={}", format!("{other:?}").to_lowercase()),
+            })
+        })
+        .chain(args.data_gin.then(|| "keys=0:gin".to_owned()))
+        .collect();
+    let variants: Vec<&str> = variants.iter().map(String::as_str).collect();
     let queries: &[&str] = match args.workload {
-        Workload::Read => &["tag", "type+tag"],
+        Workload::Read => &read_queries,
         Workload::Enrolment => &deciders,
+        Workload::Append => &variants,
         _ => &[""],
     };
     let mut invariants_ok = true;
@@ -210,16 +260,16 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<std::process::ExitCo
             }
             None => Vec::new(),
         };
-        for &query in queries {
-            for &replicas in &replica_counts {
-                let config = match replicas {
-                    Some(k) => config.clone().with_replica_urls(urls[..k].to_vec()),
-                    None => config.clone(),
-                };
-                for &clients in &args.clients {
-                    // Modes interleaved within each repeat, so that drift of the machine
-                    // (checkpoints, autovacuum) does not favour one mode.
-                    for _ in 0..args.repeat {
+        // Queries, replica counts and modes interleaved within each repeat, so that
+        // drift of the machine (checkpoints, autovacuum) does not favour one of them.
+        for _ in 0..args.repeat {
+            for &query in queries {
+                for &replicas in &replica_counts {
+                    let config = match replicas {
+                        Some(k) => config.clone().with_replica_urls(urls[..k].to_vec()),
+                        None => config.clone(),
+                    };
+                    for &clients in &args.clients {
                         for &mode in &args.mode {
                             let m = measure(&config, &args, mode, clients, size, query).await?;
                             invariants_ok &= m.invariants != Some(false);
@@ -236,6 +286,9 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<std::process::ExitCo
     drop(cluster);
     if !args.json {
         print_table(&results);
+        if args.repeat > 1 {
+            print_medians(&results);
+        }
     }
     if let Some(path) = &args.chart {
         crate::chart::draw(path, &results).map_err(Error::Config)?;
@@ -248,10 +301,9 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<std::process::ExitCo
     })
 }
 
-fn mode_config(config: &Config, mode: Mode, schema: &str) -> Config {
+fn mode_config(config: &Config, mode: Mode) -> Config {
     config
         .clone()
-        .with_schema(schema)
         .with_batching(mode != Mode::NoBatching)
         .with_metrics(mode != Mode::NoMetrics)
         .with_statement_cache_size(if mode == Mode::NoCache { 0 } else { 64 })
@@ -262,7 +314,7 @@ fn mode_config(config: &Config, mode: Mode, schema: &str) -> Config {
 fn fresh_schema(workload: &str) -> String {
     format!(
         "bench_{}_{}",
-        workload.replace(['+', ':'], "_"),
+        workload.replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
         chrono::Utc::now().format("%Y%m%d_%H%M%S_%6f")
     )
 }
@@ -276,7 +328,8 @@ async fn measure(
     query: &str,
 ) -> Result<Measurement, Error> {
     let label = match args.workload {
-        Workload::Append => "append".to_owned(),
+        Workload::Append if query == "keys=0" => "append".to_owned(),
+        Workload::Append => format!("append:{query}"),
         Workload::Enrolment => format!("enrolment:{query}"),
         Workload::Read if !args.replicas.is_empty() => {
             format!("read:{query}+{}replicas", config.replica_urls().len())
@@ -289,11 +342,26 @@ async fn measure(
             )))
         }
     };
-    let schema = match (prefill, args.workload) {
-        (Some(n), Workload::Read | Workload::Append) => prefill::schema_name(n),
-        _ => fresh_schema(&label),
+    let config = match (prefill, args.workload) {
+        (Some(n), Workload::Read | Workload::Append) => prefill::store_config(config, n),
+        (_, Workload::Append) => {
+            let keys: usize = query
+                .trim_start_matches("keys=")
+                .split(':')
+                .next()
+                .and_then(|k| k.parse().ok())
+                .unwrap_or(0);
+            config
+                .clone()
+                .with_schema(fresh_schema(&label))
+                .with_indexed_keys(prefill::INDEXED_KEYS.iter().take(keys).copied())
+        }
+        _ => config.clone().with_schema(fresh_schema(&label)),
     };
-    let store = EventStore::connect(mode_config(config, mode, &schema)).await?;
+    let store = EventStore::connect(mode_config(&config, mode)).await?;
+    if args.workload == Workload::Append && query.contains(':') {
+        alter_indexes(&config, query).await?;
+    }
     let store_metrics = store.clone();
     let progress = ProgressBar::new(((args.warmup + args.seconds) * 10.0) as u64);
     progress.set_style(
@@ -324,7 +392,10 @@ async fn measure(
                     let stream = rand::thread_rng().gen_range(0..100_000u32);
                     let event = Event::new(
                         "BenchAppended",
-                        serde_json::json!({"stream": stream, "client": client, "payload": payload}),
+                        serde_json::json!({
+                            "order": format!("o{stream}"), "customer": format!("c{client}"),
+                            "payload": payload
+                        }),
                     )
                     .with_tags([format!("stream:{stream}"), format!("client:{client}")]);
                     store.append(vec![event], None).await?;
@@ -390,19 +461,18 @@ async fn measure(
         }
         Workload::Read => {
             let n = prefill.unwrap_or(1);
-            let typed = query == "type+tag";
+            let query = query.to_owned();
             // Without replicas, eventual reads go to the primary.
             let consistency = Consistency::Eventual;
             let window = drive(clients, timing, move |_| {
                 let store = store.clone();
+                let query = query.clone();
                 async move {
                     let i = rand::thread_rng().gen_range(1..=n);
-                    let mut item = QueryItem::new().tags([prefill::entity_tag(i)]);
-                    if typed {
-                        item = item.types([prefill::event_type(i)]);
-                    }
-                    let options = ReadOptions::default().consistency(consistency);
-                    let r = store.read(&Query::new([item]), options).await?;
+                    let query = read_query(&query, i, n)
+                        .ok_or_else(|| Error::Config("unknown read query".into()))?;
+                    let (query, options) = query;
+                    let r = store.read(&query, options.consistency(consistency)).await?;
                     Ok(OpOutcome {
                         events: r.events.len() as u64,
                         conflicts: 0,
@@ -474,6 +544,66 @@ struct Window {
     elapsed: Duration,
     cpu_s: f64,
     peak_rss_mib: f64,
+}
+
+/// Changes the indexes of a fresh bench schema as `variant` says: `:occurred=brin` or
+/// `:occurred=none` replace the store's `occurred_at` B-tree, `:gin` adds the seed's GIN
+/// index on data, to measure what each costs appends.
+async fn alter_indexes(config: &Config, variant: &str) -> Result<(), Error> {
+    let url = config
+        .database_url()
+        .ok_or_else(|| Error::Config("the index variants need DATABASE_URL".into()))?;
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    actix::spawn(async move {
+        let _ = connection.await;
+    });
+    let schema = config.schema();
+    let mut sql = String::new();
+    if let Some(index) = variant.split(":occurred=").nth(1) {
+        sql.push_str(&format!("DROP INDEX \"{schema}\".events_occurred_at;"));
+        if index.starts_with("brin") {
+            sql.push_str(&format!(
+                "CREATE INDEX events_occurred_at_brin ON \"{schema}\".events USING brin (occurred_at);"
+            ));
+        }
+    }
+    if variant.ends_with(":gin") {
+        sql.push_str(&format!(
+            "CREATE INDEX events_data_gin ON \"{schema}\".events USING gin (data jsonb_path_ops);"
+        ));
+    }
+    client.batch_execute(&sql).await?;
+    Ok(())
+}
+
+/// The read of shape `name` around event `i` of the prefilled store of `n` events
+/// (`None` for an unknown name), with its options. `tag100` reads 100 events of a tag
+/// (one event in 7 has it) after event i: as many events as a range returns.
+fn read_query(name: &str, i: u64, n: u64) -> Option<(Query, ReadOptions)> {
+    let options = ReadOptions::default();
+    if name == "tag100" {
+        let item = QueryItem::new().tags([format!("kind:{}", i % 7)]);
+        let after = i.min(n.saturating_sub(1_000));
+        return Some((Query::new([item]), options.after(after).limit(100)));
+    }
+    let typed = QueryItem::new().types([prefill::event_type(i)]);
+    // 100 consecutive events, 1 ms apart.
+    let start = i.min(n.saturating_sub(100)).max(1);
+    let range = |item: QueryItem| {
+        item.occurred_from(prefill::occurred_at(start))
+            .occurred_until(prefill::occurred_at(start + 100))
+    };
+    let item = match name {
+        "tag" => QueryItem::new().tags([prefill::entity_tag(i)]),
+        "type+tag" => typed.tags([prefill::entity_tag(i)]),
+        "key" => QueryItem::new().data_all([("order", prefill::order(i))]),
+        "type+key" => typed.data_all([("order", prefill::order(i))]),
+        "range" => range(QueryItem::new()),
+        "type+range" => range(typed),
+        "undeclared" => typed.data_all([("region", prefill::region(i))]),
+        _ => return None,
+    };
+    Some((Query::new([item]), options))
 }
 
 /// Runs `clients` callers in a closed loop (each starts its next operation when the
@@ -598,9 +728,45 @@ pub(crate) fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// Per workload, mode, clients and size: the median over the repeats of ops/s (with
+/// the range) and of p50.
+fn print_medians(results: &[Measurement]) {
+    let mut groups: Vec<(String, Vec<&Measurement>)> = Vec::new();
+    for m in results {
+        let key = format!(
+            "{:<24} {:<11} {:>7} {:>9}",
+            m.workload,
+            format!("{:?}", m.mode).to_lowercase(),
+            m.clients,
+            m.prefill.map_or("-".to_owned(), |n| n.to_string())
+        );
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, group)) => group.push(m),
+            None => groups.push((key, vec![m])),
+        }
+    }
+    let median = |mut values: Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    println!(
+        "\nmedians over repeats\n{:<24} {:<11} {:>7} {:>9} {:>24} {:>8}",
+        "workload", "mode", "clients", "prefill", "ops/s (min..max)", "p50 ms"
+    );
+    for (key, group) in groups {
+        let ops: Vec<f64> = group.iter().map(|m| m.ops_per_s).collect();
+        let (low, high) = ops
+            .iter()
+            .fold((f64::MAX, 0.0f64), |(l, h), v| (l.min(*v), h.max(*v)));
+        let range = format!("{:.0} ({low:.0}..{high:.0})", median(ops.clone()));
+        let p50 = median(group.iter().map(|m| m.p50_ms).collect());
+        println!("{key} {range:>24} {p50:>8.3}");
+    }
+}
+
 fn print_table(results: &[Measurement]) {
     println!(
-        "{:<17} {:<11} {:>7} {:>9} {:>10} {:>10} {:>9} {:>8} {:>8} {:>8} {:>7} {:>8} {:>6} {:>4} {:>7} {:>7}",
+        "{:<24} {:<11} {:>7} {:>9} {:>10} {:>10} {:>9} {:>8} {:>8} {:>8} {:>7} {:>8} {:>6} {:>4} {:>7} {:>7}",
         "workload",
         "mode",
         "clients",
@@ -620,7 +786,7 @@ fn print_table(results: &[Measurement]) {
     );
     for m in results {
         println!(
-            "{:<17} {:<11} {:>7} {:>9} {:>10.0} {:>10.0} {:>9} {:>8.2} {:>8.2} {:>8.2} {:>7.2} {:>8.1} {:>6.1} {:>4} {:>7} {:>7.1}",
+            "{:<24} {:<11} {:>7} {:>9} {:>10.0} {:>10.0} {:>9} {:>8.2} {:>8.2} {:>8.2} {:>7.2} {:>8.1} {:>6.1} {:>4} {:>7} {:>7.1}",
             m.workload,
             format!("{:?}", m.mode).to_lowercase(),
             m.clients,

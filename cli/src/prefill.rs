@@ -2,9 +2,15 @@
 //! it: a later run with the same N reuses it.
 //!
 //! Event i (1-based) has type `Type{i % 4}`, tags `entity:{i / 10}` (10 events per
-//! entity) and `kind:{i % 7}`, and about 200 bytes of data.
+//! entity) and `kind:{i % 7}`, about 200 bytes of data with the string keys `order`
+//! (`o{i / 10}`), `customer` (`c{i % 5000}`) and `region` (`r{i / 10}`), and occurred
+//! 1 ms after event i - 1 (so 100 consecutive events span 100 ms). The store declares
+//! `order` and `customer` as indexed keys; `region` stays undeclared.
 
 use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
 
 use dcb_store::{Config, Error, EventStore};
 use futures_util::pin_mut;
@@ -13,7 +19,7 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
 
 pub fn schema_name(n: u64) -> String {
-    format!("bench_read_{n}")
+    format!("bench_read_v2_{n}")
 }
 
 pub fn entity_tag(i: u64) -> String {
@@ -22,6 +28,34 @@ pub fn entity_tag(i: u64) -> String {
 
 pub fn event_type(i: u64) -> String {
     format!("Type{}", i % 4)
+}
+
+/// The prefilled store's declared indexed keys.
+pub const INDEXED_KEYS: [&str; 2] = ["order", "customer"];
+
+pub fn order(i: u64) -> String {
+    format!("o{}", i / 10)
+}
+
+pub fn region(i: u64) -> String {
+    format!("r{}", i / 10)
+}
+
+/// When event i occurred.
+pub fn occurred_at(i: u64) -> DateTime<Utc> {
+    let base = Utc
+        .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
+        .single()
+        .unwrap_or_default();
+    base + chrono::TimeDelta::milliseconds(i as i64)
+}
+
+/// The configuration of the prefilled store of `n` events.
+pub fn store_config(config: &Config, n: u64) -> Config {
+    config
+        .clone()
+        .with_schema(schema_name(n))
+        .with_indexed_keys(INDEXED_KEYS)
 }
 
 const CHUNK: u64 = 50_000;
@@ -33,7 +67,7 @@ pub async fn ensure(config: &Config, n: u64) -> Result<(), Error> {
         Error::Config("bench read needs DATABASE_URL (the prefilled store is kept)".into())
     })?;
     // Creates the schema and tables when missing.
-    drop(EventStore::connect(config.clone().with_schema(&schema)).await?);
+    drop(EventStore::connect(store_config(config, n)).await?);
     let pg = tokio_postgres::Config::from_str(url).map_err(|e| Error::Config(e.to_string()))?;
     let (client, connection) = pg
         .connect(tokio_postgres::NoTls)
@@ -52,6 +86,7 @@ pub async fn ensure(config: &Config, n: u64) -> Result<(), Error> {
         .map_err(db)?
         .get(0);
     if have as u64 == n {
+        wait_for_keys(config, n).await?;
         prewarm(&client, &schema).await;
         return Ok(());
     }
@@ -66,8 +101,7 @@ pub async fn ensure(config: &Config, n: u64) -> Result<(), Error> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     progress.set_message(schema.clone());
-    let payload = "x".repeat(150);
-    let now = chrono::Utc::now();
+    let payload = "x".repeat(120);
     let mut start = 1;
     while start <= n {
         let end = (start + CHUNK - 1).min(n);
@@ -92,7 +126,10 @@ pub async fn ensure(config: &Config, n: u64) -> Result<(), Error> {
         pin_mut!(writer);
         let empty = serde_json::json!({});
         for i in start..=end {
-            let data = serde_json::json!({"entity": i / 10, "seq": i, "payload": payload});
+            let data = serde_json::json!({
+                "order": order(i), "customer": format!("c{}", i % 5000), "region": region(i),
+                "seq": i, "payload": payload
+            });
             let tags = vec![entity_tag(i), format!("kind:{}", i % 7)];
             writer
                 .as_mut()
@@ -103,7 +140,7 @@ pub async fn ensure(config: &Config, n: u64) -> Result<(), Error> {
                     &tags,
                     &data,
                     &empty,
-                    &now,
+                    &occurred_at(i),
                 ])
                 .await
                 .map_err(db)?;
@@ -134,8 +171,15 @@ pub async fn ensure(config: &Config, n: u64) -> Result<(), Error> {
         start = end + 1;
     }
     progress.finish_and_clear();
+    // The keys were declared on the empty store: connecting again declares them anew
+    // over the copied events (dropping and backfilling), as on a store in service.
+    drop(
+        EventStore::connect(store_config(config, n).with_indexed_keys(Vec::<String>::new()))
+            .await?,
+    );
+    wait_for_keys(config, n).await?;
     // Sets the visibility map (index-only scans) and statistics, as autovacuum would.
-    for table in ["events", "event_tags"] {
+    for table in ["events", "event_tags", "event_keys"] {
         client
             .batch_execute(&format!("VACUUM ANALYZE \"{schema}\".{table}"))
             .await
@@ -143,6 +187,26 @@ pub async fn ensure(config: &Config, n: u64) -> Result<(), Error> {
     }
     prewarm(&client, &schema).await;
     Ok(())
+}
+
+/// Connects with the declared keys and waits until their backfill is done.
+async fn wait_for_keys(config: &Config, n: u64) -> Result<(), Error> {
+    let store = EventStore::connect(store_config(config, n)).await?;
+    let started = std::time::Instant::now();
+    loop {
+        let keys = store.indexed_keys().await?;
+        if keys.iter().all(|k| k.is_ready()) {
+            if started.elapsed() > Duration::from_secs(1) {
+                eprintln!(
+                    "indexed keys {:?} backfilled over {n} events in {:.1} s",
+                    INDEXED_KEYS,
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Loads the store into shared buffers when `pg_prewarm` is available, so that read

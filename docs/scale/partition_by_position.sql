@@ -19,7 +19,10 @@
 -- What changes and what the store sees (its SQL is unchanged):
 --   * {schema}.events and {schema}.event_tags become PARTITION BY RANGE (position)
 --     tables with the same columns, defaults, checks, immutability triggers and index
---     names (events_pkey, events_type_position, event_tags_pkey). Each partition holds
+--     names (events_pkey, events_type_position, events_occurred_at, event_tags_pkey).
+--     {schema}.event_keys (the entries of indexed data keys) stays one table: its rows
+--     are few per event and its probes carry the key, not a position range to prune.
+--     Each partition holds
 --     `partition_size` positions: partition k holds k*size+1 .. (k+1)*size, named
 --     events_p00000k / event_tags_p00000k, created for the existing range plus
 --     `partitions_ahead` more.
@@ -41,8 +44,8 @@
 --     index's rightmost, cached, page). event_ids is the backstop that keeps ids unique
 --     for writers that do not look first.
 --   * Nothing is recorded in schema_migrations: the store checks that its highest version
---     equals its SCHEMA_VERSION (8) and refuses a newer one, so the schema must keep
---     looking like version 8. The conversion is recorded in {schema}.event_partitioning.
+--     equals its SCHEMA_VERSION (10) and refuses a newer one, so the schema must keep
+--     looking like version 10. The conversion is recorded in {schema}.event_partitioning.
 --
 -- Partitions ahead: there is deliberately no DEFAULT partition. A default partition
 -- makes the partitions unordered for the planner (no ordered Append: max(position), which
@@ -93,14 +96,14 @@
 
 BEGIN;
 
--- Refuse anything but an unpartitioned schema at the store's version 8.
+-- Refuse anything but an unpartitioned schema at the store's version 10.
 DO $$
 BEGIN
     IF (SELECT c.relkind FROM pg_class c WHERE c.oid = '{schema}.events'::regclass) = 'p' THEN
         RAISE EXCEPTION 'dcb-store: {schema}.events is already partitioned';
     END IF;
-    IF (SELECT max(version) FROM {schema}.schema_migrations) IS DISTINCT FROM 8 THEN
-        RAISE EXCEPTION 'dcb-store: {schema} is not at schema version 8; this script is written for 8';
+    IF (SELECT max(version) FROM {schema}.schema_migrations) IS DISTINCT FROM 10 THEN
+        RAISE EXCEPTION 'dcb-store: {schema} is not at schema version 10; this script is written for 10';
     END IF;
 END
 $$;
@@ -146,6 +149,7 @@ ALTER TABLE {schema}.events RENAME TO events_unpartitioned;
 ALTER TABLE {schema}.events_unpartitioned RENAME CONSTRAINT events_pkey TO events_unpartitioned_pkey;
 ALTER TABLE {schema}.events_unpartitioned RENAME CONSTRAINT events_event_id_key TO events_unpartitioned_event_id_key;
 ALTER INDEX {schema}.events_type_position RENAME TO events_unpartitioned_type_position;
+ALTER INDEX {schema}.events_occurred_at RENAME TO events_unpartitioned_occurred_at;
 ALTER TABLE {schema}.event_tags RENAME TO event_tags_unpartitioned;
 ALTER TABLE {schema}.event_tags_unpartitioned RENAME CONSTRAINT event_tags_pkey TO event_tags_unpartitioned_pkey;
 
@@ -166,6 +170,8 @@ CREATE TABLE {schema}.events (
 ) PARTITION BY RANGE (position);
 -- Type-only items and type conditions: (event_type, position), per partition.
 CREATE INDEX events_type_position ON {schema}.events (event_type, position);
+-- occurred_at ranges: (occurred_at, position), per partition.
+CREATE INDEX events_occurred_at ON {schema}.events (occurred_at, position);
 -- The append statement's id lookup (not unique: event_ids keeps ids unique).
 CREATE INDEX events_event_id ON {schema}.events (event_id);
 

@@ -8,7 +8,7 @@
 use chrono::SecondsFormat;
 use sha2::{Digest, Sha256};
 
-use super::query::{Query, QueryItem};
+use super::query::{DataFilter, Query, QueryItem};
 
 impl Query {
     /// The canonical text: items sorted and deduplicated, each with its types, tags
@@ -38,20 +38,12 @@ fn canonical_item(item: &QueryItem) -> String {
     };
     let types = strings(&mut item.type_names().iter());
     let tags = strings(&mut item.tag_names().iter());
-    let data = match item.data_filter() {
-        None => "null".to_owned(),
-        Some(filter) => {
-            let mut pairs: Vec<&(String, String)> = filter.pairs().iter().collect();
-            pairs.sort_unstable();
-            pairs.dedup();
-            let all = filter.requires_all() || pairs.len() == 1;
-            let pairs: Vec<String> = pairs
-                .iter()
-                .map(|(k, v)| format!("[{},{}]", quote(k), quote(v)))
-                .collect();
-            format!("{{\"all\":{all},\"pairs\":[{}]}}", pairs.join(","))
-        }
-    };
+    let data = canonical_filter(item.data_filter());
+    // Written only when present, so queries without one keep their texts (and
+    // their snapshots) from before metadata filters existed.
+    let metadata = item.metadata_filter().map_or(String::new(), |f| {
+        format!(",\"metadata\":{}", canonical_filter(Some(f)))
+    });
     let (from, until) = item.occurred_range();
     let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
         t.map_or("null".to_owned(), |t| {
@@ -59,10 +51,25 @@ fn canonical_item(item: &QueryItem) -> String {
         })
     };
     format!(
-        "{{\"types\":{types},\"tags\":{tags},\"data\":{data},\"from\":{},\"until\":{}}}",
+        "{{\"types\":{types},\"tags\":{tags},\"data\":{data}{metadata},\"from\":{},\"until\":{}}}",
         time(from),
         time(until)
     )
+}
+
+fn canonical_filter(filter: Option<&DataFilter>) -> String {
+    let Some(filter) = filter else {
+        return "null".to_owned();
+    };
+    let mut pairs: Vec<&(String, String)> = filter.pairs().iter().collect();
+    pairs.sort_unstable();
+    pairs.dedup();
+    let all = filter.requires_all() || pairs.len() == 1;
+    let pairs: Vec<String> = pairs
+        .iter()
+        .map(|(k, v)| format!("[{},{}]", quote(k), quote(v)))
+        .collect();
+    format!("{{\"all\":{all},\"pairs\":[{}]}}", pairs.join(","))
 }
 
 /// A JSON string literal (escaping as `serde_json` does, which never changes).
@@ -100,5 +107,30 @@ mod tests {
         let split = Query::new([QueryItem::new().tags(["a", "b"])]);
         assert_ne!(tricky.canonical(), split.canonical());
         assert_eq!(Query::fingerprint(&a.canonical()).len(), 64);
+    }
+
+    #[test]
+    fn metadata_filters_are_part_of_the_text_and_absent_ones_change_nothing() {
+        let plain = Query::new([QueryItem::new().types(["A"]).data_all([("k", "v")])]);
+        // The text of a query without metadata filters, as snapshots saved before
+        // metadata filters existed were keyed.
+        assert_eq!(
+            plain.canonical(),
+            r#"[{"types":["A"],"tags":[],"data":{"all":true,"pairs":[["k","v"]]},"from":null,"until":null}]"#
+        );
+        let correlated = |id: &str| {
+            Query::new([QueryItem::new()
+                .types(["A"])
+                .data_all([("k", "v")])
+                .metadata_all([("correlation_id", id)])])
+        };
+        assert_ne!(plain.canonical(), correlated("c1").canonical());
+        assert_ne!(correlated("c1").canonical(), correlated("c2").canonical());
+        // Metadata pairs are not data pairs.
+        let as_data = Query::new([QueryItem::new()
+            .types(["A"])
+            .data_all([("k", "v")])
+            .data_all([("correlation_id", "c1")])]);
+        assert_ne!(as_data.canonical(), correlated("c1").canonical());
     }
 }

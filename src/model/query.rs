@@ -28,18 +28,21 @@ pub struct Query {
 ///
 /// It matches an event when (types is empty or the event's type is one of them) AND
 /// every tag of the item is among the event's tags AND the data filter (if any)
-/// holds AND `occurred_at` is within the range (if any).
+/// holds AND the metadata filter (if any) holds AND `occurred_at` is within the range
+/// (if any).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct QueryItem {
     types: Vec<String>,
     tags: Vec<String>,
     data: Option<DataFilter>,
+    metadata: Option<DataFilter>,
     occurred_from: Option<DateTime<Utc>>,
     occurred_until: Option<DateTime<Utc>>,
 }
 
-/// Predicates on the top-level keys of an event's JSON data: `key` equals the JSON
-/// string `value`. A key that is missing, or holds a non-string, does not match.
+/// Predicates on the top-level keys of an event's JSON data (or metadata): `key`
+/// equals the JSON string `value`. A key that is missing, or holds a non-string, does
+/// not match.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DataFilter {
     pairs: Vec<(String, String)>,
@@ -47,6 +50,20 @@ pub struct DataFilter {
 }
 
 impl DataFilter {
+    /// A filter of `pairs` (`None` when there are none).
+    fn of<I, K, V>(pairs: I, all: bool) -> Option<Self>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let pairs: Vec<(String, String)> = pairs
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        (!pairs.is_empty()).then_some(DataFilter { pairs, all })
+    }
+
     /// The `(key, value)` pairs.
     pub fn pairs(&self) -> &[(String, String)] {
         &self.pairs
@@ -164,11 +181,32 @@ impl QueryItem {
         K: Into<String>,
         V: Into<String>,
     {
-        let pairs: Vec<(String, String)> = pairs
-            .into_iter()
-            .map(|(k, v)| (k.into(), v.into()))
-            .collect();
-        self.data = (!pairs.is_empty()).then_some(DataFilter { pairs, all });
+        self.data = DataFilter::of(pairs, all);
+        self
+    }
+
+    /// Matches events whose metadata has every `key: "value"` pair (string values
+    /// only), e.g. all events of one correlation id.
+    #[must_use]
+    pub fn metadata_all<I, K, V>(mut self, pairs: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        self.metadata = DataFilter::of(pairs, true);
+        self
+    }
+
+    /// Matches events whose metadata has at least one of the `key: "value"` pairs.
+    #[must_use]
+    pub fn metadata_any<I, K, V>(mut self, pairs: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        self.metadata = DataFilter::of(pairs, false);
         self
     }
 
@@ -204,6 +242,11 @@ impl QueryItem {
         self.data.as_ref()
     }
 
+    /// The metadata filter, if any.
+    pub fn metadata_filter(&self) -> Option<&DataFilter> {
+        self.metadata.as_ref()
+    }
+
     /// The `occurred_at` range `[from, until)`; either end may be open.
     pub fn occurred_range(&self) -> (Option<DateTime<Utc>>, Option<DateTime<Utc>>) {
         (self.occurred_from, self.occurred_until)
@@ -224,6 +267,7 @@ impl QueryItem {
         self.types.is_empty()
             && self.tags.is_empty()
             && self.data.is_none()
+            && self.metadata.is_none()
             && !self.has_occurred_range()
     }
 
@@ -246,18 +290,23 @@ impl QueryItem {
                 return false;
             }
         }
-        match &self.data {
-            None => true,
-            Some(filter) => filter.matches(view.data()),
-        }
+        self.data
+            .as_ref()
+            .is_none_or(|filter| filter.matches(view.data()))
+            && self
+                .metadata
+                .as_ref()
+                .is_none_or(|filter| filter.matches(view.metadata()))
     }
 }
 
-/// An event as the matcher sees it: its data's members are parsed on first use and
-/// then kept, so matching one event against many items parses its JSON once.
+/// An event as the matcher sees it: its data's and metadata's members are parsed on
+/// first use and then kept, so matching one event against many items parses its JSON
+/// once.
 pub(crate) struct MatchView<'a> {
     event: &'a Event,
     data: std::cell::OnceCell<DataMembers>,
+    metadata: std::cell::OnceCell<DataMembers>,
 }
 
 impl<'a> MatchView<'a> {
@@ -265,12 +314,18 @@ impl<'a> MatchView<'a> {
         MatchView {
             event,
             data: std::cell::OnceCell::new(),
+            metadata: std::cell::OnceCell::new(),
         }
     }
 
     fn data(&self) -> &DataMembers {
         self.data
             .get_or_init(|| DataMembers::of(self.event.data_text()))
+    }
+
+    fn metadata(&self) -> &DataMembers {
+        self.metadata
+            .get_or_init(|| DataMembers::of(self.event.metadata_text()))
     }
 }
 

@@ -128,6 +128,7 @@ pub(crate) fn validate_query(query: &Query, what: &str, limits: &Limits) -> Resu
 
 fn validate_item(item: &QueryItem, what: &str, limits: &Limits) -> Result<()> {
     let pairs = item.data_filter().map_or(&[][..], |f| f.pairs());
+    let metadata_pairs = item.metadata_filter().map_or(&[][..], |f| f.pairs());
     for (part, count, (limit_name, limit)) in [
         (
             "types",
@@ -144,6 +145,11 @@ fn validate_item(item: &QueryItem, what: &str, limits: &Limits) -> Result<()> {
             pairs.len(),
             ("max_item_data_pairs", limits.max_item_data_pairs),
         ),
+        (
+            "metadata predicates",
+            metadata_pairs.len(),
+            ("max_item_data_pairs", limits.max_item_data_pairs),
+        ),
     ] {
         if count > limit {
             return Err(Error::invalid(format!(
@@ -157,12 +163,14 @@ fn validate_item(item: &QueryItem, what: &str, limits: &Limits) -> Result<()> {
     for (i, t) in item.tag_names().iter().enumerate() {
         check_name(t, &format!("{what}: tag {i}"), limits)?;
     }
-    for (i, (k, v)) in pairs.iter().enumerate() {
-        check_name(k, &format!("{what}: data key {i}"), limits)?;
-        if v.contains('\0') {
-            return Err(Error::invalid(format!(
-                "{what}: data value {i} contains a NUL character"
-            )));
+    for (part, pairs) in [("data", pairs), ("metadata", metadata_pairs)] {
+        for (i, (k, v)) in pairs.iter().enumerate() {
+            check_name(k, &format!("{what}: {part} key {i}"), limits)?;
+            if v.contains('\0') {
+                return Err(Error::invalid(format!(
+                    "{what}: {part} value {i} contains a NUL character"
+                )));
+            }
         }
     }
     let (from, until) = item.occurred_range();

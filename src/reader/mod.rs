@@ -32,7 +32,7 @@ use crate::connect::Connector;
 use crate::error::{Error, Result};
 use crate::metrics::{self, Component, MetricsSink, Record};
 use crate::model::{validate_query, Limits, Query, ReadOptions, ReadResult};
-use crate::sql::{Identifier, ReadParams, ReadShape};
+use crate::sql::{DeclaredKeys, Identifier, ReadParams, ReadShape};
 
 mod rows;
 mod statements;
@@ -73,6 +73,8 @@ pub(crate) struct ReaderSettings {
     /// being read again until its deadline, and a read that runs out of time is not
     /// counted as a timeout (the routing sends both to the primary).
     pub for_replica: bool,
+    /// Declared keys: a predicate on one is probed in `event_keys`.
+    pub keys: DeclaredKeys,
 }
 
 pub(crate) struct Reader {
@@ -232,8 +234,9 @@ impl Shared {
 
     async fn read(&self, read: &Read) -> Result<Answer> {
         let building = Instant::now();
-        let shape = ReadShape::of(&read.query, &read.options);
-        let params = ReadParams::new(&read.query, &read.options, &shape);
+        let keys = &self.settings.keys;
+        let shape = ReadShape::of(&read.query, &read.options, keys);
+        let params = ReadParams::new(&read.query, &read.options, &shape, keys);
         let runnable = self.connections.runnable(shape).await?;
         self.component(Component::QueryBuilding, building.elapsed());
 

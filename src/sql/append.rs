@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use postgres_types::ToSql;
 use uuid::Uuid;
 
-use super::{item_rows, Identifier, ItemArrays, ITEM_FILTERS};
+use super::{item_probes, item_rows, keys, DeclaredKeys, Identifier, ItemArrays, ITEM_FILTERS};
 use crate::model::{AppendCondition, Event, JsonText};
 
 /// The append statement: checks every append's event ids and condition against the
@@ -13,13 +13,22 @@ use crate::model::{AppendCondition, Event, JsonText};
 /// [`AppendRow::decode`]. A retry (every event stored unchanged, as exactly one
 /// earlier append: same positions in order, `starts_append` on the first only, and
 /// the next stored event starting another append) is recognised before the
-/// condition, which its own events may now fail. Tags compare as sets.
+/// condition, which its own events may now fail. Tags compare as sets. The entries
+/// of every declared key (as `indexed_keys` lists them at the statement's snapshot)
+/// are inserted with the events.
 ///
-/// Parameters are parallel arrays (see [`AppendParams`]); `$19` is the number of appends.
+/// Parameters are parallel arrays (see [`AppendParams`]); `$24` is the number of appends.
 pub(crate) fn append_statement(schema: &Identifier) -> String {
     let s = schema.quoted();
     let filters = ITEM_FILTERS;
-    let items = item_rows(11);
+    let items = item_rows(&s, 11);
+    let violations = item_probes(&s, "ci.after_pos", &i64::MAX.to_string())
+        .map(|(probe, _)| format!("EXISTS (SELECT 1 FROM {probe}{filters})"))
+        .join("\n       OR ");
+    let key_entries = keys::entries(
+        "(SELECT head.p + a.rn AS position, a.data, a.metadata FROM accepted a CROSS JOIN head)",
+        &format!("{s}.indexed_keys"),
+    );
     format!(
         "WITH
 head AS (
@@ -40,20 +49,9 @@ ci AS (
     JOIN ({items}) i USING (item)
 ),
 failed AS (
+    -- Each item row runs one of its probes (the others' guards are false).
     SELECT DISTINCT ci.append_idx FROM ci
-    WHERE CASE
-        WHEN cardinality(ci.tags) > 0 THEN EXISTS (
-            SELECT 1 FROM {s}.event_tags t JOIN {s}.events e ON e.position = t.position
-            WHERE t.tag = ci.tags[1] AND t.position > ci.after_pos
-              AND e.tags @> ci.tags
-              AND (cardinality(ci.types) = 0 OR e.event_type = ANY (ci.types)){filters})
-        WHEN cardinality(ci.types) > 0 THEN EXISTS (
-            SELECT 1 FROM {s}.events e
-            WHERE e.event_type = ANY (ci.types) AND e.position > ci.after_pos{filters})
-        ELSE EXISTS (
-            SELECT 1 FROM {s}.events e
-            WHERE e.position > ci.after_pos{filters})
-    END
+    WHERE {violations}
 ),
 ev_tag_lists AS (
     SELECT n, array_agg(tag ORDER BY ord) AS tags FROM ev_tags GROUP BY n
@@ -107,6 +105,10 @@ inserted AS (
 inserted_tags AS (
     INSERT INTO {s}.event_tags (tag, position)
     SELECT t.tag, head.p + a.rn FROM accepted a CROSS JOIN head JOIN ev_tags t ON t.n = a.n
+),
+inserted_keys AS (
+    INSERT INTO {s}.event_keys (source, key, value, position)
+    {key_entries}
 )
 SELECT r.idx::int4,
        (CASE WHEN r.idx IN (SELECT append_idx FROM replayed) THEN 3
@@ -116,7 +118,7 @@ SELECT r.idx::int4,
        coalesce(rp.first_pos, head.p + s.first_rn)::int8,
        coalesce(rp.last_pos, head.p + s.last_rn)::int8,
        d.event_id
-FROM generate_series(0, $19::int4 - 1) AS r(idx) CROSS JOIN head
+FROM generate_series(0, $24::int4 - 1) AS r(idx) CROSS JOIN head
 LEFT JOIN (SELECT append_idx, min(rn) AS first_rn, max(rn) AS last_rn
            FROM accepted GROUP BY append_idx) s ON s.append_idx = r.idx
 LEFT JOIN replayed rp ON rp.append_idx = r.idx
@@ -197,7 +199,12 @@ pub(crate) struct AppendParams<'a> {
 
 impl<'a> AppendParams<'a> {
     /// Adds one append; appends are numbered in the order they are pushed.
-    pub(crate) fn push(&mut self, events: &'a [Event], condition: Option<&'a AppendCondition>) {
+    pub(crate) fn push(
+        &mut self,
+        events: &'a [Event],
+        condition: Option<&'a AppendCondition>,
+        keys: &DeclaredKeys,
+    ) {
         let idx = self.appends;
         self.appends += 1;
         for event in events {
@@ -224,12 +231,12 @@ impl<'a> AppendParams<'a> {
         for item in condition.fail_if_events_match.items() {
             self.ci_append.push(idx);
             self.ci_after.push(after);
-            self.items.push(item);
+            self.items.push(item, keys);
         }
     }
 
-    pub(crate) fn as_params(&self) -> [&(dyn ToSql + Sync); 19] {
-        let [data_all, data_any, from, until, type_item, type_value, tag_item, tag_value] =
+    pub(crate) fn as_params(&self) -> [&(dyn ToSql + Sync); 24] {
+        let [data_all, data_any, metadata_all, metadata_any, from, until, probe_source, probe_key, probe_value, type_item, type_value, tag_item, tag_value] =
             self.items.params();
         [
             &self.ev_append,
@@ -244,8 +251,13 @@ impl<'a> AppendParams<'a> {
             &self.ci_after,
             data_all,
             data_any,
+            metadata_all,
+            metadata_any,
             from,
             until,
+            probe_source,
+            probe_key,
+            probe_value,
             type_item,
             type_value,
             tag_item,

@@ -18,15 +18,19 @@ use bytes::{BufMut, BytesMut};
 use chrono::{DateTime, Utc};
 use postgres_types::{accepts, to_sql_checked, FromSql, IsNull, ToSql, Type};
 
-use crate::model::{JsonText, QueryItem};
+use crate::model::{DataFilter, JsonText, QueryItem};
 
 mod append;
 mod consumers;
+mod keys;
 mod read;
 mod snapshots;
 
 pub(crate) use append::{append_statement, AppendParams, AppendRow, AppendStatus};
 pub(crate) use consumers::{consumer_lock_key, ConsumerStatements};
+pub(crate) use keys::{
+    DeclaredKeys, KeyStatements, DATA, MAX_INDEXED_KEYS, MAX_INDEXED_KEY_BYTES, METADATA,
+};
 pub(crate) use read::{read_columns, read_statement, ReadParams, ReadShape};
 pub(crate) use snapshots::SnapshotStatements;
 
@@ -123,46 +127,130 @@ pub(crate) fn write_lock_key(schema: &Identifier) -> i64 {
 }
 
 /// The rows of a list of query items given as [`ItemArrays`] from parameter `$p` on:
-/// `(item, data_all, data_any, occurred_from, occurred_until, types, tags)`, `item`
-/// counting from 1, `tags` in the order given (the first is the one probed).
-fn item_rows(p: usize) -> String {
+/// `(item, data_all, data_any, metadata_all, metadata_any, occurred_from,
+/// occurred_until, probe_source, probe_key, probe_value, keyed, types, tags)`, `item`
+/// counting from 1, `tags` in the order given (the first is the one probed), `keyed`
+/// true when the item's probe is on a ready key.
+fn item_rows(s: &str, p: usize) -> String {
+    let ready = keys::key_ready(s, "c.probe_source", "c.probe_key");
+    let n = |i: usize| p + i;
     format!(
-        "SELECT c.item, c.data_all, c.data_any, c.occurred_from, c.occurred_until,
+        "SELECT c.item, c.data_all, c.data_any, c.metadata_all, c.metadata_any,
+               c.occurred_from, c.occurred_until, c.probe_source, c.probe_key, c.probe_value,
+               (c.probe_key IS NOT NULL AND {ready}) AS keyed,
                coalesce(ty.types, '{{}}') AS types, coalesce(tg.tags, '{{}}') AS tags
-        FROM unnest(${p}::jsonb[], ${}::jsonb[], ${}::timestamptz[], ${}::timestamptz[])
-            WITH ORDINALITY AS c(data_all, data_any, occurred_from, occurred_until, item)
+        FROM unnest(${p}::jsonb[], ${}::jsonb[], ${}::jsonb[], ${}::jsonb[],
+                    ${}::timestamptz[], ${}::timestamptz[], ${}::text[], ${}::text[], ${}::text[])
+            WITH ORDINALITY AS c(data_all, data_any, metadata_all, metadata_any, occurred_from,
+                                 occurred_until, probe_source, probe_key, probe_value, item)
         LEFT JOIN (SELECT item, array_agg(type) AS types
                    FROM unnest(${}::int8[], ${}::text[]) AS x(item, type) GROUP BY item) ty USING (item)
         LEFT JOIN (SELECT item, array_agg(tag ORDER BY ord) AS tags
                    FROM unnest(${}::int8[], ${}::text[]) WITH ORDINALITY AS x(item, tag, ord)
                    GROUP BY item) tg USING (item)",
-        p + 1,
-        p + 2,
-        p + 3,
-        p + 4,
-        p + 5,
-        p + 6,
-        p + 7
+        n(1),
+        n(2),
+        n(3),
+        n(4),
+        n(5),
+        n(6),
+        n(7),
+        n(8),
+        n(9),
+        n(10),
+        n(11),
+        n(12)
     )
 }
 
-/// An item row `ci`'s data and time filters on event `e` (types and tags are probed
-/// by the caller, which knows the index to use).
+/// The probes of an item row `ci` (from [`item_rows`]) on events after `$after`
+/// (exclusive) and before `$before` (exclusive), each guarded so that exactly one
+/// runs per row: its first tag; else its probe pair in `event_keys` when the key is
+/// ready; else its `occurred_at` range; else its types; else every position. Each
+/// is a `FROM ... WHERE ...` to be completed with [`ITEM_FILTERS`] (and an order).
+/// Types and the data and time filters are checked on every row found.
+fn item_probes(s: &str, after: &str, before: &str) -> [(String, &'static str); 5] {
+    let types = "(cardinality(ci.types) = 0 OR e.event_type = ANY (ci.types))";
+    let untagged = "cardinality(ci.tags) = 0 AND NOT ci.keyed";
+    let ranged = "(ci.occurred_from IS NOT NULL OR ci.occurred_until IS NOT NULL)";
+    let value = keys::probe_value("ci.probe_value");
+    [
+        (
+            format!(
+                "{s}.event_tags t JOIN {s}.events e ON e.position = t.position
+             WHERE cardinality(ci.tags) > 0
+               AND t.tag = ci.tags[1] AND t.position > {after} AND t.position < {before}
+               AND e.tags @> ci.tags AND {types}"
+            ),
+            "t.position",
+        ),
+        (
+            format!(
+                "{s}.event_keys x JOIN {s}.events e ON e.position = x.position
+             WHERE cardinality(ci.tags) = 0 AND ci.keyed
+               AND x.source = ci.probe_source::\"char\" AND x.key = ci.probe_key
+               AND x.value = {value}
+               AND x.position > {after} AND x.position < {before} AND {types}"
+            ),
+            "x.position",
+        ),
+        (
+            format!(
+                "{s}.events e
+             WHERE {untagged} AND {ranged}
+               AND e.occurred_at >= coalesce(ci.occurred_from, '-infinity')
+               AND e.occurred_at < coalesce(ci.occurred_until, 'infinity')
+               AND e.position > {after} AND e.position < {before} AND {types}"
+            ),
+            read::RANGE_ORDER,
+        ),
+        (
+            format!(
+                "{s}.events e
+             WHERE {untagged} AND NOT {ranged} AND cardinality(ci.types) > 0
+               AND e.event_type = ANY (ci.types) AND e.position > {after} AND e.position < {before}"
+            ),
+            "e.position",
+        ),
+        (
+            format!(
+                "{s}.events e
+             WHERE {untagged} AND NOT {ranged} AND cardinality(ci.types) = 0
+               AND e.position > {after} AND e.position < {before}"
+            ),
+            "e.position",
+        ),
+    ]
+}
+
+/// An item row `ci`'s data, metadata and time filters on event `e` (types and tags
+/// are probed by the caller, which knows the index to use).
 const ITEM_FILTERS: &str = "
               AND (ci.data_all IS NULL OR NOT EXISTS (
                     SELECT 1 FROM jsonb_array_elements(ci.data_all) p WHERE NOT e.data @> p.value))
               AND (ci.data_any IS NULL OR EXISTS (
                     SELECT 1 FROM jsonb_array_elements(ci.data_any) p WHERE e.data @> p.value))
+              AND (ci.metadata_all IS NULL OR NOT EXISTS (
+                    SELECT 1 FROM jsonb_array_elements(ci.metadata_all) p
+                    WHERE NOT e.metadata @> p.value))
+              AND (ci.metadata_any IS NULL OR EXISTS (
+                    SELECT 1 FROM jsonb_array_elements(ci.metadata_any) p
+                    WHERE e.metadata @> p.value))
               AND (ci.occurred_from IS NULL OR e.occurred_at >= ci.occurred_from)
               AND (ci.occurred_until IS NULL OR e.occurred_at < ci.occurred_until)";
 
-/// Query items as the eight parallel arrays [`item_rows`] reads.
+/// Query items as the thirteen parallel arrays [`item_rows`] reads.
 #[derive(Default)]
 pub(crate) struct ItemArrays<'a> {
     data_all: Vec<Option<JsonText>>,
     data_any: Vec<Option<JsonText>>,
+    metadata_all: Vec<Option<JsonText>>,
+    metadata_any: Vec<Option<JsonText>>,
     occurred_from: Vec<Option<DateTime<Utc>>>,
     occurred_until: Vec<Option<DateTime<Utc>>>,
+    probe_source: Vec<Option<&'static str>>,
+    probe_key: Vec<Option<&'a str>>,
+    probe_value: Vec<Option<&'a str>>,
     type_item: Vec<i64>,
     type_value: Vec<&'a str>,
     tag_item: Vec<i64>,
@@ -171,17 +259,25 @@ pub(crate) struct ItemArrays<'a> {
 
 impl<'a> ItemArrays<'a> {
     /// Adds an item; items are numbered from 1 in the order they are pushed.
-    pub(crate) fn push(&mut self, item: &'a QueryItem) {
-        let (all, any) = match item.data_filter() {
+    pub(crate) fn push(&mut self, item: &'a QueryItem, keys: &DeclaredKeys) {
+        let split = |filter: Option<&DataFilter>| match filter {
             Some(f) if f.requires_all() => (Some(pairs_as_json_array(f.pairs())), None),
             Some(f) => (None, Some(pairs_as_json_array(f.pairs()))),
             None => (None, None),
         };
+        let (all, any) = split(item.data_filter());
         self.data_all.push(all);
         self.data_any.push(any);
+        let (all, any) = split(item.metadata_filter());
+        self.metadata_all.push(all);
+        self.metadata_any.push(any);
         let (from, until) = item.occurred_range();
         self.occurred_from.push(from);
         self.occurred_until.push(until);
+        let probe = keys.probe(item);
+        self.probe_source.push(probe.map(|(source, _, _)| source));
+        self.probe_key.push(probe.map(|(_, key, _)| key));
+        self.probe_value.push(probe.map(|(_, _, value)| value));
         let n = self.data_all.len() as i64;
         for t in item.type_names() {
             self.type_item.push(n);
@@ -194,11 +290,16 @@ impl<'a> ItemArrays<'a> {
     }
 
     /// The types of [`ItemArrays::params`], for statements sent without a prepare.
-    pub(crate) const TYPES: [Type; 8] = [
+    pub(crate) const TYPES: [Type; 13] = [
+        Type::JSONB_ARRAY,
+        Type::JSONB_ARRAY,
         Type::JSONB_ARRAY,
         Type::JSONB_ARRAY,
         Type::TIMESTAMPTZ_ARRAY,
         Type::TIMESTAMPTZ_ARRAY,
+        Type::TEXT_ARRAY,
+        Type::TEXT_ARRAY,
+        Type::TEXT_ARRAY,
         Type::INT8_ARRAY,
         Type::TEXT_ARRAY,
         Type::INT8_ARRAY,
@@ -206,12 +307,17 @@ impl<'a> ItemArrays<'a> {
     ];
 
     /// The arrays in the order [`item_rows`] numbers them.
-    pub(crate) fn params(&self) -> [&(dyn ToSql + Sync); 8] {
+    pub(crate) fn params(&self) -> [&(dyn ToSql + Sync); 13] {
         [
             &self.data_all,
             &self.data_any,
+            &self.metadata_all,
+            &self.metadata_any,
             &self.occurred_from,
             &self.occurred_until,
+            &self.probe_source,
+            &self.probe_key,
+            &self.probe_value,
             &self.type_item,
             &self.type_value,
             &self.tag_item,

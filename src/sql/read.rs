@@ -4,8 +4,9 @@
 use chrono::{DateTime, Utc};
 use postgres_types::{ToSql, Type};
 
-use super::{item_rows, pairs_as_json_objects, Identifier, ItemArrays, ITEM_FILTERS};
-use crate::model::{JsonText, Query, QueryItem, ReadOptions};
+use super::keys::{self, DeclaredKeys, Probe};
+use super::{item_probes, item_rows, pairs_as_json_objects, Identifier, ItemArrays, ITEM_FILTERS};
+use crate::model::{DataFilter, JsonText, Query, QueryItem, ReadOptions};
 
 /// Queries of at most this many items get a statement of their own shape (one
 /// `UNION ALL` arm per item, the fastest for small queries); larger ones share one
@@ -26,7 +27,10 @@ pub(crate) struct ReadShape {
 struct ItemShape {
     types: bool,
     tags: bool,
+    /// A predicate on a declared key to probe (see [`DeclaredKeys::probe`]).
+    keyed: bool,
     data: DataShape,
+    metadata: DataShape,
     occurred: bool,
 }
 
@@ -38,12 +42,18 @@ enum DataShape {
 }
 
 impl ReadShape {
-    pub(crate) fn of(query: &Query, options: &ReadOptions) -> Self {
+    pub(crate) fn of(query: &Query, options: &ReadOptions, keys: &DeclaredKeys) -> Self {
         if query.items().len() > MAX_SHAPED_ITEMS {
             return Self::many_items(options);
         }
         ReadShape {
-            items: Some(query.items().iter().map(ItemShape::of).collect()),
+            items: Some(
+                query
+                    .items()
+                    .iter()
+                    .map(|item| ItemShape::of(item, keys))
+                    .collect(),
+            ),
             backwards: options.backwards,
         }
     }
@@ -57,16 +67,34 @@ impl ReadShape {
     }
 }
 
+impl DataShape {
+    fn of(filter: Option<&DataFilter>) -> Self {
+        match filter {
+            None => DataShape::None,
+            Some(f) if f.requires_all() => DataShape::All,
+            Some(_) => DataShape::Any,
+        }
+    }
+
+    /// The filter of this shape on the JSON column `column`, with parameter `p`.
+    fn filter(self, column: &str, p: &mut dyn FnMut() -> usize) -> String {
+        match self {
+            DataShape::None => String::new(),
+            DataShape::All => format!(" AND e.{column} @> ALL (${}::jsonb[])", p()),
+            DataShape::Any => format!(" AND e.{column} @> ANY (${}::jsonb[])", p()),
+        }
+    }
+}
+
 impl ItemShape {
-    fn of(item: &QueryItem) -> Self {
+    fn of(item: &QueryItem, keys: &DeclaredKeys) -> Self {
         ItemShape {
             types: !item.type_names().is_empty(),
             tags: !item.tag_names().is_empty(),
-            data: match item.data_filter() {
-                None => DataShape::None,
-                Some(f) if f.requires_all() => DataShape::All,
-                Some(_) => DataShape::Any,
-            },
+            // A tag is probed first: the pair is then only a filter.
+            keyed: item.tag_names().is_empty() && keys.probe(item).is_some(),
+            data: DataShape::of(item.data_filter()),
+            metadata: DataShape::of(item.metadata_filter()),
             occurred: item.has_occurred_range(),
         }
     }
@@ -85,6 +113,9 @@ pub(crate) mod read_columns {
     pub const OCCURRED_AT: usize = 7;
     pub const RECORDED_AT: usize = 8;
 }
+
+/// The order of an item probing its `occurred_at` range (see `item_arm`).
+pub(super) const RANGE_ORDER: &str = "e.position + 0";
 
 const EVENT_COLUMNS: &str =
     "e.position, e.event_id, e.event_type, e.tags, e.data, e.metadata, e.occurred_at, e.recorded_at";
@@ -125,36 +156,25 @@ pub(crate) fn read_statement(schema: &Identifier, shape: &ReadShape) -> String {
     )
 }
 
-/// The statement for any number of items: each item row of `ci` probes the index its
-/// parts allow (a tag, else its types, else positions), ordered and limited like an
-/// arm of a shaped statement; the guards on `ci`'s columns are one-time filters, so
-/// only the right probe runs per item.
+/// The statement for any number of items: each item row of `ci` runs the one probe
+/// its parts select (see `item_probes`), ordered and limited like an arm of a shaped
+/// statement; the guards on `ci`'s columns are one-time filters.
 fn many_items_statement(s: &str, dir: &str) -> String {
-    let items = item_rows(4);
+    let items = item_rows(s, 4);
     let filters = ITEM_FILTERS;
     let columns = EVENT_COLUMNS;
+    let arms = item_probes(s, "$1", "$2")
+        .map(|(probe, order)| {
+            format!("(SELECT {columns} FROM {probe}{filters}\n             ORDER BY {order} {dir} LIMIT $3)")
+        })
+        .join("\n            UNION ALL\n            ");
     format!(
         "WITH ci AS ({items})
 SELECT h.head, r.* FROM (SELECT coalesce(max(position), 0) AS head FROM {s}.events) h
 LEFT JOIN LATERAL (
     SELECT DISTINCT ON (u.position) u.* FROM (
         SELECT m.* FROM ci CROSS JOIN LATERAL (
-            (SELECT {columns} FROM {s}.event_tags t JOIN {s}.events e ON e.position = t.position
-             WHERE cardinality(ci.tags) > 0
-               AND t.tag = ci.tags[1] AND t.position > $1 AND t.position < $2
-               AND e.tags @> ci.tags
-               AND (cardinality(ci.types) = 0 OR e.event_type = ANY (ci.types)){filters}
-             ORDER BY t.position {dir} LIMIT $3)
-            UNION ALL
-            (SELECT {columns} FROM {s}.events e
-             WHERE cardinality(ci.tags) = 0 AND cardinality(ci.types) > 0
-               AND e.event_type = ANY (ci.types) AND e.position > $1 AND e.position < $2{filters}
-             ORDER BY e.position {dir} LIMIT $3)
-            UNION ALL
-            (SELECT {columns} FROM {s}.events e
-             WHERE cardinality(ci.tags) = 0 AND cardinality(ci.types) = 0
-               AND e.position > $1 AND e.position < $2{filters}
-             ORDER BY e.position {dir} LIMIT $3)
+            {arms}
         ) m
     ) u ORDER BY u.position {dir} LIMIT $3
 ) r ON true
@@ -162,46 +182,69 @@ ORDER BY r.position {dir}"
     )
 }
 
-/// One item's selection, ordered by position and limited, so that an index on
-/// `(tag, position)` or `(event_type, position)` serves it as a range scan.
+/// One item's selection, ordered by position and limited, so that an index serves it
+/// as a range scan: `(tag, position)` for its first tag; else `(key, value, position)`
+/// for its probe pair, while the key is ready (otherwise the next choice runs);
+/// else `(occurred_at, position)` for its range; else `(event_type, position)`.
 fn item_arm(s: &str, item: &ItemShape, select: &str, dir: &str, next: &mut usize) -> String {
     let mut param = || {
         let p = *next;
         *next += 1;
         p
     };
-    let mut sql = if item.tags {
-        let p = param();
-        format!(
-            "SELECT {select} FROM {s}.event_tags t JOIN {s}.events e ON e.position = t.position
-             WHERE t.tag = (${p}::text[])[1] AND t.position > $1 AND t.position < $2
-               AND e.tags @> ${p}::text[]"
-        )
-    } else {
-        format!("SELECT {select} FROM {s}.events e WHERE e.position > $1 AND e.position < $2")
-    };
+    let tags = item.tags.then(&mut param);
+    let key = item.keyed.then(|| (param(), param(), param()));
+    let mut filters = String::new();
     if item.types {
-        sql.push_str(&format!(" AND e.event_type = ANY (${}::text[])", param()));
+        filters.push_str(&format!(" AND e.event_type = ANY (${}::text[])", param()));
     }
-    match item.data {
-        DataShape::None => {}
-        DataShape::All => sql.push_str(&format!(" AND e.data @> ALL (${}::jsonb[])", param())),
-        DataShape::Any => sql.push_str(&format!(" AND e.data @> ANY (${}::jsonb[])", param())),
-    }
+    filters.push_str(&item.data.filter("data", &mut param));
+    filters.push_str(&item.metadata.filter("metadata", &mut param));
     if item.occurred {
         let (from, until) = (param(), param());
-        sql.push_str(&format!(
+        filters.push_str(&format!(
             " AND e.occurred_at >= coalesce(${from}::timestamptz, '-infinity')
               AND e.occurred_at < coalesce(${until}::timestamptz, 'infinity')"
         ));
     }
-    let order_column = if item.tags {
-        "t.position"
+    let arm = |source: String, guard: &str, order: &str| {
+        format!("SELECT {select} FROM {source}{guard}{filters} ORDER BY {order} {dir} LIMIT $3")
+    };
+    if let Some(p) = tags {
+        let source = format!(
+            "{s}.event_tags t JOIN {s}.events e ON e.position = t.position
+             WHERE t.tag = (${p}::text[])[1] AND t.position > $1 AND t.position < $2
+               AND e.tags @> ${p}::text[]"
+        );
+        return arm(source, "", "t.position");
+    }
+    // Without a tag: (occurred_at, position) for a range, else (event_type, position)
+    // for types (both conditions are in `filters`). The generic plan cannot tell a
+    // narrow range from `after`/`before` bounds that select everything, and would walk
+    // the primary key in order, filtering by time; ordering by an expression makes the
+    // order no index gives, so the range index wins (its position bounds stay index
+    // conditions) and its rows are sorted.
+    let order = if item.occurred {
+        RANGE_ORDER
     } else {
         "e.position"
     };
-    sql.push_str(&format!(" ORDER BY {order_column} {dir} LIMIT $3"));
-    sql
+    let unkeyed = format!("{s}.events e WHERE e.position > $1 AND e.position < $2");
+    let Some((source, k, v)) = key else {
+        return arm(unkeyed, "", order);
+    };
+    let value = keys::probe_value(&format!("${v}::text"));
+    let keyed = format!(
+        "{s}.event_keys x JOIN {s}.events e ON e.position = x.position
+             WHERE x.source = ${source}::text::\"char\" AND x.key = ${k}::text AND x.value = {value}
+               AND x.position > $1 AND x.position < $2"
+    );
+    let ready = keys::key_ready(s, &format!("${source}::text"), &format!("${k}::text"));
+    format!(
+        "({}) UNION ALL ({})",
+        arm(keyed, &format!(" AND {ready}"), "x.position"),
+        arm(unkeyed, &format!(" AND NOT {ready}"), order)
+    )
 }
 
 /// A read's bind parameters, in the order `read_statement` numbers them.
@@ -216,13 +259,15 @@ enum ItemsParams<'a> {
     /// Each item's own parameters (a shaped statement).
     Each(Vec<ItemParams<'a>>),
     /// All items as arrays (the statement for many items).
-    Arrays(ItemArrays<'a>),
+    Arrays(Box<ItemArrays<'a>>),
 }
 
 struct ItemParams<'a> {
     tags: Option<Vec<&'a str>>,
+    probe: Option<Probe<'a>>,
     types: Option<Vec<&'a str>>,
     data: Option<Vec<JsonText>>,
+    metadata: Option<Vec<JsonText>>,
     occurred: Option<[Option<DateTime<Utc>>; 2]>,
 }
 
@@ -230,13 +275,27 @@ impl<'a> ReadParams<'a> {
     /// The parameters of `query` for the statement of `shape` (from `ReadShape::of`
     /// or `ReadShape::many_items`). Positions and the limit beyond `i64` mean no
     /// bound: no position exceeds it.
-    pub(crate) fn new(query: &'a Query, options: &ReadOptions, shape: &ReadShape) -> Self {
+    pub(crate) fn new(
+        query: &'a Query,
+        options: &ReadOptions,
+        shape: &ReadShape,
+        keys: &DeclaredKeys,
+    ) -> Self {
         let items = match shape.items {
-            Some(_) => ItemsParams::Each(query.items().iter().map(ItemParams::of).collect()),
+            Some(_) => ItemsParams::Each(
+                query
+                    .items()
+                    .iter()
+                    .map(|item| ItemParams::of(item, keys))
+                    .collect(),
+            ),
             None => {
                 let mut arrays = ItemArrays::default();
-                query.items().iter().for_each(|item| arrays.push(item));
-                ItemsParams::Arrays(arrays)
+                query
+                    .items()
+                    .iter()
+                    .for_each(|item| arrays.push(item, keys));
+                ItemsParams::Arrays(Box::new(arrays))
             }
         };
         let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
@@ -268,11 +327,19 @@ impl<'a> ReadParams<'a> {
                     if let Some(tags) = &item.tags {
                         params.push((tags, Type::TEXT_ARRAY));
                     }
+                    if let Some((source, key, value)) = &item.probe {
+                        params.push((source, Type::TEXT));
+                        params.push((key, Type::TEXT));
+                        params.push((value, Type::TEXT));
+                    }
                     if let Some(types) = &item.types {
                         params.push((types, Type::TEXT_ARRAY));
                     }
                     if let Some(data) = &item.data {
                         params.push((data, Type::JSONB_ARRAY));
+                    }
+                    if let Some(metadata) = &item.metadata {
+                        params.push((metadata, Type::JSONB_ARRAY));
                     }
                     if let Some([from, until]) = &item.occurred {
                         params.push((from, Type::TIMESTAMPTZ));
@@ -286,13 +353,19 @@ impl<'a> ReadParams<'a> {
 }
 
 impl<'a> ItemParams<'a> {
-    fn of(item: &'a QueryItem) -> Self {
+    fn of(item: &'a QueryItem, keys: &DeclaredKeys) -> Self {
+        let tags = (!item.tag_names().is_empty())
+            .then(|| item.tag_names().iter().map(String::as_str).collect());
         ItemParams {
-            tags: (!item.tag_names().is_empty())
-                .then(|| item.tag_names().iter().map(String::as_str).collect()),
+            // As `ItemShape::keyed` says.
+            probe: keys.probe(item).filter(|_| tags.is_none()),
+            tags,
             types: (!item.type_names().is_empty())
                 .then(|| item.type_names().iter().map(String::as_str).collect()),
             data: item.data_filter().map(|f| pairs_as_json_objects(f.pairs())),
+            metadata: item
+                .metadata_filter()
+                .map(|f| pairs_as_json_objects(f.pairs())),
             occurred: item.has_occurred_range().then(|| {
                 let (from, until) = item.occurred_range();
                 [from, until]
@@ -310,18 +383,31 @@ mod tests {
         let a = Query::new([QueryItem::new().types(["A"]).tags(["x", "y"])]);
         let b = Query::new([QueryItem::new().types(["B", "C"]).tags(["z"])]);
         let opts = ReadOptions::default();
-        assert_eq!(ReadShape::of(&a, &opts), ReadShape::of(&b, &opts));
+        let keys = DeclaredKeys::default();
+        assert_eq!(
+            ReadShape::of(&a, &opts, &keys),
+            ReadShape::of(&b, &opts, &keys)
+        );
         let text = read_statement(
             &Identifier::parse("s", "schema").unwrap(),
-            &ReadShape::of(&a, &opts),
+            &ReadShape::of(&a, &opts, &keys),
         );
         assert!(!text.contains("\"A\"") && !text.contains('x'.to_string().repeat(2).as_str()));
-        let shape = ReadShape::of(&a, &opts);
-        assert_eq!(ReadParams::new(&a, &opts, &shape).as_params().len(), 5);
+        let shape = ReadShape::of(&a, &opts, &keys);
+        assert_eq!(
+            ReadParams::new(&a, &opts, &shape, &keys).as_params().len(),
+            5
+        );
         let many =
             Query::new((0..=MAX_SHAPED_ITEMS).map(|i| QueryItem::new().tags([i.to_string()])));
         let fewer = Query::new((0..MAX_SHAPED_ITEMS + 5).map(|_| QueryItem::new().types(["A"])));
-        assert_eq!(ReadShape::of(&many, &opts), ReadShape::of(&fewer, &opts));
-        assert_eq!(ReadShape::of(&many, &opts), ReadShape::many_items(&opts));
+        assert_eq!(
+            ReadShape::of(&many, &opts, &keys),
+            ReadShape::of(&fewer, &opts, &keys)
+        );
+        assert_eq!(
+            ReadShape::of(&many, &opts, &keys),
+            ReadShape::many_items(&opts)
+        );
     }
 }

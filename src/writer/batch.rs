@@ -366,7 +366,11 @@ impl BatchJob {
             .map(|round| {
                 let mut params = AppendParams::default();
                 for &i in round {
-                    params.push(&batch[i].events, batch[i].condition.as_ref());
+                    params.push(
+                        &batch[i].events,
+                        batch[i].condition.as_ref(),
+                        &self.settings.keys,
+                    );
                 }
                 params
             })

@@ -33,7 +33,7 @@ use crate::connect::Connector;
 use crate::error::{Error, Result};
 use crate::metrics::{MetricsSink, Record};
 use crate::model::{AppendCondition, AppendResult, Event, Limits};
-use crate::sql::{self, Identifier};
+use crate::sql::{self, DeclaredKeys, Identifier};
 
 mod batch;
 mod rounds;
@@ -186,6 +186,8 @@ pub(crate) struct WriterSettings {
     pub timeout: Duration,
     /// The `NOTIFY` each batch sends for other processes' subscribers, if any.
     pub notify: Option<NotifySettings>,
+    /// Declared keys: a condition's predicate on one is probed in `event_keys`.
+    pub keys: DeclaredKeys,
 }
 
 /// The statement and channel of commit notifications.

@@ -15,7 +15,7 @@ use dcb_store::{
 use futures_util::future::join_all;
 
 use crate::appends::Stall;
-use crate::generate::Gen;
+use crate::generate::{Gen, KEYS};
 use crate::support;
 
 /// Checks the DCB promise for one conditional append against the store's own reads:
@@ -67,7 +67,25 @@ fn positions(events: &[&SequencedEvent]) -> Vec<u64> {
 
 #[actix::test]
 async fn the_matcher_and_the_database_agree_on_generated_edge_events_and_queries() {
-    let store = support::store("differential").await;
+    differential(support::store("differential").await).await;
+}
+
+/// The same with the generator's data and metadata keys declared as indexed: reads and
+/// conditions probe their entries (written by the same batches as the events).
+#[actix::test]
+async fn the_matcher_and_the_database_agree_with_indexed_keys() {
+    let config = support::config(&support::unique_schema("differential_keys"))
+        .with_indexed_keys(KEYS.iter().copied())
+        .with_indexed_metadata_keys(KEYS.iter().copied());
+    let store = EventStore::connect(config).await.unwrap();
+    let keys = store.indexed_keys().await.unwrap();
+    assert!(keys.len() == 2 * KEYS.len() && keys.iter().all(|k| k.is_ready()));
+    differential(store).await;
+}
+
+/// Reads of generated queries, with generated bounds, limits and direction, and
+/// conditions of generated queries, against `Query::matches` on what was submitted.
+async fn differential(store: EventStore) {
     let mut gen = Gen::new();
     let seed = gen.seed();
     // The events as submitted (what the writer plans with) next to what was stored.
@@ -122,9 +140,31 @@ async fn the_matcher_and_the_database_agree_on_generated_edge_events_and_queries
             })
             .map(|((p, _), _)| *p)
             .collect();
-        let got = store.read(&query, ReadOptions::default()).await.unwrap();
+        let head = submitted.last().map_or(0, |(p, _)| *p);
+        let mut options = ReadOptions::default();
+        let mut expected = expected;
+        if gen.rng().gen_bool(0.3) {
+            let after = gen.rng().gen_range(0..=head);
+            options = options.after(after);
+            expected.retain(|p| *p > after);
+        }
+        if gen.rng().gen_bool(0.2) {
+            let before = gen.rng().gen_range(1..=head + 1);
+            options = options.before(before);
+            expected.retain(|p| *p < before);
+        }
+        if gen.rng().gen_bool(0.3) {
+            options = options.backwards();
+            expected.reverse();
+        }
+        if gen.rng().gen_bool(0.3) {
+            let limit = gen.rng().gen_range(1..5);
+            options = options.limit(limit);
+            expected.truncate(limit as usize);
+        }
+        let got = store.read(&query, options).await.unwrap();
         let got = positions(&got.events.iter().collect::<Vec<_>>());
-        assert_eq!(got, expected, "seed {seed}: query {query:?}");
+        assert_eq!(got, expected, "seed {seed}: query {query:?} {options:?}");
         reads += 1;
         matched += got.len();
     }

@@ -13,7 +13,8 @@ use rand::{Rng, SeedableRng};
 
 pub const TYPES: &[&str] = &["A", "B", "C"];
 pub const TAGS: &[&str] = &["x", "y", "é", "t\u{1F600}", "z"];
-const KEYS: &[&str] = &["k", "m"];
+/// The data keys generated events use (stores may declare them as indexed).
+pub const KEYS: &[&str] = &["k", "m"];
 const VALUES: &[&str] = &["1", "2", "é", "\u{1F600}"];
 
 /// The generator; `seed()` says how to run it again.
@@ -93,20 +94,23 @@ impl Gen {
         match self.rng.gen_range(0..12) {
             0 => format!("[{{\"k\":{}}}]", serde_json::json!(self.pick(VALUES))),
             1 => serde_json::json!(self.pick(VALUES)).to_string(),
-            _ => {
-                let members: Vec<String> = (0..self.rng.gen_range(0..5))
-                    .map(|_| {
-                        let key = match self.pick(KEYS) {
-                            // `\u006b` is `k`: jsonb and the matcher decode it alike.
-                            "k" if self.rng.gen_bool(0.2) => "\"\\u006b\"".to_owned(),
-                            key => serde_json::json!(key).to_string(),
-                        };
-                        format!("{key}:{}", self.json_value())
-                    })
-                    .collect();
-                format!("{{{}}}", members.join(","))
-            }
+            _ => self.object(),
         }
+    }
+
+    /// A JSON object, with duplicate and escaped keys at times.
+    fn object(&mut self) -> String {
+        let members: Vec<String> = (0..self.rng.gen_range(0..5))
+            .map(|_| {
+                let key = match self.pick(KEYS) {
+                    // `\u006b` is `k`: jsonb and the matcher decode it alike.
+                    "k" if self.rng.gen_bool(0.2) => "\"\\u006b\"".to_owned(),
+                    key => serde_json::json!(key).to_string(),
+                };
+                format!("{key}:{}", self.json_value())
+            })
+            .collect();
+        format!("{{{}}}", members.join(","))
     }
 
     /// An event with edge data, tags and an `occurred_at` with nanoseconds.
@@ -115,6 +119,9 @@ impl Gen {
         let data = self.data();
         let tags = self.some(TAGS, 3);
         let mut event = Event::from_json(event_type, data).with_tags(tags);
+        if self.rng.gen_bool(0.5) {
+            event = event.with_metadata_json(self.object());
+        }
         if self.rng.gen_bool(0.8) {
             event = event.with_occurred_at(self.time());
         }
@@ -136,18 +143,31 @@ impl Gen {
         Query::new(items)
     }
 
+    /// One or two `(key, value)` predicates.
+    fn pairs(&mut self) -> Vec<(&'static str, &'static str)> {
+        (0..self.rng.gen_range(1..=2))
+            .map(|_| (self.pick(KEYS), self.pick(VALUES)))
+            .collect()
+    }
+
     fn item(&mut self) -> QueryItem {
         let mut item = QueryItem::new()
             .types(self.some(TYPES, 2))
             .tags(self.some(TAGS, 2));
         if self.rng.gen_bool(0.4) {
-            let pairs: Vec<(&str, &str)> = (0..self.rng.gen_range(1..=2))
-                .map(|_| (self.pick(KEYS), self.pick(VALUES)))
-                .collect();
+            let pairs = self.pairs();
             item = if self.rng.gen_bool(0.5) {
                 item.data_all(pairs)
             } else {
                 item.data_any(pairs)
+            };
+        }
+        if self.rng.gen_bool(0.25) {
+            let pairs = self.pairs();
+            item = if self.rng.gen_bool(0.5) {
+                item.metadata_all(pairs)
+            } else {
+                item.metadata_any(pairs)
             };
         }
         if self.rng.gen_bool(0.3) {

@@ -11,6 +11,7 @@ mod embedding;
 mod exactness;
 mod faults;
 mod generate;
+mod indexed;
 mod matching;
 mod metrics;
 mod ordering;

@@ -14,9 +14,12 @@ async fn an_application_role_can_read_and_append_but_not_change_anything() {
         .batch_execute(&format!("CREATE ROLE {role} LOGIN"))
         .await
         .unwrap();
-    EventStore::migrate_with_role(&support::config(&schema), Some(&role))
-        .await
-        .unwrap();
+    EventStore::migrate_with_role(
+        &support::config(&schema).with_indexed_keys(["order"]),
+        Some(&role),
+    )
+    .await
+    .unwrap();
 
     let app_url = support::database_url().replacen("postgres@", &format!("{role}@"), 1);
     let app_url = if app_url.contains("user=") {
@@ -24,13 +27,32 @@ async fn an_application_role_can_read_and_append_but_not_change_anything() {
     } else {
         app_url
     };
-    let store = EventStore::connect(support::config(&schema).with_database_url(&app_url))
-        .await
-        .unwrap();
+    // The declared keys are the owner's to change: a role that may not is told so.
+    let other_keys = support::config(&schema)
+        .with_database_url(&app_url)
+        .with_indexed_keys(["customer"]);
+    match EventStore::connect(other_keys).await {
+        Err(Error::Config(message)) => assert!(message.contains("migrate"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    let store = EventStore::connect(
+        support::config(&schema)
+            .with_database_url(&app_url)
+            .with_indexed_keys(["order"]),
+    )
+    .await
+    .unwrap();
+    // Appends write the declared key's entries, reads probe them.
     store
-        .append(vec![support::event("E", &["t"])], None)
+        .append(
+            vec![dcb_store::Event::new("E", serde_json::json!({"order": "o1"})).with_tags(["t"])],
+            None,
+        )
         .await
         .unwrap();
+    let by_order = Query::new([QueryItem::new().data_all([("order", "o1")])]);
+    let found = store.read(&by_order, ReadOptions::default()).await.unwrap();
+    assert_eq!(found.events.len(), 1);
     assert_eq!(
         store
             .read(&Query::all(), ReadOptions::default())

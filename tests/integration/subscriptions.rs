@@ -16,7 +16,7 @@ use futures_util::future::join_all;
 use futures_util::StreamExt;
 use rand::Rng;
 
-use crate::generate::Gen;
+use crate::generate::{Gen, KEYS};
 use crate::support;
 
 /// Batches from `sub` until `want` events arrived (panics after `limit`).
@@ -120,9 +120,21 @@ async fn history_then_live_from_writers_in_another_store_without_gaps_or_duplica
 
 #[actix::test]
 async fn generated_queries_see_exactly_what_read_returns() {
-    let schema = support::unique_schema("sub_gen");
+    generated_subscriptions(support::config(&support::unique_schema("sub_gen"))).await;
+}
+
+#[actix::test]
+async fn generated_queries_on_indexed_keys_see_exactly_what_read_returns() {
+    let schema = support::unique_schema("sub_gen_keys");
+    let config = support::config(&schema)
+        .with_indexed_keys(KEYS.iter().copied())
+        .with_indexed_metadata_keys(KEYS.iter().copied());
+    generated_subscriptions(config).await;
+}
+
+async fn generated_subscriptions(config: Config) {
     // A small buffer: some subscribers are served from it, others fall back to reads.
-    let store = EventStore::connect(support::config(&schema).with_subscription_buffer(40, 1 << 20))
+    let store = EventStore::connect(config.with_subscription_buffer(40, 1 << 20))
         .await
         .unwrap();
     let mut gen = Gen::new();

@@ -1,0 +1,200 @@
+//! Declared keys (`Config::with_indexed_keys`, `with_indexed_metadata_keys`): made to
+//! match the configuration at connect, backfilled in the background, and their state.
+//!
+//! Exactness never depends on this module's progress: every read and condition asks
+//! the database, in its own statement, whether a key is ready before it probes the
+//! key's entries, and filters rows otherwise.
+
+use std::time::Duration;
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Client;
+
+use crate::connect::Connector;
+use crate::error::{Error, Result};
+use crate::sql::{DeclaredKeys, KeyStatements, DATA, METADATA};
+
+/// Positions backfilled per transaction: short enough not to hold back vacuum or
+/// replication for long, large enough that a 5M-event store backfills in a minute.
+const BACKFILL_CHUNK: i64 = 50_000;
+
+/// Where a declared key is looked up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeySource {
+    /// A top-level key of the event's data.
+    Data,
+    /// A top-level key of the event's metadata.
+    Metadata,
+}
+
+impl KeySource {
+    fn code(self) -> &'static str {
+        match self {
+            KeySource::Data => DATA,
+            KeySource::Metadata => METADATA,
+        }
+    }
+}
+
+/// A declared key and how far its backfill has come.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IndexedKey {
+    /// Data or metadata.
+    pub source: KeySource,
+    /// The top-level key.
+    pub key: String,
+    /// Entries exist for every event up to this position of those up to `backfill_to`.
+    pub backfilled: u64,
+    /// The head when the key was declared: appends write entries for later events.
+    pub backfill_to: u64,
+}
+
+impl IndexedKey {
+    /// Whether reads and conditions probe this key's entries (the backfill is done).
+    pub fn is_ready(&self) -> bool {
+        self.backfilled >= self.backfill_to
+    }
+}
+
+/// The store's declared keys.
+pub(crate) async fn list(client: &Client, sql: &KeyStatements) -> Result<Vec<IndexedKey>> {
+    Ok(client
+        .query(&sql.list, &[])
+        .await
+        .map_err(Error::db)?
+        .iter()
+        .map(|row| IndexedKey {
+            source: if row.get::<_, &str>(0) == METADATA {
+                KeySource::Metadata
+            } else {
+                KeySource::Data
+            },
+            key: row.get(1),
+            backfill_to: row.get::<_, i64>(2) as u64,
+            backfilled: row.get::<_, i64>(3) as u64,
+        })
+        .collect())
+}
+
+/// Makes the store's declared keys `wanted`: declares the missing ones (to be
+/// backfilled) and drops the others with their entries, in one transaction under the
+/// write lock, so each batch sees either the old set or the new one. Writes nothing
+/// when they already match (an application role may lack the right to). Returns
+/// whether some key needs a backfill.
+pub(crate) async fn sync(
+    client: &mut Client,
+    sql: &KeyStatements,
+    write_lock_key: i64,
+    wanted: &DeclaredKeys,
+) -> Result<bool> {
+    let declared = list(client, sql).await?;
+    let wanted = wanted.all();
+    let missing: Vec<(&str, &str)> = wanted
+        .iter()
+        .copied()
+        .filter(|&(source, key)| {
+            !declared
+                .iter()
+                .any(|d| d.source.code() == source && d.key == key)
+        })
+        .collect();
+    let unwanted: Vec<(&str, &str)> = declared
+        .iter()
+        .map(|d| (d.source.code(), d.key.as_str()))
+        .filter(|key| !wanted.contains(key))
+        .collect();
+    if !missing.is_empty() || !unwanted.is_empty() {
+        // An application role may not change the keys: say what to do instead.
+        let refused = |e: tokio_postgres::Error| {
+            if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) {
+                Error::Config(format!(
+                    "the indexed keys configured ({wanted:?}) differ from the store's ({:?}; \
+                     d: data, m: metadata) and this role may not change them: run `migrate` \
+                     as the schema's owner with these keys",
+                    declared
+                        .iter()
+                        .map(|d| (d.source.code(), &d.key))
+                        .collect::<Vec<_>>()
+                ))
+            } else {
+                Error::db(e)
+            }
+        };
+        let tx = client.transaction().await.map_err(Error::db)?;
+        tx.execute(sql.write_lock, &[&write_lock_key])
+            .await
+            .map_err(Error::db)?;
+        for (source, key) in &missing {
+            tx.execute(&sql.declare, &[source, key])
+                .await
+                .map_err(refused)?;
+        }
+        for (source, key) in &unwanted {
+            tx.execute(&sql.undeclare, &[source, key])
+                .await
+                .map_err(refused)?;
+            tx.execute(&sql.drop_entries, &[source, key])
+                .await
+                .map_err(refused)?;
+        }
+        tx.commit().await.map_err(Error::db)?;
+        tracing::info!(declared = ?missing, dropped = ?unwanted, "indexed keys changed");
+    }
+    let pending = !missing.is_empty() || declared.iter().any(|d| !d.is_ready());
+    Ok(pending)
+}
+
+/// Backfills every key that is not ready, chunk by chunk, each chunk's entries and
+/// progress in one transaction (so a crash loses at most a chunk, done again by the
+/// next connect's backfill). Several processes may backfill at once: entries already
+/// present are skipped and progress only moves up.
+pub(crate) async fn backfill(client: &mut Client, sql: &KeyStatements) -> Result<()> {
+    for key in list(client, sql).await? {
+        let started = std::time::Instant::now();
+        let mut done = key.backfilled as i64;
+        let to = key.backfill_to as i64;
+        while done < to {
+            let end = (done + BACKFILL_CHUNK).min(to);
+            let tx = client.transaction().await.map_err(Error::db)?;
+            let source = key.source.code();
+            tx.execute(&sql.backfill, &[&source, &key.key, &done, &end])
+                .await
+                .map_err(Error::db)?;
+            tx.execute(&sql.advance, &[&source, &key.key, &end])
+                .await
+                .map_err(Error::db)?;
+            tx.commit().await.map_err(Error::db)?;
+            done = end;
+        }
+        if key.backfilled < key.backfill_to {
+            tracing::info!(key = key.key, events = to, elapsed = ?started.elapsed(), "indexed key backfilled");
+        }
+    }
+    Ok(())
+}
+
+/// [`backfill`] in the background, on a connection of its own, tried again after a
+/// pause while it fails (until the store stops).
+pub(crate) async fn backfill_in_background(connector: Connector, sql: KeyStatements) {
+    let mut pause = Duration::from_millis(200);
+    loop {
+        let outcome = match connector.dedicated().await {
+            Ok(mut client) => backfill(&mut client, &sql).await,
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(()) => return,
+            Err(e) if e.sql_state() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
+                tracing::warn!(error = %e, "this role may not backfill indexed keys: run `migrate` as the schema's owner");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "backfilling indexed keys failed; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
