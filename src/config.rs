@@ -270,12 +270,14 @@ impl Config {
     /// filter needs `key = "value"` on one of them ([`QueryItem::data_all`], or
     /// [`QueryItem::data_any`] with one pair) is then answered by an ordered index
     /// probe, like a tag, instead of filtering the events its types or range select.
-    /// At connect, the store's declared keys are made to match this list: a new key is
-    /// backfilled in the background (reads and conditions stay exact meanwhile; they
-    /// use the key once [`EventStore::indexed_keys`](crate::EventStore::indexed_keys)
-    /// says it is ready), a key no longer listed is dropped with its entries. Each key
-    /// costs appends one index entry per event holding a string there. At most 32
-    /// keys of at most 256 bytes; none by default.
+    /// At connect, a listed key the store lacks is declared and backfilled in the
+    /// background (reads and conditions stay exact meanwhile; they use the key once
+    /// [`EventStore::indexed_keys`](crate::EventStore::indexed_keys) says it is ready).
+    /// Connecting never drops a key: a process that does not list one still writes its
+    /// entries and only filters instead of probing. [`EventStore::migrate`](crate::EventStore::migrate)
+    /// makes the store's keys match the list, dropping the others. Each key costs
+    /// appends one index entry per event holding a string there. At most 32 keys of at
+    /// most 256 bytes; none by default.
     ///
     /// [`QueryItem::data_all`]: crate::QueryItem::data_all
     /// [`QueryItem::data_any`]: crate::QueryItem::data_any

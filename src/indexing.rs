@@ -8,11 +8,11 @@
 use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, IsolationLevel};
 
 use crate::connect::Connector;
 use crate::error::{Error, Result};
-use crate::sql::{DeclaredKeys, KeyStatements, DATA, METADATA};
+use crate::sql::{DeclaredKeys, KeyStatements, DATA, METADATA, WRITE_LOCK};
 
 /// Positions backfilled per transaction: short enough not to hold back vacuum or
 /// replication for long, large enough that a 5M-event store backfills in a minute.
@@ -78,16 +78,18 @@ pub(crate) async fn list(client: &Client, sql: &KeyStatements) -> Result<Vec<Ind
         .collect())
 }
 
-/// Makes the store's declared keys `wanted`: declares the missing ones (to be
-/// backfilled) and drops the others with their entries, in one transaction under the
-/// write lock, so each batch sees either the old set or the new one. Writes nothing
-/// when they already match (an application role may lack the right to). Returns
-/// whether some key needs a backfill.
+/// Declares the keys of `wanted` the store lacks (to be backfilled) and, with
+/// `drop_others`, drops the store's keys `wanted` lacks with their entries: one
+/// transaction at READ COMMITTED under the write lock, so the head a declaration records
+/// is read after every batch before it committed, and each batch sees either the old set
+/// or the new one. Writes nothing when nothing changes (an application role may lack
+/// the right to). Returns whether some key needs a backfill.
 pub(crate) async fn sync(
     client: &mut Client,
     sql: &KeyStatements,
     write_lock_key: i64,
     wanted: &DeclaredKeys,
+    drop_others: bool,
 ) -> Result<bool> {
     let declared = list(client, sql).await?;
     let wanted = wanted.all();
@@ -103,27 +105,23 @@ pub(crate) async fn sync(
     let unwanted: Vec<(&str, &str)> = declared
         .iter()
         .map(|d| (d.source.code(), d.key.as_str()))
-        .filter(|key| !wanted.contains(key))
+        .filter(|key| drop_others && !wanted.contains(key))
         .collect();
     if !missing.is_empty() || !unwanted.is_empty() {
         // An application role may not change the keys: say what to do instead.
         let refused = |e: tokio_postgres::Error| {
             if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) {
                 Error::Config(format!(
-                    "the indexed keys configured ({wanted:?}) differ from the store's ({:?}; \
-                     d: data, m: metadata) and this role may not change them: run `migrate` \
-                     as the schema's owner with these keys",
-                    declared
-                        .iter()
-                        .map(|d| (d.source.code(), &d.key))
-                        .collect::<Vec<_>>()
+                    "indexed keys {missing:?} (d: data, m: metadata) are not declared in this \
+                     store and this role may not declare them: run `migrate` as the schema's \
+                     owner with these keys"
                 ))
             } else {
                 Error::db(e)
             }
         };
-        let tx = client.transaction().await.map_err(Error::db)?;
-        tx.execute(sql.write_lock, &[&write_lock_key])
+        let tx = read_committed(client).await?;
+        tx.execute(WRITE_LOCK, &[&write_lock_key])
             .await
             .map_err(Error::db)?;
         for (source, key) in &missing {
@@ -131,13 +129,15 @@ pub(crate) async fn sync(
                 .await
                 .map_err(refused)?;
         }
+        // Under the write lock, so that no batch writes entries of a dropped key and
+        // no declaration of it again can interleave; appends wait meanwhile.
         for (source, key) in &unwanted {
             tx.execute(&sql.undeclare, &[source, key])
                 .await
-                .map_err(refused)?;
+                .map_err(Error::db)?;
             tx.execute(&sql.drop_entries, &[source, key])
                 .await
-                .map_err(refused)?;
+                .map_err(Error::db)?;
         }
         tx.commit().await.map_err(Error::db)?;
         tracing::info!(declared = ?missing, dropped = ?unwanted, "indexed keys changed");
@@ -146,30 +146,48 @@ pub(crate) async fn sync(
     Ok(pending)
 }
 
+async fn read_committed(client: &mut Client) -> Result<tokio_postgres::Transaction<'_>> {
+    client
+        .build_transaction()
+        .isolation_level(IsolationLevel::ReadCommitted)
+        .start()
+        .await
+        .map_err(Error::db)
+}
+
 /// Backfills every key that is not ready, chunk by chunk, each chunk's entries and
 /// progress in one transaction (so a crash loses at most a chunk, done again by the
 /// next connect's backfill). Several processes may backfill at once: entries already
-/// present are skipped and progress only moves up.
+/// present are skipped, and progress moves only from where this backfill knows entries
+/// exist, so a key dropped and declared again meanwhile is left to its new backfill.
 pub(crate) async fn backfill(client: &mut Client, sql: &KeyStatements) -> Result<()> {
     for key in list(client, sql).await? {
         let started = std::time::Instant::now();
+        let source = key.source.code();
         let mut done = key.backfilled as i64;
         let to = key.backfill_to as i64;
         while done < to {
             let end = (done + BACKFILL_CHUNK).min(to);
-            let tx = client.transaction().await.map_err(Error::db)?;
-            let source = key.source.code();
+            let tx = read_committed(client).await?;
             tx.execute(&sql.backfill, &[&source, &key.key, &done, &end])
                 .await
                 .map_err(Error::db)?;
-            tx.execute(&sql.advance, &[&source, &key.key, &end])
+            let advanced = tx
+                .execute(&sql.advance, &[&source, &key.key, &done, &end])
                 .await
                 .map_err(Error::db)?;
             tx.commit().await.map_err(Error::db)?;
+            if advanced == 0 {
+                tracing::info!(
+                    key = key.key,
+                    "indexed key dropped or declared again; its backfill moves on without this one"
+                );
+                break;
+            }
             done = end;
         }
-        if key.backfilled < key.backfill_to {
-            tracing::info!(key = key.key, events = to, elapsed = ?started.elapsed(), "indexed key backfilled");
+        if key.backfilled < key.backfill_to && done >= to {
+            tracing::info!(key = key.key, through_position = to, elapsed = ?started.elapsed(), "indexed key backfilled");
         }
     }
     Ok(())

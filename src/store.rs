@@ -148,8 +148,14 @@ impl EventStore {
         schema::migrate(&mut client, &schema).await?;
         let key_sql = KeyStatements::new(&schema);
         let keys = DeclaredKeys::new(config.indexed_keys(), config.indexed_metadata_keys());
-        let backfill =
-            indexing::sync(&mut client, &key_sql, sql::write_lock_key(&schema), &keys).await?;
+        let backfill = indexing::sync(
+            &mut client,
+            &key_sql,
+            sql::write_lock_key(&schema),
+            &keys,
+            false,
+        )
+        .await?;
         drop(client);
 
         let heads = Heads::new();
@@ -556,8 +562,10 @@ impl EventStore {
     }
 
     /// Creates or migrates the schema of `config` without starting a store, and makes
-    /// its indexed keys match `config`'s, backfilling new ones before it returns;
-    /// returns the versions applied (empty when it was up to date).
+    /// its indexed keys match `config`'s: declares and backfills new ones before it
+    /// returns, and drops the keys `config` does not list with their entries (appends
+    /// wait while a dropped key's entries are deleted). Returns the versions applied
+    /// (empty when it was up to date).
     pub async fn migrate(config: &Config) -> Result<Vec<i32>> {
         Self::migrate_with_role(config, None).await
     }
@@ -584,7 +592,7 @@ impl EventStore {
         let key_sql = KeyStatements::new(&schema);
         let write_lock = sql::write_lock_key(&schema);
         let keys = DeclaredKeys::new(config.indexed_keys(), config.indexed_metadata_keys());
-        if indexing::sync(&mut client, &key_sql, write_lock, &keys).await? {
+        if indexing::sync(&mut client, &key_sql, write_lock, &keys, true).await? {
             indexing::backfill(&mut client, &key_sql).await?;
         }
         if let Some(role) = &role {

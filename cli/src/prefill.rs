@@ -171,12 +171,9 @@ pub async fn ensure(config: &Config, n: u64) -> Result<(), Error> {
         start = end + 1;
     }
     progress.finish_and_clear();
-    // The keys were declared on the empty store: connecting again declares them anew
-    // over the copied events (dropping and backfilling), as on a store in service.
-    drop(
-        EventStore::connect(store_config(config, n).with_indexed_keys(Vec::<String>::new()))
-            .await?,
-    );
+    // The keys were declared on the empty store: drop them, then connecting declares
+    // them anew over the copied events and backfills them, as on a store in service.
+    EventStore::migrate(&store_config(config, n).with_indexed_keys(Vec::<String>::new())).await?;
     wait_for_keys(config, n).await?;
     // Sets the visibility map (index-only scans) and statistics, as autovacuum would.
     for table in ["events", "event_tags", "event_keys"] {

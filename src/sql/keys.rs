@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::{Identifier, WRITE_LOCK};
+use super::Identifier;
 use crate::model::{DataFilter, QueryItem};
 
 /// Declared keys per store (data and metadata together), at most.
@@ -52,6 +52,9 @@ impl DeclaredKeys {
     /// it (it requires all its pairs, or has just one). The probe runs only once the
     /// key is ready; the row is then checked against the whole item.
     pub(crate) fn probe<'a>(&self, item: &'a QueryItem) -> Option<Probe<'a>> {
+        if self.data.is_empty() && self.metadata.is_empty() {
+            return None;
+        }
         fn first<'a>(
             filter: Option<&'a DataFilter>,
             declared: &[String],
@@ -86,8 +89,20 @@ pub(super) fn key_ready(s: &str, source: &str, key: &str) -> String {
 }
 
 /// The entry value of the probed predicate's value `value` (an SQL expression).
-pub(super) fn probe_value(value: &str) -> String {
+fn probe_value(value: &str) -> String {
     format!("left({value}, {VALUE_PREFIX_CHARS})")
+}
+
+/// The events `e` whose entry `x` of `(source, key, value)` (SQL expressions, text)
+/// lies in positions `(after, before)`: `FROM ... WHERE ...`, in `x.position` order
+/// when so ordered.
+pub(super) fn probe(s: &str, [source, key, value]: [&str; 3], after: &str, before: &str) -> String {
+    let value = probe_value(value);
+    format!(
+        "{s}.event_keys x JOIN {s}.events e ON e.position = x.position
+             WHERE x.source = ({source})::\"char\" AND x.key = {key} AND x.value = {value}
+               AND x.position > {after} AND x.position < {before}"
+    )
 }
 
 /// The entries of the events `events` (an SQL relation with columns `position`,
@@ -100,7 +115,7 @@ pub(super) fn entries(events: &str, keys: &str) -> String {
     format!(
         "SELECT k.source, k.key, {value}, ev.position FROM {events} ev CROSS JOIN {keys} k
          CROSS JOIN LATERAL (
-             SELECT CASE WHEN k.source = 'd' THEN ev.data ELSE ev.metadata END AS doc) d
+             SELECT CASE WHEN k.source = '{DATA}' THEN ev.data ELSE ev.metadata END AS doc) d
          WHERE jsonb_typeof(d.doc -> k.key) = 'string'"
     )
 }
@@ -110,18 +125,20 @@ pub(crate) struct KeyStatements {
     /// `(source, key, backfill_to, backfilled)` of every declared key.
     pub list: String,
     /// Declares `($1, $2)` (when it is not declared), recording the head as
-    /// `backfill_to`; run after [`WRITE_LOCK`] so no batch in flight misses the key.
+    /// `backfill_to`; run under the write lock, at READ COMMITTED (a snapshot taken
+    /// after the lock), so no batch misses the key.
     pub declare: String,
-    /// Forgets the declared key `($1, $2)`; run after [`WRITE_LOCK`].
+    /// Forgets the declared key `($1, $2)`; run under the write lock.
     pub undeclare: String,
     /// Deletes the entries of key `($1, $2)`.
     pub drop_entries: String,
     /// Adds key `($1, $2)`'s entries for positions in `($3, $4]` (ignoring those
     /// present).
     pub backfill: String,
-    /// Records that key `($1, $2)` has its entries up to `$3`.
+    /// Records that key `($1, $2)` has its entries up to `$4`, when it had them up to
+    /// `$3` (progress stays contiguous: a backfill of a key dropped and declared again
+    /// meanwhile moves nothing, and learns so from the row count).
     pub advance: String,
-    pub write_lock: &'static str,
 }
 
 impl KeyStatements {
@@ -152,9 +169,9 @@ impl KeyStatements {
                  ON CONFLICT DO NOTHING"
             ),
             advance: format!(
-                "UPDATE {s}.indexed_keys SET backfilled = greatest(backfilled, $3) WHERE {key}"
+                "UPDATE {s}.indexed_keys SET backfilled = greatest(backfilled, $4)
+                 WHERE {key} AND backfilled >= $3"
             ),
-            write_lock: WRITE_LOCK,
         }
     }
 }

@@ -166,14 +166,20 @@ fn item_rows(s: &str, p: usize) -> String {
 /// The probes of an item row `ci` (from [`item_rows`]) on events after `$after`
 /// (exclusive) and before `$before` (exclusive), each guarded so that exactly one
 /// runs per row: its first tag; else its probe pair in `event_keys` when the key is
-/// ready; else its `occurred_at` range; else its types; else every position. Each
-/// is a `FROM ... WHERE ...` to be completed with [`ITEM_FILTERS`] (and an order).
-/// Types and the data and time filters are checked on every row found.
+/// ready; else its `occurred_at` range when it has both ends; else its types; else
+/// every position. Each is a `FROM ... WHERE ...` to be completed with
+/// [`ITEM_FILTERS`] (and an order). Types and the data and time filters are checked
+/// on every row found.
 fn item_probes(s: &str, after: &str, before: &str) -> [(String, &'static str); 5] {
     let types = "(cardinality(ci.types) = 0 OR e.event_type = ANY (ci.types))";
     let untagged = "cardinality(ci.tags) = 0 AND NOT ci.keyed";
-    let ranged = "(ci.occurred_from IS NOT NULL OR ci.occurred_until IS NOT NULL)";
-    let value = keys::probe_value("ci.probe_value");
+    let ranged = "(ci.occurred_from IS NOT NULL AND ci.occurred_until IS NOT NULL)";
+    let keyed = keys::probe(
+        s,
+        ["ci.probe_source", "ci.probe_key", "ci.probe_value"],
+        after,
+        before,
+    );
     [
         (
             format!(
@@ -185,13 +191,7 @@ fn item_probes(s: &str, after: &str, before: &str) -> [(String, &'static str); 5
             "t.position",
         ),
         (
-            format!(
-                "{s}.event_keys x JOIN {s}.events e ON e.position = x.position
-             WHERE cardinality(ci.tags) = 0 AND ci.keyed
-               AND x.source = ci.probe_source::\"char\" AND x.key = ci.probe_key
-               AND x.value = {value}
-               AND x.position > {after} AND x.position < {before} AND {types}"
-            ),
+            format!("{keyed} AND cardinality(ci.tags) = 0 AND ci.keyed AND {types}"),
             "x.position",
         ),
         (

@@ -32,6 +32,8 @@ struct ItemShape {
     data: DataShape,
     metadata: DataShape,
     occurred: bool,
+    /// A range with both ends: probed in the `occurred_at` index.
+    bounded: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -96,6 +98,7 @@ impl ItemShape {
             data: DataShape::of(item.data_filter()),
             metadata: DataShape::of(item.metadata_filter()),
             occurred: item.has_occurred_range(),
+            bounded: matches!(item.occurred_range(), (Some(_), Some(_))),
         }
     }
 }
@@ -218,13 +221,15 @@ fn item_arm(s: &str, item: &ItemShape, select: &str, dir: &str, next: &mut usize
         );
         return arm(source, "", "t.position");
     }
-    // Without a tag: (occurred_at, position) for a range, else (event_type, position)
-    // for types (both conditions are in `filters`). The generic plan cannot tell a
-    // narrow range from `after`/`before` bounds that select everything, and would walk
-    // the primary key in order, filtering by time; ordering by an expression makes the
-    // order no index gives, so the range index wins (its position bounds stay index
-    // conditions) and its rows are sorted.
-    let order = if item.occurred {
+    // Without a tag: (occurred_at, position) for a range with both ends, else
+    // (event_type, position) for types (both conditions are in `filters`). The generic
+    // plan cannot tell a narrow range from `after`/`before` bounds that select
+    // everything, and would walk the primary key in order, filtering by time; ordering
+    // by an expression makes the order no index gives, so the range index wins (its
+    // position bounds stay index conditions) and its rows are sorted. A range open at
+    // one end (`occurred_from` alone, as a follower might use) keeps walking positions
+    // from `after`: read whole, it could be most of the store.
+    let order = if item.bounded {
         RANGE_ORDER
     } else {
         "e.position"
@@ -233,13 +238,9 @@ fn item_arm(s: &str, item: &ItemShape, select: &str, dir: &str, next: &mut usize
     let Some((source, k, v)) = key else {
         return arm(unkeyed, "", order);
     };
-    let value = keys::probe_value(&format!("${v}::text"));
-    let keyed = format!(
-        "{s}.event_keys x JOIN {s}.events e ON e.position = x.position
-             WHERE x.source = ${source}::text::\"char\" AND x.key = ${k}::text AND x.value = {value}
-               AND x.position > $1 AND x.position < $2"
-    );
-    let ready = keys::key_ready(s, &format!("${source}::text"), &format!("${k}::text"));
+    let [source, k, v] = [source, k, v].map(|p| format!("${p}::text"));
+    let keyed = keys::probe(s, [&source, &k, &v], "$1", "$2");
+    let ready = keys::key_ready(s, &source, &k);
     format!(
         "({}) UNION ALL ({})",
         arm(keyed, &format!(" AND {ready}"), "x.position"),
@@ -358,7 +359,7 @@ impl<'a> ItemParams<'a> {
             .then(|| item.tag_names().iter().map(String::as_str).collect());
         ItemParams {
             // As `ItemShape::keyed` says.
-            probe: keys.probe(item).filter(|_| tags.is_none()),
+            probe: tags.is_none().then(|| keys.probe(item)).flatten(),
             tags,
             types: (!item.type_names().is_empty())
                 .then(|| item.type_names().iter().map(String::as_str).collect()),

@@ -468,32 +468,11 @@ async fn a_retry_is_recognised_with_its_tags_in_any_order_and_only_as_one_whole_
     assert_eq!(store.append(vec![p, q], None).await.unwrap(), pair);
 }
 
-/// `url` with a server setting for every session (`options=-c name=value`).
-fn url_with_setting(url: &str, setting: &str) -> String {
-    let escaped = setting.replace(' ', "\\ ");
-    let options = format!("-c {escaped}");
-    if url.contains("://") {
-        let encoded: String = options
-            .bytes()
-            .map(|b| match b {
-                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => {
-                    char::from(b).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect();
-        let separator = if url.contains('?') { '&' } else { '?' };
-        format!("{url}{separator}options={encoded}")
-    } else {
-        format!("{url} options='{}'", options.replace('\\', "\\\\"))
-    }
-}
-
 #[actix::test]
 async fn two_processes_decide_exactly_whatever_the_servers_default_isolation() {
     for level in ["serializable", "repeatable read"] {
         let schema = support::unique_schema("isolation");
-        let url = url_with_setting(
+        let url = support::url_with_setting(
             support::database_url(),
             &format!("default_transaction_isolation={level}"),
         );

@@ -284,9 +284,10 @@ async fn reads_use_the_entries_once_the_key_is_ready() {
             .len(),
         1
     );
-    assert!(
-        unkeyed.indexed_keys().await.unwrap().is_empty(),
-        "connecting without the key dropped it"
+    assert_eq!(
+        unkeyed.indexed_keys().await.unwrap().len(),
+        1,
+        "connecting without the key keeps it"
     );
 }
 
@@ -300,20 +301,24 @@ async fn dropping_and_declaring_keys_again_keeps_everything_exact() {
     both.append(edge_events(0), None).await.unwrap();
     assert_eq!(entries(&client, &schema).await, 8);
     drop(both);
+    // Connecting without k keeps it (and still writes its entries); migrate drops it.
     let only_m = EventStore::connect(keyed(&schema, &["m"])).await.unwrap();
+    only_m.append(edge_events(1), None).await.unwrap();
+    assert_eq!(entries(&client, &schema).await, 16);
+    EventStore::migrate(&keyed(&schema, &["m"])).await.unwrap();
     assert_eq!(
         entries(&client, &schema).await,
-        3,
+        6,
         "k's entries dropped with it"
     );
-    only_m.append(edge_events(1), None).await.unwrap();
+    only_m.append(edge_events(2), None).await.unwrap();
     assert_exact(&only_m, "k dropped").await;
     drop(only_m);
     let again = EventStore::connect(keyed(&schema, &["k", "m"]))
         .await
         .unwrap();
     wait_ready(&again).await;
-    assert_eq!(entries(&client, &schema).await, 16, "k backfilled, m kept");
+    assert_eq!(entries(&client, &schema).await, 24, "k backfilled, m kept");
     assert_exact(&again, "k declared again").await;
 }
 
@@ -419,4 +424,39 @@ async fn decisions_on_a_declared_key_hold_under_concurrency() {
         let model = stores[1].decision_model(&lines).await.unwrap();
         assert_eq!(model.state, 3);
     }
+}
+
+/// Declaring a key while a batch holds the write lock, on a server whose default
+/// isolation is REPEATABLE READ: the head the declaration records must include that
+/// batch (its events get no entries from the append, so the backfill must cover them).
+#[actix::test]
+async fn a_key_declared_while_a_batch_commits_covers_it_whatever_the_default_isolation() {
+    let schema = support::unique_schema("keys_isolation");
+    let writer = EventStore::connect(support::config(&schema)).await.unwrap();
+    writer.append(edge_events(0), None).await.unwrap();
+    // The next batch takes the write lock, then waits on this table lock.
+    let blocker = support::lock_events(&schema, "EXCLUSIVE").await;
+    let batch = {
+        let writer = writer.clone();
+        actix::spawn(async move { writer.append(edge_events(1), None).await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let url = support::url_with_setting(
+        support::database_url(),
+        "default_transaction_isolation=repeatable read",
+    );
+    let declaring = actix::spawn(async move {
+        EventStore::connect(keyed(&schema, &["k"]).with_database_url(url))
+            .await
+            .unwrap()
+    });
+    // The declaration now waits for the write lock; let the batch commit.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    blocker.batch_execute("COMMIT").await.unwrap();
+    let at = batch.await.unwrap();
+    let store = declaring.await.unwrap();
+    wait_ready(&store).await;
+    let keys = store.indexed_keys().await.unwrap();
+    assert!(keys[0].backfill_to >= at.last_position, "{keys:?} {at:?}");
+    assert_exact(&store, "declared under repeatable read").await;
 }

@@ -164,3 +164,24 @@ pub async fn throwaway_server() -> std::sync::Arc<EmbeddedPostgres> {
         .expect("start a throwaway server");
     std::sync::Arc::new(server)
 }
+
+/// `url` with a server setting for every session (`options=-c name=value`).
+pub fn url_with_setting(url: &str, setting: &str) -> String {
+    let escaped = setting.replace(' ', "\\ ");
+    let options = format!("-c {escaped}");
+    if url.contains("://") {
+        let encoded: String = options
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => {
+                    char::from(b).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let separator = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{separator}options={encoded}")
+    } else {
+        format!("{url} options='{}'", options.replace('\\', "\\\\"))
+    }
+}
