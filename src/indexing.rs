@@ -1,5 +1,6 @@
-//! Declared keys (`Config::with_indexed_keys`, `with_indexed_metadata_keys`): made to
-//! match the configuration at connect, backfilled in the background, and their state.
+//! Declared keys (`Config::with_indexed_keys`, `with_indexed_metadata_keys`): declared
+//! at connect (made to match the configuration by `migrate`), backfilled in the
+//! background, and their state.
 //!
 //! Exactness never depends on this module's progress: every read and condition asks
 //! the database, in its own statement, whether a key is ready before it probes the
@@ -155,11 +156,13 @@ async fn read_committed(client: &mut Client) -> Result<tokio_postgres::Transacti
         .map_err(Error::db)
 }
 
-/// Backfills every key that is not ready, chunk by chunk, each chunk's entries and
-/// progress in one transaction (so a crash loses at most a chunk, done again by the
-/// next connect's backfill). Several processes may backfill at once: entries already
-/// present are skipped, and progress moves only from where this backfill knows entries
-/// exist, so a key dropped and declared again meanwhile is left to its new backfill.
+/// Backfills every key that is not ready, chunk by chunk, each chunk's progress and
+/// entries in one transaction (so a crash loses at most a chunk, done again by the
+/// next connect's backfill). The progress is updated first, which locks the key's row
+/// until the chunk commits: a drop waits for the chunk (and deletes its entries too),
+/// and a chunk after a drop and a new declaration either finds no row or writes every
+/// entry it records. Progress moves only from where it stood (`backfilled >= start`).
+/// Several processes may backfill at once: entries already present are skipped.
 pub(crate) async fn backfill(client: &mut Client, sql: &KeyStatements) -> Result<()> {
     for key in list(client, sql).await? {
         let started = std::time::Instant::now();
@@ -169,21 +172,21 @@ pub(crate) async fn backfill(client: &mut Client, sql: &KeyStatements) -> Result
         while done < to {
             let end = (done + BACKFILL_CHUNK).min(to);
             let tx = read_committed(client).await?;
-            tx.execute(&sql.backfill, &[&source, &key.key, &done, &end])
-                .await
-                .map_err(Error::db)?;
             let advanced = tx
                 .execute(&sql.advance, &[&source, &key.key, &done, &end])
                 .await
                 .map_err(Error::db)?;
-            tx.commit().await.map_err(Error::db)?;
             if advanced == 0 {
                 tracing::info!(
                     key = key.key,
-                    "indexed key dropped or declared again; its backfill moves on without this one"
+                    "indexed key dropped or declared again; its own backfill covers it"
                 );
                 break;
             }
+            tx.execute(&sql.backfill, &[&source, &key.key, &done, &end])
+                .await
+                .map_err(Error::db)?;
+            tx.commit().await.map_err(Error::db)?;
             done = end;
         }
         if key.backfilled < key.backfill_to && done >= to {

@@ -136,8 +136,7 @@ pub(crate) struct KeyStatements {
     /// present).
     pub backfill: String,
     /// Records that key `($1, $2)` has its entries up to `$4`, when it had them up to
-    /// `$3` (progress stays contiguous: a backfill of a key dropped and declared again
-    /// meanwhile moves nothing, and learns so from the row count).
+    /// `$3`, locking its row; run before the chunk's entries, in their transaction.
     pub advance: String,
 }
 

@@ -188,7 +188,8 @@ ORDER BY r.position {dir}"
 /// One item's selection, ordered by position and limited, so that an index serves it
 /// as a range scan: `(tag, position)` for its first tag; else `(key, value, position)`
 /// for its probe pair, while the key is ready (otherwise the next choice runs);
-/// else `(occurred_at, position)` for its range; else `(event_type, position)`.
+/// else `(occurred_at, position)` for a range with both ends; else
+/// `(event_type, position)`.
 fn item_arm(s: &str, item: &ItemShape, select: &str, dir: &str, next: &mut usize) -> String {
     let mut param = || {
         let p = *next;
