@@ -47,12 +47,13 @@ impl DeclaredKeys {
             .collect()
     }
 
-    /// The predicate of `item` to probe in `event_keys`: the first on a declared data
-    /// key, else on a declared metadata key, of a filter whose every match must hold
-    /// it (it requires all its pairs, or has just one). The probe runs only once the
-    /// key is ready; the row is then checked against the whole item.
+    /// The predicate of `item` to probe in `event_keys`: none for an item with tags
+    /// (its first tag is probed, the predicate filters); else the first on a declared
+    /// data key, else on a declared metadata key, of a filter whose every match must
+    /// hold it (it requires all its pairs, or has just one). The probe runs only once
+    /// the key is ready; the row is then checked against the whole item.
     pub(crate) fn probe<'a>(&self, item: &'a QueryItem) -> Option<Probe<'a>> {
-        if self.data.is_empty() && self.metadata.is_empty() {
+        if (self.data.is_empty() && self.metadata.is_empty()) || !item.tag_names().is_empty() {
             return None;
         }
         fn first<'a>(

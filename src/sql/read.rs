@@ -31,9 +31,16 @@ struct ItemShape {
     keyed: bool,
     data: DataShape,
     metadata: DataShape,
-    occurred: bool,
-    /// A range with both ends: probed in the `occurred_at` index.
-    bounded: bool,
+    occurred: RangeShape,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum RangeShape {
+    None,
+    /// One end only: a filter.
+    Open,
+    /// Both ends: probed in the `occurred_at` index.
+    Bounded,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -93,12 +100,14 @@ impl ItemShape {
         ItemShape {
             types: !item.type_names().is_empty(),
             tags: !item.tag_names().is_empty(),
-            // A tag is probed first: the pair is then only a filter.
-            keyed: item.tag_names().is_empty() && keys.probe(item).is_some(),
+            keyed: keys.probe(item).is_some(),
             data: DataShape::of(item.data_filter()),
             metadata: DataShape::of(item.metadata_filter()),
-            occurred: item.has_occurred_range(),
-            bounded: matches!(item.occurred_range(), (Some(_), Some(_))),
+            occurred: match item.occurred_range() {
+                (None, None) => RangeShape::None,
+                (Some(_), Some(_)) => RangeShape::Bounded,
+                _ => RangeShape::Open,
+            },
         }
     }
 }
@@ -204,7 +213,7 @@ fn item_arm(s: &str, item: &ItemShape, select: &str, dir: &str, next: &mut usize
     }
     filters.push_str(&item.data.filter("data", &mut param));
     filters.push_str(&item.metadata.filter("metadata", &mut param));
-    if item.occurred {
+    if item.occurred != RangeShape::None {
         let (from, until) = (param(), param());
         filters.push_str(&format!(
             " AND e.occurred_at >= coalesce(${from}::timestamptz, '-infinity')
@@ -230,7 +239,7 @@ fn item_arm(s: &str, item: &ItemShape, select: &str, dir: &str, next: &mut usize
     // position bounds stay index conditions) and its rows are sorted. A range open at
     // one end (`occurred_from` alone, as a follower might use) keeps walking positions
     // from `after`: read whole, it could be most of the store.
-    let order = if item.bounded {
+    let order = if item.occurred == RangeShape::Bounded {
         RANGE_ORDER
     } else {
         "e.position"
@@ -356,12 +365,10 @@ impl<'a> ReadParams<'a> {
 
 impl<'a> ItemParams<'a> {
     fn of(item: &'a QueryItem, keys: &DeclaredKeys) -> Self {
-        let tags = (!item.tag_names().is_empty())
-            .then(|| item.tag_names().iter().map(String::as_str).collect());
         ItemParams {
-            // As `ItemShape::keyed` says.
-            probe: tags.is_none().then(|| keys.probe(item)).flatten(),
-            tags,
+            tags: (!item.tag_names().is_empty())
+                .then(|| item.tag_names().iter().map(String::as_str).collect()),
+            probe: keys.probe(item),
             types: (!item.type_names().is_empty())
                 .then(|| item.type_names().iter().map(String::as_str).collect()),
             data: item.data_filter().map(|f| pairs_as_json_objects(f.pairs())),
