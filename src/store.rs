@@ -31,7 +31,9 @@ use crate::router::{self, Replica, Replicas, Router, RouterSettings, Server};
 use crate::schema;
 use crate::sql::{self, ConsumerStatements, DeclaredKeys, Identifier, KeyStatements};
 use crate::subscribe::{Heads, Tail};
-use crate::writer::{Append, NotifySettings, Ping, QueueAppend, Shutdown, Writer, WriterSettings};
+use crate::writer::{
+    Append, NotifySettings, Ping, QueueAppend, Shutdown, Stop, Writer, WriterSettings,
+};
 
 /// Records an operation's outcome on its span, as OpenTelemetry reads it: status
 /// `ERROR` and the error's kind.
@@ -100,7 +102,10 @@ pub(crate) struct Inner {
     _router: Option<Addr<Router>>,
     metrics_actor: Addr<MetricsActor>,
     metrics: MetricsSink,
-    arbiters: Vec<Arbiter>,
+    /// The thread of the readers, the router, the metrics actor and the subscription
+    /// tasks. The writer runs on the connecting thread's arbiter instead, beside its
+    /// callers: no thread hop between an append and its batch (BENCHMARKS.md).
+    arbiter: Arbiter,
     /// The newest committed position this process knows (subscriptions wait on it).
     heads: Heads,
     /// The live subscribers' shared buffer, started with the first subscription.
@@ -124,9 +129,9 @@ impl std::fmt::Debug for EventStore {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        for arbiter in &self.arbiters {
-            arbiter.stop();
-        }
+        // The writer runs on the connecting thread's arbiter, which outlives the store.
+        self.writer.do_send(Stop);
+        self.arbiter.stop();
     }
 }
 
@@ -171,7 +176,6 @@ impl EventStore {
         );
         // Appends the writer holds at once, queued or in flight.
         let admission = Arc::new(tokio::sync::Semaphore::new(config.writer_mailbox()));
-        let writer_arbiter = Arbiter::new();
         let reader_arbiter = Arbiter::new();
         let metrics_actor =
             MetricsActor::start_in_arbiter(&reader_arbiter.handle(), |_| metrics_actor);
@@ -195,7 +199,7 @@ impl EventStore {
             let mailbox = config.writer_mailbox();
             let heads = heads.clone();
             let admission = admission.clone();
-            Writer::start_in_arbiter(&writer_arbiter.handle(), move |ctx| {
+            Writer::start_in_arbiter(&Arbiter::current(), move |ctx| {
                 ctx.set_mailbox_capacity(mailbox);
                 Writer::new(connector, settings, heads, metrics, admission)
             })
@@ -283,7 +287,7 @@ impl EventStore {
                 _router: router,
                 metrics_actor,
                 metrics,
-                arbiters: vec![writer_arbiter, reader_arbiter],
+                arbiter: reader_arbiter,
                 heads,
                 tail: OnceLock::new(),
                 consumer_stats,
@@ -679,7 +683,7 @@ impl EventStore {
                 let config = &self.inner.config;
                 let (events, bytes) = config.subscription_buffer();
                 let tail = Arc::new(Tail::new(events, bytes));
-                let arbiter = &self.inner.arbiters[1];
+                let arbiter = &self.inner.arbiter;
                 arbiter.spawn(crate::subscribe::follow_tail(
                     Arc::downgrade(&self.inner),
                     tail.clone(),

@@ -4,31 +4,114 @@ use chrono::{DateTime, Utc};
 use postgres_types::ToSql;
 use uuid::Uuid;
 
-use super::{item_probes, item_rows, keys, DeclaredKeys, Identifier, ItemArrays, ITEM_FILTERS};
+use postgres_types::Type;
+
+use super::{
+    item_probes, item_rows, keys, probe_guards, DeclaredKeys, Identifier, ItemArrays, Probes,
+    ITEM_FILTERS,
+};
 use crate::model::{AppendCondition, Event, JsonText};
 
-/// The append statement: checks every append's event ids and condition against the
-/// state before this statement, inserts the events of the appends that pass at
-/// consecutive positions after the head, and returns one row per append, decoded by
-/// [`AppendRow::decode`]. A retry (every event stored unchanged, as exactly one
-/// earlier append: same positions in order, `starts_append` on the first only, and
-/// the next stored event starting another append) is recognised before the
-/// condition, which its own events may now fail. Tags compare as sets. The entries
-/// of every declared key (as `indexed_keys` lists them at the statement's snapshot)
-/// are inserted with the events.
+/// What the append statement of one round must be able to check: the probes its
+/// conditions' items may run and whether any has a data, metadata or time filter.
 ///
-/// Parameters are parallel arrays (see [`AppendParams`]); `$24` is the number of appends.
-pub(crate) fn append_statement(schema: &Identifier) -> String {
+/// The statement is written for its round's shape because PostgreSQL initialises
+/// every node of a plan on each execution, run or not: with one statement for every
+/// shape, plan start-up was 27 % of the writer backend's CPU for lone unconditional
+/// appends (BENCHMARKS.md, *The write path at the physical limit*).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub(crate) struct AppendShape {
+    probes: Probes,
+    filtered: bool,
+}
+
+/// The types of the append statement's parameters (see [`AppendParams::as_params`]),
+/// given when it is prepared: a shape's text leaves the ones it needs not unused.
+pub(crate) const APPEND_TYPES: [Type; 24] = [
+    Type::INT4_ARRAY,
+    Type::UUID_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::JSONB_ARRAY,
+    Type::JSONB_ARRAY,
+    Type::TIMESTAMPTZ_ARRAY,
+    Type::INT8_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::INT4_ARRAY,
+    Type::INT8_ARRAY,
+    // The thirteen of `ItemArrays::TYPES`.
+    Type::JSONB_ARRAY,
+    Type::JSONB_ARRAY,
+    Type::JSONB_ARRAY,
+    Type::JSONB_ARRAY,
+    Type::TIMESTAMPTZ_ARRAY,
+    Type::TIMESTAMPTZ_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::INT8_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::INT8_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::INT4,
+];
+
+/// The append statement for rounds of `shape`: checks every append's event ids and
+/// condition against the state before this statement, inserts the events of the
+/// appends that pass at consecutive positions after the head, and returns one row
+/// per append, decoded by [`AppendRow::decode`]. A retry (every event stored
+/// unchanged, as exactly one earlier append: same positions in order,
+/// `starts_append` on the first only, and the next stored event starting another
+/// append) is recognised before the condition, which its own events may now fail.
+/// Tags compare as sets. The entries of every declared key (as `indexed_keys` lists
+/// them at the statement's snapshot) are inserted with the events.
+///
+/// Parameters are parallel arrays (see [`AppendParams`]); `$24` is the number of
+/// appends. Only the probes of `shape` are written; an item row whose guard chooses
+/// another probe (which [`Probes::of`] rules out) fails its append rather than pass
+/// unchecked, so the shape can only ever cost a refusal, never exactness.
+pub(crate) fn append_statement(schema: &Identifier, shape: AppendShape) -> String {
     let s = schema.quoted();
-    let filters = ITEM_FILTERS;
-    let items = item_rows(&s, 11);
-    let violations = item_probes(&s, "ci.after_pos", &i64::MAX.to_string())
-        .map(|(probe, _)| format!("EXISTS (SELECT 1 FROM {probe}{filters})"))
-        .join("\n       OR ");
     let key_entries = keys::entries(
         "(SELECT head.p + a.rn AS position, a.data, a.metadata FROM accepted a CROSS JOIN head)",
         &format!("{s}.indexed_keys"),
     );
+    let conditions = if shape.probes.is_empty() {
+        "failed AS (
+    SELECT NULL::int4 AS append_idx WHERE false
+),"
+        .to_owned()
+    } else {
+        let filters = if shape.filtered { ITEM_FILTERS } else { "" };
+        let guards = probe_guards();
+        let included = |i: &usize| shape.probes.contains(*i);
+        let mut violations: Vec<String> = item_probes(&s, "ci.after_pos", &i64::MAX.to_string())
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| included(i))
+            .map(|(_, (probe, _))| format!("EXISTS (SELECT 1 FROM {probe}{filters})"))
+            .collect();
+        if (0..guards.len()).any(|i| !included(&i)) {
+            let chosen: Vec<String> = (0..guards.len())
+                .filter(included)
+                .map(|i| format!("({})", guards[i]))
+                .collect();
+            violations.push(format!("NOT ({})", chosen.join(" OR ")));
+        }
+        let items = item_rows(&s, 11);
+        format!(
+            "ci AS (
+    SELECT a.append_idx, a.after_pos, i.*
+    FROM unnest($9::int4[], $10::int8[]) WITH ORDINALITY AS a(append_idx, after_pos, item)
+    JOIN ({items}) i USING (item)
+),
+failed AS (
+    -- Each item row runs one of its probes (the others' guards are false).
+    SELECT DISTINCT ci.append_idx FROM ci
+    WHERE {}
+),",
+            violations.join("\n       OR ")
+        )
+    };
     format!(
         "WITH
 head AS (
@@ -43,16 +126,7 @@ ev AS (
 ev_tags AS (
     SELECT * FROM unnest($7::int8[], $8::text[]) WITH ORDINALITY AS t(n, tag, ord)
 ),
-ci AS (
-    SELECT a.append_idx, a.after_pos, i.*
-    FROM unnest($9::int4[], $10::int8[]) WITH ORDINALITY AS a(append_idx, after_pos, item)
-    JOIN ({items}) i USING (item)
-),
-failed AS (
-    -- Each item row runs one of its probes (the others' guards are false).
-    SELECT DISTINCT ci.append_idx FROM ci
-    WHERE {violations}
-),
+{conditions}
 ev_tag_lists AS (
     SELECT n, array_agg(tag ORDER BY ord) AS tags FROM ev_tags GROUP BY n
 ),
@@ -198,6 +272,14 @@ pub(crate) struct AppendParams<'a> {
 }
 
 impl<'a> AppendParams<'a> {
+    /// The shape of the statement these parameters need.
+    pub(crate) fn shape(&self) -> AppendShape {
+        AppendShape {
+            probes: self.items.probes(),
+            filtered: self.items.filtered(),
+        }
+    }
+
     /// Adds one append; appends are numbered in the order they are pushed.
     pub(crate) fn push(
         &mut self,

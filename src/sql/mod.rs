@@ -26,7 +26,9 @@ mod keys;
 mod read;
 mod snapshots;
 
-pub(crate) use append::{append_statement, AppendParams, AppendRow, AppendStatus};
+pub(crate) use append::{
+    append_statement, AppendParams, AppendRow, AppendShape, AppendStatus, APPEND_TYPES,
+};
 pub(crate) use consumers::{consumer_lock_key, ConsumerStatements};
 pub(crate) use keys::{
     DeclaredKeys, KeyStatements, DATA, MAX_INDEXED_KEYS, MAX_INDEXED_KEY_BYTES, METADATA,
@@ -165,15 +167,14 @@ fn item_rows(s: &str, p: usize) -> String {
 
 /// The probes of an item row `ci` (from [`item_rows`]) on events after `$after`
 /// (exclusive) and before `$before` (exclusive), each guarded so that exactly one
-/// runs per row: its first tag; else its probe pair in `event_keys` when the key is
-/// ready; else its `occurred_at` range when it has both ends; else its types; else
-/// every position. Each is a `FROM ... WHERE ...` to be completed with
-/// [`ITEM_FILTERS`] (and an order). Types and the data and time filters are checked
-/// on every row found.
+/// runs per row (see [`probe_guards`]): its first tag; else its probe pair in
+/// `event_keys` when the key is ready; else its `occurred_at` range when it has both
+/// ends; else its types; else every position. Each is a `FROM ... WHERE ...` to be
+/// completed with [`ITEM_FILTERS`] (and an order). Types and the data and time
+/// filters are checked on every row found.
 fn item_probes(s: &str, after: &str, before: &str) -> [(String, &'static str); 5] {
     let types = "(cardinality(ci.types) = 0 OR e.event_type = ANY (ci.types))";
-    let untagged = "cardinality(ci.tags) = 0 AND NOT ci.keyed";
-    let ranged = "(ci.occurred_from IS NOT NULL AND ci.occurred_until IS NOT NULL)";
+    let [tagged, keyed_guard, ranged, typed, everything] = probe_guards();
     let keyed = keys::probe(
         s,
         ["ci.probe_source", "ci.probe_key", "ci.probe_value"],
@@ -184,20 +185,20 @@ fn item_probes(s: &str, after: &str, before: &str) -> [(String, &'static str); 5
         (
             format!(
                 "{s}.event_tags t JOIN {s}.events e ON e.position = t.position
-             WHERE cardinality(ci.tags) > 0
+             WHERE {tagged}
                AND t.tag = ci.tags[1] AND t.position > {after} AND t.position < {before}
                AND e.tags @> ci.tags AND {types}"
             ),
             "t.position",
         ),
         (
-            format!("{keyed} AND cardinality(ci.tags) = 0 AND ci.keyed AND {types}"),
+            format!("{keyed} AND {keyed_guard} AND {types}"),
             "x.position",
         ),
         (
             format!(
                 "{s}.events e
-             WHERE {untagged} AND {ranged}
+             WHERE {ranged}
                AND e.occurred_at >= coalesce(ci.occurred_from, '-infinity')
                AND e.occurred_at < coalesce(ci.occurred_until, 'infinity')
                AND e.position > {after} AND e.position < {before} AND {types}"
@@ -207,7 +208,7 @@ fn item_probes(s: &str, after: &str, before: &str) -> [(String, &'static str); 5
         (
             format!(
                 "{s}.events e
-             WHERE {untagged} AND NOT {ranged} AND cardinality(ci.types) > 0
+             WHERE {typed}
                AND e.event_type = ANY (ci.types) AND e.position > {after} AND e.position < {before}"
             ),
             "e.position",
@@ -215,12 +216,70 @@ fn item_probes(s: &str, after: &str, before: &str) -> [(String, &'static str); 5
         (
             format!(
                 "{s}.events e
-             WHERE {untagged} AND NOT {ranged} AND cardinality(ci.types) = 0
+             WHERE {everything}
                AND e.position > {after} AND e.position < {before}"
             ),
             "e.position",
         ),
     ]
+}
+
+/// The guards of [`item_probes`], in its order: conditions on an item row `ci` of
+/// which exactly one holds. [`ItemArrays::probes`] says in memory which may hold.
+fn probe_guards() -> [String; 5] {
+    let untagged = "cardinality(ci.tags) = 0 AND NOT ci.keyed";
+    let ranged = "(ci.occurred_from IS NOT NULL AND ci.occurred_until IS NOT NULL)";
+    [
+        "cardinality(ci.tags) > 0".to_owned(),
+        "cardinality(ci.tags) = 0 AND ci.keyed".to_owned(),
+        format!("{untagged} AND {ranged}"),
+        format!("{untagged} AND NOT {ranged} AND cardinality(ci.types) > 0"),
+        format!("{untagged} AND NOT {ranged} AND cardinality(ci.types) = 0"),
+    ]
+}
+
+/// The probes of [`item_probes`] an item may run, as bits in its order (bit 0 the tag
+/// probe); a set of them is a [`Probes`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub(crate) struct Probes(u8);
+
+impl Probes {
+    const TAG: u8 = 1;
+    const KEY: u8 = 2;
+    const RANGE: u8 = 4;
+    const TYPES: u8 = 8;
+    const ALL: u8 = 16;
+
+    /// What [`probe_guards`] may choose for `item` with declared-key `probe`: its tag
+    /// probe when it has tags; else the key probe when it has a probe pair (if the
+    /// key is ready, which only the statement knows) and the probe it falls back to.
+    fn of(item: &QueryItem, probe: bool) -> Probes {
+        if !item.tag_names().is_empty() {
+            return Probes(Self::TAG);
+        }
+        let (from, until) = item.occurred_range();
+        let fallback = if from.is_some() && until.is_some() {
+            Self::RANGE
+        } else if !item.type_names().is_empty() {
+            Self::TYPES
+        } else {
+            Self::ALL
+        };
+        Probes(if probe {
+            Self::KEY | fallback
+        } else {
+            fallback
+        })
+    }
+
+    /// Whether probe `i` of [`item_probes`] is in the set.
+    pub(crate) fn contains(self, i: usize) -> bool {
+        self.0 & (1 << i) != 0
+    }
+
+    pub(crate) fn is_empty(self) -> bool {
+        self.0 == 0
+    }
 }
 
 /// An item row `ci`'s data, metadata and time filters on event `e` (types and tags
@@ -255,6 +314,10 @@ pub(crate) struct ItemArrays<'a> {
     type_value: Vec<&'a str>,
     tag_item: Vec<i64>,
     tag_value: Vec<&'a str>,
+    /// The probes any item may run.
+    probes: Probes,
+    /// Some item has a data, metadata or time filter.
+    filtered: bool,
 }
 
 impl<'a> ItemArrays<'a> {
@@ -272,9 +335,14 @@ impl<'a> ItemArrays<'a> {
         self.metadata_all.push(all);
         self.metadata_any.push(any);
         let (from, until) = item.occurred_range();
+        self.filtered |= item.data_filter().is_some()
+            || item.metadata_filter().is_some()
+            || from.is_some()
+            || until.is_some();
         self.occurred_from.push(from);
         self.occurred_until.push(until);
         let probe = keys.probe(item);
+        self.probes.0 |= Probes::of(item, probe.is_some()).0;
         self.probe_source.push(probe.map(|(source, _, _)| source));
         self.probe_key.push(probe.map(|(_, key, _)| key));
         self.probe_value.push(probe.map(|(_, _, value)| value));
@@ -287,6 +355,17 @@ impl<'a> ItemArrays<'a> {
             self.tag_item.push(n);
             self.tag_value.push(t);
         }
+    }
+
+    /// The probes the items may run (none without items).
+    pub(crate) fn probes(&self) -> Probes {
+        self.probes
+    }
+
+    /// Whether some item has a data, metadata or time filter ([`ITEM_FILTERS`] is
+    /// true for every row otherwise).
+    pub(crate) fn filtered(&self) -> bool {
+        self.filtered
     }
 
     /// The types of [`ItemArrays::params`], for statements sent without a prepare.

@@ -12,6 +12,8 @@
 //! says so (`Pending::answer`), until an attempt settles it (the statement's own
 //! decision, which recognises an earlier commit as a retry).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +26,7 @@ use crate::connect::Connector;
 use crate::error::{Error, Result};
 use crate::metrics::{self, Component, MetricsSink, Record};
 use crate::model::AppendResult;
-use crate::sql::{self, AppendParams, AppendStatus};
+use crate::sql::{self, AppendParams, AppendShape, AppendStatus};
 
 /// First pause before writing a batch again after its connection failed; later
 /// pauses grow linearly, all within the batch's deadline.
@@ -34,7 +36,9 @@ const RETRY_BACKOFF: Duration = Duration::from_millis(100);
 pub(super) struct WriterConnection {
     client: Client,
     lock: Statement,
-    append: Statement,
+    /// The append statement of each round shape met on this connection, prepared
+    /// when first met.
+    appends: RefCell<HashMap<AppendShape, Statement>>,
     /// The `NOTIFY` sent before `COMMIT` (none with `notify_commits` off).
     notify: Option<NotifyStatements>,
 }
@@ -56,7 +60,6 @@ pub(super) struct BatchJob {
     pub listeners: std::rc::Rc<Listeners>,
     pub heads: crate::subscribe::Heads,
     pub settings: std::rc::Rc<WriterSettings>,
-    pub append_sql: std::rc::Rc<str>,
     pub lock_key: i64,
     pub metrics: MetricsSink,
 }
@@ -289,7 +292,6 @@ impl BatchJob {
             .await
             .map_err(Error::db)?;
         let lock = client.prepare(sql::WRITE_LOCK).await.map_err(Error::db)?;
-        let append = client.prepare(&self.append_sql).await.map_err(Error::db)?;
         let notify = match &self.settings.notify {
             Some(notify) => Some(NotifyStatements {
                 send: client.prepare(&notify.sql).await.map_err(Error::db)?,
@@ -300,7 +302,7 @@ impl BatchJob {
         Ok(WriterConnection {
             client,
             lock,
-            append,
+            appends: RefCell::default(),
             notify,
         })
     }
@@ -376,6 +378,10 @@ impl BatchJob {
             })
             .collect();
         let param_arrays: Vec<_> = params.iter().map(AppendParams::as_params).collect();
+        let mut statements = Vec::with_capacity(params.len());
+        for round in &params {
+            statements.push(self.append_statement(connection, round.shape()).await?);
+        }
         self.component(Component::QueryBuilding, built.elapsed());
 
         let started = Instant::now();
@@ -398,8 +404,7 @@ impl BatchJob {
         steps.push(Box::pin(async move {
             client.execute(lock, &[key]).await.map(|_| None)
         }));
-        for array in &param_arrays {
-            let append = &connection.append;
+        for (array, append) in param_arrays.iter().zip(&statements) {
             kinds.push(metrics::Statement::Append);
             steps.push(Box::pin(async move {
                 client.query(append, array).await.map(Some)
@@ -519,6 +524,31 @@ impl BatchJob {
         });
         self.component(Component::ResultProcessing, processing.elapsed());
         Ok(results)
+    }
+
+    /// The append statement of `shape` on `connection`, prepared on first use (before
+    /// the batch's transaction begins, so nothing is in flight yet if it fails).
+    async fn append_statement(
+        &self,
+        connection: &WriterConnection,
+        shape: AppendShape,
+    ) -> std::result::Result<Statement, BatchFailure> {
+        if let Some(statement) = connection.appends.borrow().get(&shape) {
+            return Ok(statement.clone());
+        }
+        let text = sql::append_statement(&self.settings.schema, shape);
+        let client = &connection.client;
+        match client.prepare_typed(&text, &sql::APPEND_TYPES).await {
+            Ok(statement) => {
+                connection
+                    .appends
+                    .borrow_mut()
+                    .insert(shape, statement.clone());
+                Ok(statement)
+            }
+            Err(error) if is_refusal(&error, client) => Err(BatchFailure::Refused(error)),
+            Err(error) => Err(BatchFailure::Connection { error, sent: false }),
+        }
     }
 
     fn component(&self, component: Component, elapsed: Duration) {

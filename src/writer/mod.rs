@@ -80,6 +80,12 @@ pub(crate) struct Ping;
 #[rtype(result = "()")]
 pub(crate) struct Shutdown;
 
+/// Stops the writer at once, as its store is dropped: appends queued or in flight
+/// answer [`Error::Closed`] (saying whether they may have been written).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct Stop;
+
 /// An append that carries its own reply channel, so the caller hears the outcome
 /// straight from the queued append, also if the writer stops mid-batch (`Closed`
 /// saying whether it may have been written), and so `try_send` can be used.
@@ -203,7 +209,6 @@ pub(crate) struct Writer {
     heads: crate::subscribe::Heads,
     listeners: std::rc::Rc<batch::Listeners>,
     settings: std::rc::Rc<WriterSettings>,
-    append_sql: std::rc::Rc<str>,
     lock_key: i64,
     /// The connection batches are written on; shared by the (at most two) batches in
     /// flight, the second pipelined behind the first.
@@ -236,7 +241,6 @@ impl Writer {
             connector,
             heads,
             listeners: std::rc::Rc::default(),
-            append_sql: sql::append_statement(&settings.schema).into(),
             lock_key: sql::write_lock_key(&settings.schema),
             settings: std::rc::Rc::new(settings),
             connection: None,
@@ -343,7 +347,6 @@ impl Writer {
             heads: self.heads.clone(),
             listeners: self.listeners.clone(),
             settings: self.settings.clone(),
-            append_sql: self.append_sql.clone(),
             lock_key: self.lock_key,
             metrics: self.metrics.clone(),
         }
@@ -473,6 +476,14 @@ impl Handler<Ping> for Writer {
             },
         ));
         Box::pin(async move { answer.await.unwrap_or(Err(Error::CLOSED)) })
+    }
+}
+
+impl Handler<Stop> for Writer {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
+        ctx.stop();
     }
 }
 
