@@ -58,6 +58,8 @@ pub(crate) enum Statement {
     Listeners,
     Read,
     Prepare,
+    /// After a batch, telling retries from duplicates among appends found stored.
+    Stored,
 }
 
 /// Where an operation's time goes.
@@ -707,6 +709,7 @@ fn statement_name(s: Statement) -> &'static str {
         Statement::Listeners => "listeners",
         Statement::Read => "read",
         Statement::Prepare => "prepare",
+        Statement::Stored => "stored",
     }
 }
 

@@ -1,10 +1,9 @@
-//! The append statement, its bind parameters and the rows it returns.
+//! The append statement, its bind parameters and the rows it returns; and the
+//! statement that tells a retry from a duplicate for the appends it found stored.
 
 use chrono::{DateTime, Utc};
-use postgres_types::ToSql;
+use postgres_types::{ToSql, Type};
 use uuid::Uuid;
-
-use postgres_types::Type;
 
 use super::{
     item_probes, item_rows, keys, probe_guards, DeclaredKeys, Identifier, ItemArrays, Probes,
@@ -17,8 +16,8 @@ use crate::model::{AppendCondition, Event, JsonText};
 ///
 /// The statement is written for its round's shape because PostgreSQL initialises
 /// every node of a plan on each execution, run or not: with one statement for every
-/// shape, plan start-up was 27 % of the writer backend's CPU for lone unconditional
-/// appends (BENCHMARKS.md, *The write path at the physical limit*).
+/// shape, plan start-up was the largest part of the writer backend's CPU for lone
+/// unconditional appends (BENCHMARKS.md, *The write path at the physical limit*).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub(crate) struct AppendShape {
     probes: Probes,
@@ -26,15 +25,18 @@ pub(crate) struct AppendShape {
 }
 
 /// The types of the append statement's parameters (see [`AppendParams::as_params`]),
-/// given when it is prepared: a shape's text leaves the ones it needs not unused.
-pub(crate) const APPEND_TYPES: [Type; 24] = [
+/// given when it is prepared, since a shape's text may leave some unused. The first
+/// [`EVENT_PARAMS`] are the events' (all [`stored_statement`] takes).
+pub(crate) const APPEND_TYPES: [Type; 25] = [
     Type::INT4_ARRAY,
     Type::UUID_ARRAY,
     Type::TEXT_ARRAY,
     Type::JSONB_ARRAY,
     Type::JSONB_ARRAY,
     Type::TIMESTAMPTZ_ARRAY,
-    Type::INT8_ARRAY,
+    Type::BOOL_ARRAY,
+    Type::INT4_ARRAY,
+    Type::INT4_ARRAY,
     Type::TEXT_ARRAY,
     Type::INT4_ARRAY,
     Type::INT8_ARRAY,
@@ -52,25 +54,38 @@ pub(crate) const APPEND_TYPES: [Type; 24] = [
     Type::TEXT_ARRAY,
     Type::INT8_ARRAY,
     Type::TEXT_ARRAY,
-    Type::INT4,
 ];
 
-/// The append statement for rounds of `shape`: checks every append's event ids and
-/// condition against the state before this statement, inserts the events of the
-/// appends that pass at consecutive positions after the head, and returns one row
-/// per append, decoded by [`AppendRow::decode`]. A retry (every event stored
-/// unchanged, as exactly one earlier append: same positions in order,
-/// `starts_append` on the first only, and the next stored event starting another
-/// append) is recognised before the condition, which its own events may now fail.
-/// Tags compare as sets. The entries of every declared key (as `indexed_keys` lists
-/// them at the statement's snapshot) are inserted with the events.
+/// How many of the parameters describe the events (`$1` to `$10`).
+pub(crate) const EVENT_PARAMS: usize = 10;
+
+/// The events of a round as rows `ev`: `$1`..`$9` unnested, in order (`n`); an
+/// event's tags are `$10[tag_lo:tag_hi]` (empty when `tag_lo > tag_hi`).
+fn event_rows() -> &'static str {
+    "SELECT * FROM unnest($1::int4[], $2::uuid[], $3::text[], $4::jsonb[], $5::jsonb[],
+                          $6::timestamptz[], $7::bool[], $8::int4[], $9::int4[])
+        WITH ORDINALITY AS u(append_idx, event_id, event_type, data, metadata, occurred_at,
+                             starts, tag_lo, tag_hi, n)"
+}
+
+/// The append statement for rounds of `shape`: checks every append's condition and
+/// whether any of its event ids is stored, against the state before this statement;
+/// inserts the events of the appends that pass at consecutive positions after the
+/// head, with their tags and the entries of every declared key (as `indexed_keys`
+/// lists them at the statement's snapshot). Returns rows decoded by
+/// [`AppendRow::decode`]: the first position of each append written, and the
+/// appends refused by their condition or found stored (a retry or a duplicate,
+/// which [`stored_statement`] tells apart; a stored id is checked before the
+/// condition, which a retry's own events may now fail). An append may appear twice
+/// with the same answer.
 ///
-/// Parameters are parallel arrays (see [`AppendParams`]); `$24` is the number of
-/// appends. Only the probes of `shape` are written; an item row whose guard chooses
-/// another probe (which [`Probes::of`] rules out) fails its append rather than pass
-/// unchecked, so the shape can only ever cost a refusal, never exactness.
+/// Parameters are parallel arrays (see [`AppendParams`]). Only the probes of `shape`
+/// are written; an item row whose guard chooses another probe (which [`Probes::of`]
+/// rules out) fails its append rather than pass unchecked, so a wrong shape could
+/// only ever cost a refusal, never exactness.
 pub(crate) fn append_statement(schema: &Identifier, shape: AppendShape) -> String {
     let s = schema.quoted();
+    let events = event_rows();
     let key_entries = keys::entries(
         "(SELECT head.p + a.rn AS position, a.data, a.metadata FROM accepted a CROSS JOIN head)",
         &format!("{s}.indexed_keys"),
@@ -97,11 +112,11 @@ pub(crate) fn append_statement(schema: &Identifier, shape: AppendShape) -> Strin
                 .collect();
             violations.push(format!("NOT ({})", chosen.join(" OR ")));
         }
-        let items = item_rows(&s, 11);
+        let items = item_rows(&s, 13);
         format!(
             "ci AS (
     SELECT a.append_idx, a.after_pos, i.*
-    FROM unnest($9::int4[], $10::int8[]) WITH ORDINALITY AS a(append_idx, after_pos, item)
+    FROM unnest($11::int4[], $12::int8[]) WITH ORDINALITY AS a(append_idx, after_pos, item)
     JOIN ({items}) i USING (item)
 ),
 failed AS (
@@ -118,33 +133,77 @@ head AS (
     SELECT coalesce(max(position), 0) AS p FROM {s}.events
 ),
 ev AS (
-    -- k: the event's place in its append (an append's events are adjacent).
-    SELECT u.*, u.n - min(u.n) OVER (PARTITION BY u.append_idx) AS k
-    FROM unnest($1::int4[], $2::uuid[], $3::text[], $4::jsonb[], $5::jsonb[], $6::timestamptz[])
-        WITH ORDINALITY AS u(append_idx, event_id, event_type, data, metadata, occurred_at, n)
-),
-ev_tags AS (
-    SELECT * FROM unnest($7::int8[], $8::text[]) WITH ORDINALITY AS t(n, tag, ord)
+    {events}
 ),
 {conditions}
-ev_tag_lists AS (
-    SELECT n, array_agg(tag ORDER BY ord) AS tags FROM ev_tags GROUP BY n
+stored AS (
+    -- Appends with an event id already stored: written before (a retry) or a
+    -- duplicate, which the writer asks about after the batch. LATERAL ... LIMIT 1
+    -- keeps this a unique-index probe per event: as a semi-join, the generic plan
+    -- (made once, maybe on an empty table) may hash it against a scan of the table.
+    SELECT ev.append_idx FROM ev
+    CROSS JOIN LATERAL (
+        SELECT 1 FROM {s}.events e WHERE e.event_id = ev.event_id LIMIT 1) s
+),
+accepted AS (
+    SELECT ev.*, row_number() OVER (ORDER BY ev.n) AS rn FROM ev
+    WHERE ev.append_idx NOT IN (SELECT append_idx FROM failed)
+      AND ev.append_idx NOT IN (SELECT append_idx FROM stored)
+),
+inserted AS (
+    INSERT INTO {s}.events (position, event_id, event_type, tags, data, metadata, occurred_at, starts_append)
+    SELECT head.p + a.rn, a.event_id, a.event_type, ($10::text[])[a.tag_lo:a.tag_hi], a.data, a.metadata,
+           a.occurred_at, a.starts
+    FROM accepted a CROSS JOIN head
+    ORDER BY a.rn
+),
+inserted_tags AS (
+    INSERT INTO {s}.event_tags (tag, position)
+    SELECT t.tag, head.p + a.rn
+    FROM accepted a CROSS JOIN head CROSS JOIN LATERAL unnest(($10::text[])[a.tag_lo:a.tag_hi]) AS t(tag)
+),
+inserted_keys AS (
+    INSERT INTO {s}.event_keys (source, key, value, position)
+    {key_entries}
+)
+SELECT a.append_idx::int4, 0::int2, head.p + a.rn FROM accepted a CROSS JOIN head WHERE a.starts
+UNION ALL
+SELECT st.append_idx::int4, 2::int2, NULL::int8 FROM stored st
+UNION ALL
+SELECT f.append_idx::int4, 1::int2, NULL::int8 FROM failed f
+WHERE f.append_idx NOT IN (SELECT append_idx FROM stored)"
+    )
+}
+
+/// For appends the append statement found stored (their events as `$1`..`$10`, as
+/// [`AppendParams::event_params`] gives them): whether each was stored unchanged as
+/// exactly one earlier append (a retry: every event with the same type, tags as a
+/// set, data and metadata, at consecutive positions in order, `starts_append` on the
+/// first only, and the next stored event starting another append), and its
+/// positions; otherwise the smallest of its event ids that is stored. One row per
+/// append, decoded by [`StoredRow::decode`]. Stored events never change, so asking
+/// after the batch's commit gives the answer the batch would have.
+pub(crate) fn stored_statement(schema: &Identifier) -> String {
+    let s = schema.quoted();
+    let events = event_rows();
+    format!(
+        "WITH
+ev AS (
+    -- k: the event's place in its append (an append's events are adjacent).
+    SELECT u.*, u.n - min(u.n) OVER (PARTITION BY u.append_idx) AS k
+    FROM ({events}) u
 ),
 stored AS (
-    -- Events of the batch whose id is already stored, and whether the stored event is
-    -- the same (type, tags, data, metadata). LATERAL ... LIMIT 1 keeps this a
-    -- unique-index probe per event: as a join, the generic plan (which guesses 10 input
-    -- rows) may hash it against a scan of the whole table.
+    -- LATERAL ... LIMIT 1 keeps this a unique-index probe per event.
     SELECT ev.append_idx, ev.event_id, s.position, s.position - ev.k AS start,
            (s.event_type = ev.event_type
-            AND s.tags @> coalesce(tl.tags, '{{}}') AND s.tags <@ coalesce(tl.tags, '{{}}')
+            AND s.tags @> ($10::text[])[ev.tag_lo:ev.tag_hi] AND s.tags <@ ($10::text[])[ev.tag_lo:ev.tag_hi]
             AND s.data = ev.data AND s.metadata = ev.metadata
             AND s.starts_append = (ev.k = 0)) AS same
     FROM ev
     CROSS JOIN LATERAL (
         SELECT e.position, e.event_type, e.tags, e.data, e.metadata, e.starts_append
         FROM {s}.events e WHERE e.event_id = ev.event_id LIMIT 1) s
-    LEFT JOIN ev_tag_lists tl ON tl.n = ev.n
 ),
 replay_candidates AS (
     -- Every event stored unchanged, at consecutive positions in the append's order.
@@ -159,60 +218,25 @@ replayed AS (
     SELECT c.* FROM replay_candidates c
     WHERE NOT EXISTS (
         SELECT 1 FROM {s}.events e WHERE e.position = c.last_pos + 1 AND NOT e.starts_append)
-),
-dup AS (
-    SELECT st.append_idx, min(st.event_id::text)::uuid AS event_id FROM stored st
-    WHERE st.append_idx NOT IN (SELECT append_idx FROM replayed)
-    GROUP BY st.append_idx
-),
-accepted AS (
-    SELECT ev.*, row_number() OVER (ORDER BY ev.n) AS rn FROM ev
-    WHERE ev.append_idx NOT IN (SELECT append_idx FROM failed)
-      AND ev.append_idx NOT IN (SELECT append_idx FROM stored)
-),
-inserted AS (
-    INSERT INTO {s}.events (position, event_id, event_type, tags, data, metadata, occurred_at, starts_append)
-    SELECT head.p + a.rn, a.event_id, a.event_type, coalesce(tl.tags, '{{}}'), a.data, a.metadata, a.occurred_at, a.k = 0
-    FROM accepted a CROSS JOIN head LEFT JOIN ev_tag_lists tl ON tl.n = a.n
-    ORDER BY a.rn
-),
-inserted_tags AS (
-    INSERT INTO {s}.event_tags (tag, position)
-    SELECT t.tag, head.p + a.rn FROM accepted a CROSS JOIN head JOIN ev_tags t ON t.n = a.n
-),
-inserted_keys AS (
-    INSERT INTO {s}.event_keys (source, key, value, position)
-    {key_entries}
 )
-SELECT r.idx::int4,
-       (CASE WHEN r.idx IN (SELECT append_idx FROM replayed) THEN 3
-             WHEN r.idx IN (SELECT append_idx FROM dup) THEN 2
-             WHEN r.idx IN (SELECT append_idx FROM failed) THEN 1
-             ELSE 0 END)::int2,
-       coalesce(rp.first_pos, head.p + s.first_rn)::int8,
-       coalesce(rp.last_pos, head.p + s.last_rn)::int8,
-       d.event_id
-FROM generate_series(0, $24::int4 - 1) AS r(idx) CROSS JOIN head
-LEFT JOIN (SELECT append_idx, min(rn) AS first_rn, max(rn) AS last_rn
-           FROM accepted GROUP BY append_idx) s ON s.append_idx = r.idx
-LEFT JOIN replayed rp ON rp.append_idx = r.idx
-LEFT JOIN dup d ON d.append_idx = r.idx
-ORDER BY r.idx"
+SELECT a.append_idx::int4, rp.first_pos::int8, rp.last_pos::int8, d.event_id
+FROM (SELECT DISTINCT append_idx FROM ev) a
+LEFT JOIN replayed rp USING (append_idx)
+LEFT JOIN (SELECT append_idx, min(event_id::text)::uuid AS event_id FROM stored
+           GROUP BY append_idx) d USING (append_idx)"
     )
 }
 
 /// What the append statement decided for one append.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum AppendStatus {
-    /// Written now at `first..=last`.
-    Written { first: u64, last: u64 },
+    /// Written now from `first` on (at consecutive positions, one per event).
+    Written { first: u64 },
     /// The condition matched; nothing written.
     ConditionFailed,
-    /// An event id is stored with other content, or not as this one append; the id
-    /// when the statement names one.
-    DuplicateId(Option<Uuid>),
-    /// Stored before, unchanged, as this very append (a retry): its positions.
-    Replayed { first: u64, last: u64 },
+    /// An event id is stored: a retry or a duplicate ([`stored_statement`] tells);
+    /// nothing written.
+    Stored,
 }
 
 /// One row of the append statement.
@@ -223,30 +247,56 @@ pub(crate) struct AppendRow {
 }
 
 impl AppendRow {
-    /// Decodes `(append index, status code, first, last, duplicate id)`; the codes
-    /// are the statement's: 0 written, 1 condition failed, 2 duplicate id, 3 replayed.
+    /// Decodes `(append index, status code, first position)`; the codes are the
+    /// statement's: 0 written, 1 condition failed, 2 an event id stored.
     pub(crate) fn decode(row: &tokio_postgres::Row) -> Result<Self, tokio_postgres::Error> {
         let index: i32 = row.try_get(0)?;
         let code: i16 = row.try_get(1)?;
-        let span = || -> Result<(u64, u64), tokio_postgres::Error> {
-            Ok((
-                row.try_get::<_, i64>(2)? as u64,
-                row.try_get::<_, i64>(3)? as u64,
-            ))
-        };
         let status = match code {
-            0 => {
-                let (first, last) = span()?;
-                AppendStatus::Written { first, last }
-            }
+            0 => AppendStatus::Written {
+                first: row.try_get::<_, i64>(2)? as u64,
+            },
             1 => AppendStatus::ConditionFailed,
-            3 => {
-                let (first, last) = span()?;
-                AppendStatus::Replayed { first, last }
-            }
-            _ => AppendStatus::DuplicateId(row.try_get(4)?),
+            _ => AppendStatus::Stored,
         };
         Ok(AppendRow {
+            index: index as usize,
+            status,
+        })
+    }
+}
+
+/// What [`stored_statement`] found for one append.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StoredStatus {
+    /// Stored before, unchanged, as this very append (a retry): its positions.
+    Replayed { first: u64, last: u64 },
+    /// An event id is stored with other content, or not as this one append; the id
+    /// when the statement names one.
+    DuplicateId(Option<Uuid>),
+}
+
+/// One row of the stored statement.
+pub(crate) struct StoredRow {
+    /// The append's index within the appends asked about.
+    pub index: usize,
+    pub status: StoredStatus,
+}
+
+impl StoredRow {
+    /// Decodes `(append index, first, last, duplicate id)`: positions when replayed.
+    pub(crate) fn decode(row: &tokio_postgres::Row) -> Result<Self, tokio_postgres::Error> {
+        let index: i32 = row.try_get(0)?;
+        let first: Option<i64> = row.try_get(1)?;
+        let last: Option<i64> = row.try_get(2)?;
+        let status = match (first, last) {
+            (Some(first), Some(last)) => StoredStatus::Replayed {
+                first: first as u64,
+                last: last as u64,
+            },
+            _ => StoredStatus::DuplicateId(row.try_get(3)?),
+        };
+        Ok(StoredRow {
             index: index as usize,
             status,
         })
@@ -263,7 +313,11 @@ pub(crate) struct AppendParams<'a> {
     ev_data: Vec<&'a JsonText>,
     ev_metadata: Vec<&'a JsonText>,
     ev_occurred: Vec<DateTime<Utc>>,
-    tag_event: Vec<i64>,
+    /// Whether the event is its append's first.
+    ev_starts: Vec<bool>,
+    /// The event's tags: `tag_value[lo - 1..hi]` (one-based, inclusive).
+    ev_tag_lo: Vec<i32>,
+    ev_tag_hi: Vec<i32>,
     tag_value: Vec<&'a str>,
     ci_append: Vec<i32>,
     ci_after: Vec<i64>,
@@ -289,7 +343,7 @@ impl<'a> AppendParams<'a> {
     ) {
         let idx = self.appends;
         self.appends += 1;
-        for event in events {
+        for (k, event) in events.iter().enumerate() {
             self.ev_append.push(idx);
             self.ev_id.push(event.id());
             self.ev_type.push(event.event_type());
@@ -298,11 +352,11 @@ impl<'a> AppendParams<'a> {
             // Set by validation before an event reaches a batch.
             self.ev_occurred
                 .push(event.occurred_at().unwrap_or_else(Utc::now));
-            let n = self.ev_id.len() as i64; // WITH ORDINALITY counts from 1
-            for tag in event.tags() {
-                self.tag_event.push(n);
-                self.tag_value.push(tag);
-            }
+            self.ev_starts.push(k == 0);
+            self.ev_tag_lo.push(self.tag_value.len() as i32 + 1);
+            self.tag_value
+                .extend(event.tags().iter().map(String::as_str));
+            self.ev_tag_hi.push(self.tag_value.len() as i32);
         }
         let Some(condition) = condition else { return };
         // No position is below 1, so 0 means "any"; none is above i64::MAX either, so
@@ -317,18 +371,22 @@ impl<'a> AppendParams<'a> {
         }
     }
 
-    pub(crate) fn as_params(&self) -> [&(dyn ToSql + Sync); 24] {
+    /// The parameters of the append statement.
+    pub(crate) fn as_params(&self) -> [&(dyn ToSql + Sync); 25] {
         let [data_all, data_any, metadata_all, metadata_any, from, until, probe_source, probe_key, probe_value, type_item, type_value, tag_item, tag_value] =
             self.items.params();
+        let [e1, e2, e3, e4, e5, e6, e7, e8, e9, e10] = self.event_params();
         [
-            &self.ev_append,
-            &self.ev_id,
-            &self.ev_type,
-            &self.ev_data,
-            &self.ev_metadata,
-            &self.ev_occurred,
-            &self.tag_event,
-            &self.tag_value,
+            e1,
+            e2,
+            e3,
+            e4,
+            e5,
+            e6,
+            e7,
+            e8,
+            e9,
+            e10,
             &self.ci_append,
             &self.ci_after,
             data_all,
@@ -344,7 +402,23 @@ impl<'a> AppendParams<'a> {
             type_value,
             tag_item,
             tag_value,
-            &self.appends,
+        ]
+    }
+
+    /// The parameters describing the events (`$1`..`$10`), all that
+    /// [`stored_statement`] takes.
+    pub(crate) fn event_params(&self) -> [&(dyn ToSql + Sync); EVENT_PARAMS] {
+        [
+            &self.ev_append,
+            &self.ev_id,
+            &self.ev_type,
+            &self.ev_data,
+            &self.ev_metadata,
+            &self.ev_occurred,
+            &self.ev_starts,
+            &self.ev_tag_lo,
+            &self.ev_tag_hi,
+            &self.tag_value,
         ]
     }
 }

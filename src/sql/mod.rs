@@ -27,7 +27,8 @@ mod read;
 mod snapshots;
 
 pub(crate) use append::{
-    append_statement, AppendParams, AppendRow, AppendShape, AppendStatus, APPEND_TYPES,
+    append_statement, stored_statement, AppendParams, AppendRow, AppendShape, AppendStatus,
+    StoredRow, StoredStatus, APPEND_TYPES, EVENT_PARAMS,
 };
 pub(crate) use consumers::{consumer_lock_key, ConsumerStatements};
 pub(crate) use keys::{

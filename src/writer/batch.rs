@@ -26,7 +26,7 @@ use crate::connect::Connector;
 use crate::error::{Error, Result};
 use crate::metrics::{self, Component, MetricsSink, Record};
 use crate::model::AppendResult;
-use crate::sql::{self, AppendParams, AppendShape, AppendStatus};
+use crate::sql::{self, AppendParams, AppendShape, AppendStatus, StoredStatus};
 
 /// First pause before writing a batch again after its connection failed; later
 /// pauses grow linearly, all within the batch's deadline.
@@ -39,6 +39,8 @@ pub(super) struct WriterConnection {
     /// The append statement of each round shape met on this connection, prepared
     /// when first met.
     appends: RefCell<HashMap<AppendShape, Statement>>,
+    /// Tells retries from duplicates among the appends a batch found stored.
+    stored: Statement,
     /// The `NOTIFY` sent before `COMMIT` (none with `notify_commits` off).
     notify: Option<NotifyStatements>,
 }
@@ -292,6 +294,13 @@ impl BatchJob {
             .await
             .map_err(Error::db)?;
         let lock = client.prepare(sql::WRITE_LOCK).await.map_err(Error::db)?;
+        let stored = client
+            .prepare_typed(
+                &sql::stored_statement(&self.settings.schema),
+                &sql::APPEND_TYPES[..sql::EVENT_PARAMS],
+            )
+            .await
+            .map_err(Error::db)?;
         let notify = match &self.settings.notify {
             Some(notify) => Some(NotifyStatements {
                 send: client.prepare(&notify.sql).await.map_err(Error::db)?,
@@ -303,6 +312,7 @@ impl BatchJob {
             client,
             lock,
             appends: RefCell::default(),
+            stored,
             notify,
         })
     }
@@ -490,6 +500,8 @@ impl BatchJob {
                 })
             })
             .collect();
+        // Appends with an event id already stored, asked about after the commit.
+        let mut stored = Vec::new();
         for (round, rows) in rounds.iter().zip(round_rows) {
             for row in rows {
                 let row = sql::AppendRow::decode(&row)
@@ -499,15 +511,40 @@ impl BatchJob {
                 };
                 let pending = &batch[append];
                 results[append] = match row.status {
-                    AppendStatus::Written { first, last }
-                    | AppendStatus::Replayed { first, last } => Ok(AppendResult {
+                    AppendStatus::Written { first } => Ok(AppendResult {
                         first_position: first,
-                        last_position: last,
+                        last_position: first + pending.events.len() as u64 - 1,
                     }),
                     AppendStatus::ConditionFailed => Err(Error::ConditionFailed {
                         after: pending.condition.as_ref().and_then(|c| c.after),
                     }),
-                    AppendStatus::DuplicateId(id) => Err(Error::DuplicateEventId {
+                    AppendStatus::Stored => {
+                        if !stored.contains(&append) {
+                            stored.push(append);
+                        }
+                        continue;
+                    }
+                };
+            }
+        }
+        if !stored.is_empty() {
+            // A failure here leaves the batch to be written again, which its own
+            // appends answer as retries with their positions.
+            let found = match self.stored(connection, batch, &stored).await {
+                Ok(found) => found,
+                Err(error) if is_refusal(&error, client) => {
+                    return Err(BatchFailure::Refused(error))
+                }
+                Err(error) => return Err(BatchFailure::Connection { error, sent }),
+            };
+            for (append, status) in found {
+                let pending = &batch[append];
+                results[append] = match status {
+                    StoredStatus::Replayed { first, last } => Ok(AppendResult {
+                        first_position: first,
+                        last_position: last,
+                    }),
+                    StoredStatus::DuplicateId(id) => Err(Error::DuplicateEventId {
                         id: id.unwrap_or_else(|| {
                             pending.events.first().map_or(Uuid::nil(), |e| e.id())
                         }),
@@ -524,6 +561,37 @@ impl BatchJob {
         });
         self.component(Component::ResultProcessing, processing.elapsed());
         Ok(results)
+    }
+
+    /// What the appends `stored` (indexes into `batch`) found stored are: retries,
+    /// with their positions, or duplicates.
+    async fn stored(
+        &self,
+        connection: &WriterConnection,
+        batch: &[Pending],
+        stored: &[usize],
+    ) -> std::result::Result<Vec<(usize, StoredStatus)>, tokio_postgres::Error> {
+        let started = Instant::now();
+        let mut params = AppendParams::default();
+        for &i in stored {
+            params.push(&batch[i].events, None, &self.settings.keys);
+        }
+        let rows = connection
+            .client
+            .query(&connection.stored, &params.event_params())
+            .await?;
+        self.metrics.record(Record::Statement {
+            statement: metrics::Statement::Stored,
+            elapsed: started.elapsed(),
+        });
+        let mut found = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let row = sql::StoredRow::decode(row)?;
+            if let Some(&append) = stored.get(row.index) {
+                found.push((append, row.status));
+            }
+        }
+        Ok(found)
     }
 
     /// The append statement of `shape` on `connection`, prepared on first use (before
