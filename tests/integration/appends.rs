@@ -300,3 +300,58 @@ async fn appends_through_the_actix_recipient_behave_like_the_handle() {
         .unwrap();
     assert!(matches!(refused, Err(Error::InvalidInput { .. })));
 }
+
+#[actix::test]
+async fn retries_duplicates_and_new_appends_of_one_batch_each_get_their_own_answer() {
+    let store = support::store("stored_mix").await;
+    let first = vec![
+        support::event("E", &["a"]),
+        support::event("E", &["a", "b"]),
+    ];
+    let second = vec![support::event("E", &[])];
+    let at_first = store.append(first.clone(), None).await.unwrap();
+    let at_second = store.append(second.clone(), None).await.unwrap();
+    let stall = Stall::start(&store).await;
+    let spawn = |events: Vec<Event>, condition: Option<AppendCondition>| {
+        let store = store.clone();
+        actix::spawn(async move { store.append(events, condition).await })
+    };
+    // A retry whose condition its own events now fail: recognised first.
+    let retried = spawn(
+        first.clone(),
+        Some(AppendCondition::new(
+            Query::new([QueryItem::new().tags(["a"])]),
+            None,
+        )),
+    );
+    let fresh = spawn(vec![support::event("E", &["c"])], None);
+    // The stored event again, beside a new one: a duplicate, nothing written.
+    let duplicate_id = first[1].id();
+    let duplicate = spawn(vec![support::event("E", &[]), first[1].clone()], None);
+    let retried_too = spawn(second.clone(), None);
+    let fresh_too = spawn(vec![support::event("E", &["d"])], None);
+    stall.release().await;
+
+    let retried = retried.await.unwrap().unwrap();
+    assert_eq!(
+        (retried.first_position, retried.last_position),
+        (at_first.first_position, at_first.last_position)
+    );
+    let retried_too = retried_too.await.unwrap().unwrap();
+    assert_eq!(retried_too.first_position, at_second.first_position);
+    match duplicate.await.unwrap() {
+        Err(Error::DuplicateEventId { id }) => assert_eq!(id, duplicate_id),
+        other => panic!("expected a duplicate id, got {other:?}"),
+    }
+    let fresh = fresh.await.unwrap().unwrap();
+    let fresh_too = fresh_too.await.unwrap().unwrap();
+    assert_eq!(fresh_too.first_position, fresh.first_position + 1);
+    let all = store
+        .read(&Query::all(), ReadOptions::default())
+        .await
+        .unwrap();
+    // first (2), second, the blocker and the two fresh ones: nothing else.
+    assert_eq!(all.events.len(), 6, "{:?}", all.events);
+    let m = store.metrics().await.unwrap();
+    assert_eq!(m.batches, 4, "the five appends shared one batch: {m:?}");
+}

@@ -168,43 +168,81 @@ async fn differential(store: EventStore) {
         reads += 1;
         matched += got.len();
     }
-    // Conditions: the append statement's check against the same rule.
+    // Conditions: the append statement's check against the same rule, four at a time
+    // so that conditions of different shapes share a batch (and its statement) when
+    // none of them can match another's event.
     let mut head = submitted.last().map_or(0, |(p, _)| *p);
-    let mut refused = 0;
-    for _ in 0..300 {
-        let query = gen.query();
-        let after = gen.rng().gen_range(0..=head);
-        let expected_refusal = submitted
+    let (mut refused, mut batched) = (0, 0);
+    for _ in 0..75 {
+        let group: Vec<(Query, u64, Event)> = (0..4)
+            .map(|_| {
+                let query = gen.query();
+                let after = gen.rng().gen_range(0..=head);
+                let probe = Event::new("P", serde_json::json!({})).with_occurred_at(gen.time());
+                (query, after, probe)
+            })
+            .collect();
+        let together = group
             .iter()
-            .any(|(p, e)| *p > after && query.matches(e));
-        let probe = Event::new("P", serde_json::json!({})).with_occurred_at(gen.time());
-        let result = store
-            .append(
-                vec![probe.clone()],
-                Some(AppendCondition::new(query.clone(), Some(after))),
-            )
-            .await;
-        match result {
-            Ok(r) => {
-                assert!(
-                    !expected_refusal,
-                    "seed {seed}: condition {query:?} after {after} passed"
-                );
-                head = r.first_position;
-                submitted.push((head, probe));
+            .all(|(query, _, _)| group.iter().all(|(_, _, probe)| !query.matches(probe)));
+        let refusal = |submitted: &[(u64, Event)], query: &Query, after: u64| {
+            submitted
+                .iter()
+                .any(|(p, e)| *p > after && query.matches(e))
+        };
+        let mut outcomes = Vec::new();
+        if together {
+            batched += 1;
+            let expected: Vec<bool> = group
+                .iter()
+                .map(|(query, after, _)| refusal(&submitted, query, *after))
+                .collect();
+            let appends = group.iter().map(|(query, after, probe)| {
+                let store = store.clone();
+                let condition = AppendCondition::new(query.clone(), Some(*after));
+                let probe = probe.clone();
+                async move { store.append(vec![probe], Some(condition)).await }
+            });
+            let results = join_all(appends).await;
+            outcomes.extend(group.iter().zip(expected).zip(results));
+        } else {
+            for entry in &group {
+                let (query, after, probe) = entry;
+                let expected = refusal(&submitted, query, *after);
+                let condition = AppendCondition::new(query.clone(), Some(*after));
+                let result = store.append(vec![probe.clone()], Some(condition)).await;
+                if let Ok(r) = &result {
+                    submitted.push((r.first_position, probe.clone()));
+                }
+                outcomes.push(((entry, expected), result));
             }
-            Err(Error::ConditionFailed { .. }) => {
-                assert!(
-                    expected_refusal,
-                    "seed {seed}: condition {query:?} after {after} failed"
-                );
-                refused += 1;
-            }
-            Err(e) => panic!("seed {seed}: {e}"),
         }
+        for (((query, after, probe), expected_refusal), result) in outcomes {
+            match result {
+                Ok(r) => {
+                    assert!(
+                        !expected_refusal,
+                        "seed {seed}: condition {query:?} after {after} passed"
+                    );
+                    head = head.max(r.first_position);
+                    if together {
+                        submitted.push((r.first_position, probe.clone()));
+                    }
+                }
+                Err(Error::ConditionFailed { .. }) => {
+                    assert!(
+                        expected_refusal,
+                        "seed {seed}: condition {query:?} after {after} failed"
+                    );
+                    refused += 1;
+                }
+                Err(e) => panic!("seed {seed}: {e}"),
+            }
+        }
+        submitted.sort_by_key(|(p, _)| *p);
     }
     println!(
-        "differential (seed {seed}): {} events, {reads} reads returning {matched} events, 300 conditions ({refused} refused)",
+        "differential (seed {seed}): {} events, {reads} reads returning {matched} events, 300 conditions ({refused} refused, {batched} groups of 4 sent at once)",
         stored.len()
     );
 }
