@@ -24,10 +24,9 @@ pub(crate) struct AppendShape {
     filtered: bool,
 }
 
-/// The types of the append statement's parameters (see [`AppendParams::as_params`]),
-/// given when it is prepared, since a shape's text may leave some unused. The first
-/// [`EVENT_PARAMS`] are the events' (all [`stored_statement`] takes).
-pub(crate) const APPEND_TYPES: [Type; 25] = [
+/// The types of the parameters that describe the events (`$1`..`$10`), all that
+/// [`stored_statement`] takes.
+pub(crate) const EVENT_TYPES: [Type; 10] = [
     Type::INT4_ARRAY,
     Type::UUID_ARRAY,
     Type::TEXT_ARRAY,
@@ -38,26 +37,15 @@ pub(crate) const APPEND_TYPES: [Type; 25] = [
     Type::INT4_ARRAY,
     Type::INT4_ARRAY,
     Type::TEXT_ARRAY,
-    Type::INT4_ARRAY,
-    Type::INT8_ARRAY,
-    // The thirteen of `ItemArrays::TYPES`.
-    Type::JSONB_ARRAY,
-    Type::JSONB_ARRAY,
-    Type::JSONB_ARRAY,
-    Type::JSONB_ARRAY,
-    Type::TIMESTAMPTZ_ARRAY,
-    Type::TIMESTAMPTZ_ARRAY,
-    Type::TEXT_ARRAY,
-    Type::TEXT_ARRAY,
-    Type::TEXT_ARRAY,
-    Type::INT8_ARRAY,
-    Type::TEXT_ARRAY,
-    Type::INT8_ARRAY,
-    Type::TEXT_ARRAY,
 ];
 
-/// How many of the parameters describe the events (`$1` to `$10`).
-pub(crate) const EVENT_PARAMS: usize = 10;
+/// The types of the append statement's parameters (see [`AppendParams::as_params`]),
+/// given when it is prepared, since a shape's text may leave some unused: the events',
+/// the condition items' appends and positions, then [`ItemArrays::TYPES`].
+pub(crate) fn append_types() -> Vec<Type> {
+    let conditions = [Type::INT4_ARRAY, Type::INT8_ARRAY];
+    [&EVENT_TYPES[..], &conditions, &ItemArrays::TYPES].concat()
+}
 
 /// The events of a round as rows `ev`: `$1`..`$9` unnested, in order (`n`); an
 /// event's tags are `$10[tag_lo:tag_hi]` (empty when `tag_lo > tag_hi`).
@@ -407,7 +395,7 @@ impl<'a> AppendParams<'a> {
 
     /// The parameters describing the events (`$1`..`$10`), all that
     /// [`stored_statement`] takes.
-    pub(crate) fn event_params(&self) -> [&(dyn ToSql + Sync); EVENT_PARAMS] {
+    pub(crate) fn event_params(&self) -> [&(dyn ToSql + Sync); EVENT_TYPES.len()] {
         [
             &self.ev_append,
             &self.ev_id,

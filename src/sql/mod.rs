@@ -27,8 +27,8 @@ mod read;
 mod snapshots;
 
 pub(crate) use append::{
-    append_statement, stored_statement, AppendParams, AppendRow, AppendShape, AppendStatus,
-    StoredRow, StoredStatus, APPEND_TYPES, EVENT_PARAMS,
+    append_statement, append_types, stored_statement, AppendParams, AppendRow, AppendShape,
+    AppendStatus, StoredRow, StoredStatus, EVENT_TYPES,
 };
 pub(crate) use consumers::{consumer_lock_key, ConsumerStatements};
 pub(crate) use keys::{

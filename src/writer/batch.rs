@@ -297,7 +297,7 @@ impl BatchJob {
         let stored = client
             .prepare_typed(
                 &sql::stored_statement(&self.settings.schema),
-                &sql::APPEND_TYPES[..sql::EVENT_PARAMS],
+                &sql::EVENT_TYPES,
             )
             .await
             .map_err(Error::db)?;
@@ -606,7 +606,7 @@ impl BatchJob {
         }
         let text = sql::append_statement(&self.settings.schema, shape);
         let client = &connection.client;
-        match client.prepare_typed(&text, &sql::APPEND_TYPES).await {
+        match client.prepare_typed(&text, &sql::append_types()).await {
             Ok(statement) => {
                 connection
                     .appends
