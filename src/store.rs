@@ -137,7 +137,10 @@ impl Drop for Inner {
 
 impl EventStore {
     /// Connects, creates or migrates the schema, and starts the actors. Must be
-    /// called inside a running actix `System`.
+    /// called inside a running actix `System`. The writer actor runs on the arbiter of
+    /// the calling thread (so that callers on it reach the writer without a thread
+    /// hop), which must run as long as the store is used; the readers get a thread of
+    /// their own.
     ///
     /// # Errors
     /// [`Error::Config`] at once, starting nothing, when no database URL is configured
