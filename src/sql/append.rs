@@ -24,6 +24,13 @@ pub(crate) struct AppendShape {
     filtered: bool,
 }
 
+impl AppendShape {
+    /// The name of this shape's [`append_function`].
+    fn function_name(self) -> String {
+        format!("dcb_append_{}_{}", self.probes.0, u8::from(self.filtered))
+    }
+}
+
 /// The types of the parameters that describe the events (`$1`..`$10`), all that
 /// [`stored_statement`] takes.
 pub(crate) const EVENT_TYPES: [Type; 10] = [
@@ -161,6 +168,62 @@ UNION ALL
 SELECT f.append_idx::int4, 1::int2, NULL::int8 FROM failed f
 WHERE f.append_idx NOT IN (SELECT append_idx FROM stored)"
     )
+}
+
+/// The append function of rounds of `shape`: a session-local (`pg_temp`) PL/pgSQL
+/// function that takes the schema's write lock in its first statement and runs
+/// [`append_statement`] in its second. A volatile function's statements each take a
+/// fresh snapshot at READ COMMITTED, so the check sees every commit before the lock,
+/// as in the explicit transaction; called on its own ([`append_call`]), the function
+/// is the whole transaction (commit at its `Sync`), so a batch of one round is one
+/// statement and one answer. Parameters: the append statement's, then `$26`, the
+/// `NOTIFY` channel (`NULL`: none), notified with the head after the inserts.
+pub(crate) fn append_function(schema: &Identifier, shape: AppendShape) -> String {
+    let parameters: Vec<String> = append_types()
+        .iter()
+        .map(|t| match t.kind() {
+            postgres_types::Kind::Array(element) => format!("{}[]", element.name()),
+            _ => t.name().to_owned(),
+        })
+        .collect();
+    format!(
+        "CREATE OR REPLACE FUNCTION pg_temp.{name}({parameters}, text)
+    RETURNS TABLE (r_append int4, r_status int2, r_first int8)
+    LANGUAGE plpgsql VOLATILE AS $dcb_append$
+BEGIN
+    PERFORM pg_advisory_xact_lock({key});
+    RETURN QUERY {statement};
+    IF $26 IS NOT NULL THEN
+        PERFORM pg_notify($26, ({head})::text);
+    END IF;
+END
+$dcb_append$",
+        name = shape.function_name(),
+        parameters = parameters.join(", "),
+        key = super::write_lock_key(schema),
+        statement = append_statement(schema, shape),
+        head = super::head_statement(schema),
+    )
+}
+
+/// Calls the append function of `shape` with its 26 parameters; rows as
+/// [`append_statement`]'s.
+pub(crate) fn append_call(shape: AppendShape) -> String {
+    let arguments: Vec<String> = (1..=append_types().len() + 1)
+        .map(|i| format!("${i}"))
+        .collect();
+    format!(
+        "SELECT * FROM pg_temp.{}({})",
+        shape.function_name(),
+        arguments.join(", ")
+    )
+}
+
+/// The types of [`append_call`]'s parameters.
+pub(crate) fn append_call_types() -> Vec<Type> {
+    let mut types = append_types();
+    types.push(Type::TEXT);
+    types
 }
 
 /// For appends the append statement found stored (their events as `$1`..`$10`, as

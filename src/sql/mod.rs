@@ -27,8 +27,9 @@ mod read;
 mod snapshots;
 
 pub(crate) use append::{
-    append_statement, append_types, stored_statement, AppendParams, AppendRow, AppendShape,
-    AppendStatus, StoredRow, StoredStatus, EVENT_TYPES,
+    append_call, append_call_types, append_function, append_statement, append_types,
+    stored_statement, AppendParams, AppendRow, AppendShape, AppendStatus, StoredRow, StoredStatus,
+    EVENT_TYPES,
 };
 pub(crate) use consumers::{consumer_lock_key, ConsumerStatements};
 pub(crate) use keys::{

@@ -1,18 +1,20 @@
-//! Writing one batch: one transaction, pipelined into one round trip, retried on a
-//! fresh connection when the connection fails, split append by append when the
-//! server refuses it, and bounded as a whole by one deadline.
+//! Writing one batch: one transaction in one round trip (a batch of one round is one
+//! call of its append function, which is its own transaction; others are `BEGIN` ...
+//! `COMMIT` pipelined), retried on a fresh connection when the connection fails, split
+//! append by append when the server refuses it, and bounded as a whole by one
+//! deadline.
 //!
 //! One file for one state machine (send, answer, retry, isolate, time out), since what
 //! an error says about an append depends on all of its steps.
 //!
 //! What an error says about an append is decided here: an append may have been
-//! written once its batch's `COMMIT` has been handed to the connection, because with
+//! written once its batch's `COMMIT` (or call) has been handed to the connection, because with
 //! pipelining the server may run it before any answer comes back. A connection that
 //! fails after that leaves the outcome unknown, and every later error of that append
 //! says so (`Pending::answer`), until an attempt settles it (the statement's own
 //! decision, which recognises an earlier commit as a retry).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -41,6 +43,12 @@ pub(super) struct WriterConnection {
     appends: RefCell<HashMap<AppendShape, Statement>>,
     /// Tells retries from duplicates among the appends a batch found stored.
     stored: Statement,
+    /// The call of each round shape's append function (`sql::append_function`), made
+    /// and prepared when first met; a batch of one round is that one call.
+    calls: RefCell<HashMap<AppendShape, Statement>>,
+    /// Whether this session may create its temporary append functions (without the
+    /// `TEMPORARY` privilege on the database, every batch is an explicit transaction).
+    functions: Cell<bool>,
     /// The `NOTIFY` sent before `COMMIT` (none with `notify_commits` off).
     notify: Option<NotifyStatements>,
 }
@@ -289,8 +297,14 @@ impl BatchJob {
         // Plan the statements once, not per batch: the append statement is written to
         // do well under a generic plan (probes per event, not joins sized by guesses),
         // and planning it anew cost about 0.1-0.2 ms of every batch.
+        // A batch of one round runs as an implicit transaction (the append function's
+        // call): pinned to READ COMMITTED, as `BEGIN` pins the others, so that the
+        // check's snapshot is taken after the lock whatever the server's default.
         client
-            .batch_execute("SET plan_cache_mode = force_generic_plan")
+            .batch_execute(
+                "SET plan_cache_mode = force_generic_plan;
+                 SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED",
+            )
             .await
             .map_err(Error::db)?;
         let lock = client.prepare(sql::WRITE_LOCK).await.map_err(Error::db)?;
@@ -313,6 +327,8 @@ impl BatchJob {
             lock,
             appends: RefCell::default(),
             stored,
+            calls: RefCell::default(),
+            functions: Cell::new(true),
             notify,
         })
     }
@@ -388,10 +404,35 @@ impl BatchJob {
             })
             .collect();
         let param_arrays: Vec<_> = params.iter().map(AppendParams::as_params).collect();
+        // One round: one call of its append function, which is the whole transaction.
+        let call = match params.as_slice() {
+            [round] => self.append_call(connection, round.shape()).await?,
+            _ => None,
+        };
         let mut statements = Vec::with_capacity(params.len());
-        for round in &params {
-            statements.push(self.append_statement(connection, round.shape()).await?);
+        if call.is_none() {
+            for round in &params {
+                statements.push(self.append_statement(connection, round.shape()).await?);
+            }
         }
+        let (check, send) = match &self.settings.notify {
+            Some(_) if connection.notify.is_some() => self.listeners.plan(Instant::now()),
+            _ => (false, false),
+        };
+        let channel = self
+            .settings
+            .notify
+            .as_ref()
+            .filter(|_| send)
+            .map(|n| n.channel.as_str());
+        let call_params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = match &call {
+            Some(_) => param_arrays[0]
+                .iter()
+                .copied()
+                .chain(std::iter::once(&channel as _))
+                .collect(),
+            None => Vec::new(),
+        };
         self.component(Component::QueryBuilding, built.elapsed());
 
         let started = Instant::now();
@@ -399,38 +440,49 @@ impl BatchJob {
         // What each step is, for its answer and its metric.
         let mut kinds: Vec<metrics::Statement> = Vec::with_capacity(rounds.len() + 4);
         let mut steps: Vec<Step<'_>> = Vec::with_capacity(rounds.len() + 4);
-        // Pinned: a server whose default isolation is REPEATABLE READ or SERIALIZABLE
-        // would take the snapshot before the lock and decide on stale state.
-        kinds.push(metrics::Statement::Begin);
-        steps.push(Box::pin(async move {
-            client
-                .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")
-                .await
-                .map(|()| None)
-        }));
-        let lock = &connection.lock;
-        let key = &self.lock_key;
-        kinds.push(metrics::Statement::Lock);
-        steps.push(Box::pin(async move {
-            client.execute(lock, &[key]).await.map(|_| None)
-        }));
-        for (array, append) in param_arrays.iter().zip(&statements) {
-            kinds.push(metrics::Statement::Append);
+        // Whether anyone listens is only information: asked on its own, before the
+        // batch, so that a failure here never touches the batch.
+        if let (true, Some(notify), Some(settings)) =
+            (check, &connection.notify, &self.settings.notify)
+        {
+            let listeners = &notify.listeners;
+            let key = &settings.listener_key;
+            kinds.push(metrics::Statement::Listeners);
             steps.push(Box::pin(async move {
-                client.query(append, array).await.map(Some)
+                client.query(listeners, &[key]).await.map(Some)
             }));
         }
-        if let (Some(notify), Some(settings)) = (&connection.notify, &self.settings.notify) {
-            let (check, send) = self.listeners.plan(Instant::now());
-            if check {
-                let listeners = &notify.listeners;
-                let key = &settings.listener_key;
-                kinds.push(metrics::Statement::Listeners);
+        if let Some(call) = &call {
+            // The last step, in place of COMMIT: its answer is the commit's.
+            let call_params = &call_params;
+            steps.push(Box::pin(async move {
+                client.query(call, call_params).await.map(Some)
+            }));
+        } else {
+            // Pinned: a server whose default isolation is REPEATABLE READ or SERIALIZABLE
+            // would take the snapshot before the lock and decide on stale state.
+            kinds.push(metrics::Statement::Begin);
+            steps.push(Box::pin(async move {
+                client
+                    .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+                    .await
+                    .map(|()| None)
+            }));
+            let lock = &connection.lock;
+            let key = &self.lock_key;
+            kinds.push(metrics::Statement::Lock);
+            steps.push(Box::pin(async move {
+                client.execute(lock, &[key]).await.map(|_| None)
+            }));
+            for (array, append) in param_arrays.iter().zip(&statements) {
+                kinds.push(metrics::Statement::Append);
                 steps.push(Box::pin(async move {
-                    client.query(listeners, &[key]).await.map(Some)
+                    client.query(append, array).await.map(Some)
                 }));
             }
-            if send {
+            if let (true, Some(notify), Some(settings)) =
+                (send, &connection.notify, &self.settings.notify)
+            {
                 let channel = &settings.channel;
                 let send = &notify.send;
                 kinds.push(metrics::Statement::Notify);
@@ -438,10 +490,10 @@ impl BatchJob {
                     client.execute(send, &[channel]).await.map(|_| None)
                 }));
             }
+            steps.push(Box::pin(async move {
+                client.batch_execute("COMMIT").await.map(|()| None)
+            }));
         }
-        steps.push(Box::pin(async move {
-            client.batch_execute("COMMIT").await.map(|()| None)
-        }));
         // From the first poll on, requests are on their way and COMMIT may run before
         // any answer is read. A client already closed sends nothing.
         let sent = !client.is_closed();
@@ -452,7 +504,7 @@ impl BatchJob {
 
         let settled = |batch: &[Pending]| batch.iter().for_each(|p| p.in_flight.set(false));
         let Some((commit, commit_done)) = answers.pop() else {
-            unreachable!("COMMIT is always the last step");
+            unreachable!("COMMIT (or the call) is always the last step");
         };
         let mut previous = started;
         let mut round_rows = Vec::with_capacity(rounds.len());
@@ -462,11 +514,19 @@ impl BatchJob {
                 elapsed: done.saturating_duration_since(previous),
             });
             previous = done;
-            match answer {
-                Ok(Some(rows)) if statement == metrics::Statement::Listeners => {
-                    let present = rows.first().is_some_and(|r| r.get::<_, bool>(0));
-                    self.listeners.checked(done, present);
+            if statement == metrics::Statement::Listeners {
+                match answer {
+                    Ok(rows) => {
+                        let present = rows
+                            .and_then(|rows| rows.first().map(|r| r.get::<_, bool>(0)))
+                            .unwrap_or(true);
+                        self.listeners.checked(done, present);
+                    }
+                    Err(error) => tracing::warn!(%error, "could not ask whether anyone listens"),
                 }
+                continue;
+            }
+            match answer {
                 Ok(Some(rows)) => round_rows.push(rows),
                 Ok(None) => {}
                 // The first failure is the cause; later ones only say "aborted".
@@ -477,17 +537,31 @@ impl BatchJob {
                 Err(error) => return Err(BatchFailure::Connection { error, sent }),
             }
         }
-        if let Err(error) = commit {
-            if is_refusal(&error, client) {
+        match commit {
+            Ok(rows) => {
+                // The call's rows: its one round's.
+                round_rows.extend(rows);
+            }
+            Err(error) if is_refusal(&error, client) => {
                 settled(batch);
                 return Err(BatchFailure::Refused(error));
             }
-            return Err(BatchFailure::Connection { error, sent });
+            Err(error) => return Err(BatchFailure::Connection { error, sent }),
         }
         self.metrics.record(Record::Statement {
-            statement: metrics::Statement::Commit,
+            statement: match call {
+                Some(_) => metrics::Statement::Append,
+                None => metrics::Statement::Commit,
+            },
             elapsed: commit_done.saturating_duration_since(previous),
         });
+        if call.is_some() && channel.is_some() {
+            // Sent inside the call, whose time it shares: counted, with none of its own.
+            self.metrics.record(Record::Statement {
+                statement: metrics::Statement::Notify,
+                elapsed: Duration::ZERO,
+            });
+        }
         self.component(Component::SqlExecution, started.elapsed());
 
         let processing = Instant::now();
@@ -592,6 +666,45 @@ impl BatchJob {
             }
         }
         Ok(found)
+    }
+
+    /// The prepared call of `shape`'s append function on `connection`, the function
+    /// created on first use (before the batch is sent); `None` when this session may
+    /// not create temporary functions (then it never asks again).
+    async fn append_call(
+        &self,
+        connection: &WriterConnection,
+        shape: AppendShape,
+    ) -> std::result::Result<Option<Statement>, BatchFailure> {
+        if !connection.functions.get() {
+            return Ok(None);
+        }
+        if let Some(call) = connection.calls.borrow().get(&shape) {
+            return Ok(Some(call.clone()));
+        }
+        let client = &connection.client;
+        let failure = |error: tokio_postgres::Error| match is_refusal(&error, client) {
+            true => BatchFailure::Refused(error),
+            false => BatchFailure::Connection { error, sent: false },
+        };
+        let function = sql::append_function(&self.settings.schema, shape);
+        if let Err(error) = client.batch_execute(&function).await {
+            if error.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
+                tracing::info!(
+                    %error,
+                    "no temporary functions in this database: each batch is an explicit transaction"
+                );
+                connection.functions.set(false);
+                return Ok(None);
+            }
+            return Err(failure(error));
+        }
+        let call = client
+            .prepare_typed(&sql::append_call(shape), &sql::append_call_types())
+            .await
+            .map_err(failure)?;
+        connection.calls.borrow_mut().insert(shape, call.clone());
+        Ok(Some(call))
     }
 
     /// The append statement of `shape` on `connection`, prepared on first use (before

@@ -10,9 +10,11 @@
 //! `fail_when_busy`, fail with `Overloaded`) when the writer is full. No timer: a lone
 //! append is written immediately.
 //!
-//! A batch is one transaction: `BEGIN`, the schema's advisory lock (in its own
-//! statement, so the check that follows sees every earlier commit), then the append
-//! statement once per *round*, then `COMMIT`. Rounds exist for appends whose
+//! A batch is one transaction: the schema's advisory lock (in its own statement, so
+//! the check that follows sees every earlier commit), then the append statement once
+//! per *round*. A batch of one round (most) is one call of a session-local function
+//! that does both, and commits as it answers; a batch of several rounds is `BEGIN`,
+//! the lock, the rounds and `COMMIT`, pipelined. Rounds exist for appends whose
 //! condition could match events of an earlier append of the same batch: those go to
 //! a later round, where the statement sees the earlier round's rows. One bad append
 //! never fails the others: if the database refuses a batch, each append is retried

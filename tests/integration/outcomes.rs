@@ -64,9 +64,24 @@ async fn answer_losing_proxy(armed: Arc<AtomicBool>) -> u16 {
                 {
                     return;
                 }
+                // Once armed, the next batch's messages (a pipelined transaction, or one
+                // call that is its own transaction) are forwarded and their answers lost;
+                // then, once the server had time to commit, both sides are hung up on.
+                let mut hang_up_at: Option<tokio::time::Instant> = None;
                 loop {
                     let mut header = [0u8; 5];
-                    if client_read.read_exact(&mut header).await.is_err() {
+                    let read = client_read.read_exact(&mut header);
+                    let read = match hang_up_at {
+                        Some(at) => match tokio::time::timeout_at(at, read).await {
+                            Ok(read) => read,
+                            Err(_) => {
+                                gone.store(true, Ordering::SeqCst);
+                                return;
+                            }
+                        },
+                        None => read.await,
+                    };
+                    if read.is_err() {
                         return;
                     }
                     let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
@@ -74,23 +89,18 @@ async fn answer_losing_proxy(armed: Arc<AtomicBool>) -> u16 {
                     if client_read.read_exact(&mut body).await.is_err() {
                         return;
                     }
-                    let query = (header[0] == b'Q').then_some(body.as_slice());
-                    if armed.load(Ordering::SeqCst)
-                        && query.is_some_and(|q| q.starts_with(b"BEGIN"))
-                    {
+                    // A batch starts with its first Bind (a call, or the listeners'
+                    // question before it) or with BEGIN; connecting and preparing
+                    // (startup, simple queries, Parse) pass.
+                    let starts_batch =
+                        header[0] == b'B' || (header[0] == b'Q' && body.starts_with(b"BEGIN"));
+                    if armed.load(Ordering::SeqCst) && starts_batch && hang_up_at.is_none() {
                         holding.store(true, Ordering::SeqCst);
+                        hang_up_at = Some(tokio::time::Instant::now() + Duration::from_millis(300));
                     }
                     if server_write.write_all(&header).await.is_err()
                         || server_write.write_all(&body).await.is_err()
                     {
-                        return;
-                    }
-                    if holding.load(Ordering::SeqCst)
-                        && query.is_some_and(|q| q.starts_with(b"COMMIT"))
-                    {
-                        // Let the server commit, then hang up on both sides.
-                        gone.store(true, Ordering::SeqCst);
-                        tokio::time::sleep(Duration::from_millis(300)).await;
                         return;
                     }
                 }

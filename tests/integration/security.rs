@@ -244,3 +244,74 @@ async fn tls_require_and_verify_full_work_and_a_wrong_root_is_refused() {
         refused.err()
     );
 }
+
+#[actix::test]
+async fn without_the_temporary_privilege_batches_are_explicit_transactions_and_as_exact() {
+    // A database in which roles may not create temporary objects, so the writer
+    // cannot define its append functions there.
+    let admin = support::client().await;
+    let db = support::unique_schema("notemp");
+    let role = format!("{db}_app");
+    for statement in [
+        format!("CREATE DATABASE {db}"),
+        format!("CREATE ROLE {role} LOGIN"),
+        format!("REVOKE TEMPORARY ON DATABASE {db} FROM PUBLIC"),
+    ] {
+        admin.batch_execute(&statement).await.unwrap();
+    }
+    let owner_url = support::url_with_database(support::database_url(), &db);
+    EventStore::migrate_with_role(
+        &support::config("dcb").with_database_url(&owner_url),
+        Some(&role),
+    )
+    .await
+    .unwrap();
+    let app_url = owner_url.replace("user=postgres", &format!("user={role}"));
+    let store = EventStore::connect(support::config("dcb").with_database_url(&app_url))
+        .await
+        .unwrap();
+
+    let seat = Query::new([QueryItem::new().types(["Seat"]).tags(["seat:1"])]);
+    let taken = dcb_store::Event::new("Seat", serde_json::json!({})).with_tags(["seat:1"]);
+    let first = store
+        .append(
+            vec![taken.clone()],
+            Some(dcb_store::AppendCondition::new(seat.clone(), None)),
+        )
+        .await
+        .unwrap();
+    // The same append again is a retry; another one under the condition is refused.
+    let again = store
+        .append(
+            vec![taken],
+            Some(dcb_store::AppendCondition::new(seat.clone(), None)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, first);
+    let other = dcb_store::Event::new("Seat", serde_json::json!({})).with_tags(["seat:1"]);
+    let refused = store
+        .append(
+            vec![other],
+            Some(dcb_store::AppendCondition::new(seat, None)),
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(Error::ConditionFailed { .. })),
+        "{refused:?}"
+    );
+    let m = store.metrics().await.unwrap();
+    assert_eq!(
+        m.statements["commit"].count,
+        3,
+        "every batch was BEGIN ... COMMIT: {:?}",
+        m.statements.keys().collect::<Vec<_>>()
+    );
+    drop(store);
+    for statement in [
+        format!("DROP DATABASE {db} WITH (FORCE)"),
+        format!("DROP ROLE {role}"),
+    ] {
+        admin.batch_execute(&statement).await.unwrap();
+    }
+}
