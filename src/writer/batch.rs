@@ -116,6 +116,18 @@ enum BatchFailure {
     },
 }
 
+impl BatchFailure {
+    /// What `error` on `client` means for a batch that had (`sent`) or had not been
+    /// handed to the connection.
+    fn of(error: tokio_postgres::Error, client: &Client, sent: bool) -> Self {
+        if is_refusal(&error, client) {
+            BatchFailure::Refused(error)
+        } else {
+            BatchFailure::Connection { error, sent }
+        }
+    }
+}
+
 impl BatchJob {
     /// Writes `batch` in `rounds`, answers every caller, and returns the connection if
     /// it is still good. Everything, connecting and retries included, ends by one
@@ -416,8 +428,8 @@ impl BatchJob {
             }
         }
         let (check, send) = match &self.settings.notify {
-            Some(_) if connection.notify.is_some() => self.listeners.plan(Instant::now()),
-            _ => (false, false),
+            Some(_) => self.listeners.plan(Instant::now()),
+            None => (false, false),
         };
         let channel = self
             .settings
@@ -503,6 +515,14 @@ impl BatchJob {
         let mut answers = join_in_order(steps).await;
 
         let settled = |batch: &[Pending]| batch.iter().for_each(|p| p.in_flight.set(false));
+        // A refusal rolled the transaction back: nothing of the batch was written.
+        let failed = |error| {
+            let failure = BatchFailure::of(error, client, sent);
+            if let BatchFailure::Refused(_) = failure {
+                settled(batch);
+            }
+            failure
+        };
         let Some((commit, commit_done)) = answers.pop() else {
             unreachable!("COMMIT (or the call) is always the last step");
         };
@@ -530,11 +550,7 @@ impl BatchJob {
                 Ok(Some(rows)) => round_rows.push(rows),
                 Ok(None) => {}
                 // The first failure is the cause; later ones only say "aborted".
-                Err(error) if is_refusal(&error, client) => {
-                    settled(batch);
-                    return Err(BatchFailure::Refused(error));
-                }
-                Err(error) => return Err(BatchFailure::Connection { error, sent }),
+                Err(error) => return Err(failed(error)),
             }
         }
         match commit {
@@ -542,11 +558,7 @@ impl BatchJob {
                 // The call's rows: its one round's.
                 round_rows.extend(rows);
             }
-            Err(error) if is_refusal(&error, client) => {
-                settled(batch);
-                return Err(BatchFailure::Refused(error));
-            }
-            Err(error) => return Err(BatchFailure::Connection { error, sent }),
+            Err(error) => return Err(failed(error)),
         }
         self.metrics.record(Record::Statement {
             statement: match call {
@@ -604,13 +616,10 @@ impl BatchJob {
         if !stored.is_empty() {
             // A failure here leaves the batch to be written again, which its own
             // appends answer as retries with their positions.
-            let found = match self.stored(connection, batch, &stored).await {
-                Ok(found) => found,
-                Err(error) if is_refusal(&error, client) => {
-                    return Err(BatchFailure::Refused(error))
-                }
-                Err(error) => return Err(BatchFailure::Connection { error, sent }),
-            };
+            let found = self
+                .stored(connection, batch, &stored)
+                .await
+                .map_err(|error| BatchFailure::of(error, client, sent))?;
             for (append, status) in found {
                 let pending = &batch[append];
                 results[append] = match status {
@@ -683,10 +692,7 @@ impl BatchJob {
             return Ok(Some(call.clone()));
         }
         let client = &connection.client;
-        let failure = |error: tokio_postgres::Error| match is_refusal(&error, client) {
-            true => BatchFailure::Refused(error),
-            false => BatchFailure::Connection { error, sent: false },
-        };
+        let failure = |error| BatchFailure::of(error, client, false);
         let function = sql::append_function(&self.settings.schema, shape);
         if let Err(error) = client.batch_execute(&function).await {
             if error.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
@@ -719,17 +725,15 @@ impl BatchJob {
         }
         let text = sql::append_statement(&self.settings.schema, shape);
         let client = &connection.client;
-        match client.prepare_typed(&text, &sql::append_types()).await {
-            Ok(statement) => {
-                connection
-                    .appends
-                    .borrow_mut()
-                    .insert(shape, statement.clone());
-                Ok(statement)
-            }
-            Err(error) if is_refusal(&error, client) => Err(BatchFailure::Refused(error)),
-            Err(error) => Err(BatchFailure::Connection { error, sent: false }),
-        }
+        let statement = client
+            .prepare_typed(&text, &sql::append_types())
+            .await
+            .map_err(|error| BatchFailure::of(error, client, false))?;
+        connection
+            .appends
+            .borrow_mut()
+            .insert(shape, statement.clone());
+        Ok(statement)
     }
 
     fn component(&self, component: Component, elapsed: Duration) {
