@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::base::tls::TlsMode;
 use crate::error::{Error, Result};
 use crate::model::{Limits, MAX_NAME_BYTES};
 use crate::sql::{Identifier, MAX_INDEXED_KEYS, MAX_INDEXED_KEY_BYTES};
-use crate::tls::TlsMode;
 
 /// Settings of an [`EventStore`](crate::EventStore).
 ///

@@ -11,13 +11,19 @@ use std::time::Duration;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, IsolationLevel};
 
-use crate::connect::Connector;
+use crate::base::connect::Connector;
+use crate::base::retry::Backoff;
 use crate::error::{Error, Result};
 use crate::sql::{DeclaredKeys, KeyStatements, DATA, METADATA, WRITE_LOCK};
 
 /// Positions backfilled per transaction: short enough not to hold back vacuum or
 /// replication for long, large enough that a 5M-event store backfills in a minute.
 const BACKFILL_CHUNK: i64 = 50_000;
+
+/// Pauses before a failed background backfill is tried again: 200 ms, doubling, at
+/// most 10 s.
+const BACKFILL_AGAIN: Backoff =
+    Backoff::doubling(Duration::from_millis(200), Duration::from_secs(10));
 
 /// Where a declared key is looked up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,7 +205,7 @@ pub(crate) async fn backfill(client: &mut Client, sql: &KeyStatements) -> Result
 /// [`backfill`] in the background, on a connection of its own, tried again after a
 /// pause while it fails (until the store stops).
 pub(crate) async fn backfill_in_background(connector: Connector, sql: KeyStatements) {
-    let mut pause = Duration::from_millis(200);
+    let mut failures = 0;
     loop {
         let outcome = match connector.dedicated().await {
             Ok(mut client) => backfill(&mut client, &sql).await,
@@ -213,8 +219,8 @@ pub(crate) async fn backfill_in_background(connector: Connector, sql: KeyStateme
             }
             Err(e) => {
                 tracing::warn!(error = %e, "backfilling indexed keys failed; trying again");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(10));
+                failures += 1;
+                tokio::time::sleep(BACKFILL_AGAIN.after(failures)).await;
             }
         }
     }

@@ -47,8 +47,8 @@
 
 #![warn(missing_docs)]
 
+mod base;
 mod config;
-mod connect;
 mod decide;
 #[cfg(feature = "embedded")]
 mod embedded;
@@ -65,9 +65,9 @@ mod schema;
 mod sql;
 mod store;
 mod subscribe;
-mod tls;
 mod writer;
 
+pub use base::tls::TlsMode;
 pub use config::Config;
 pub use decide::{Decided, DecisionModel, Projection};
 #[doc(hidden)]
@@ -88,7 +88,6 @@ pub use subscribe::{
     Deliver, DeliveryError, EventBatch, OnFailure, ParkedEvent, ReplayOutcome, SubscribeOptions,
     Subscription, SubscriptionHandle,
 };
-pub use tls::TlsMode;
 /// SQLSTATE codes, as [`Error::sql_state`] returns them.
 pub use tokio_postgres::error::SqlState;
 pub use writer::Append;

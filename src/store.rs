@@ -13,8 +13,9 @@ use actix::prelude::*;
 use futures_util::{FutureExt, Stream};
 use tracing::Instrument;
 
+use crate::base::connect::Connector;
+use crate::base::heads::Heads;
 use crate::config::Config;
-use crate::connect::Connector;
 use crate::decide::{Decisions, Snapshots};
 #[cfg(feature = "embedded")]
 use crate::embedded::EmbeddedPostgres;
@@ -30,7 +31,7 @@ use crate::reader::{Read, Reader, ReaderSettings};
 use crate::router::{self, Replica, Replicas, Router, RouterSettings, Server};
 use crate::schema;
 use crate::sql::{self, ConsumerStatements, DeclaredKeys, Identifier, KeyStatements};
-use crate::subscribe::{Heads, Tail};
+use crate::subscribe::Tail;
 use crate::writer::{
     Append, NotifySettings, Ping, QueueAppend, Shutdown, Stop, Writer, WriterSettings,
 };

@@ -6,6 +6,7 @@ use super::build::build;
 use super::cache::Key;
 use super::projection::{Members, States};
 use super::{Decided, DecisionModel, Projection};
+use crate::base::retry::Backoff;
 use crate::error::{Error, Result};
 use crate::metrics::{Method, Record};
 use crate::model::{AppendCondition, AppendResult, Consistency, Event};
@@ -14,6 +15,9 @@ use crate::store::EventStore;
 /// Times an append whose outcome is unknown is sent again (same events, same ids: a
 /// stored one answers with its positions) before `decide` gives up.
 const UNKNOWN_OUTCOME_RETRIES: u32 = 3;
+/// Pauses before asking again whether an append of unknown outcome was written.
+const ASK_AGAIN: Backoff =
+    Backoff::doubling(Duration::from_millis(100), Duration::from_millis(400));
 
 impl EventStore {
     /// The state `projection` (one, or a tuple of up to three) folds from the events
@@ -202,7 +206,7 @@ impl EventStore {
             match self.append(events.clone(), Some(condition.clone())).await {
                 Err(e) if e.may_have_been_written() && attempt < UNKNOWN_OUTCOME_RETRIES => {
                     attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                    tokio::time::sleep(ASK_AGAIN.after(attempt)).await;
                 }
                 result => return result,
             }

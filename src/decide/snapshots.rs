@@ -12,7 +12,7 @@ use tokio_postgres::types::Type;
 
 use super::cache::Key;
 use super::projection::{AnyState, Leaf, Serializer};
-use crate::connect::Connector;
+use crate::base::connect::Connector;
 use crate::error::{Error, Result};
 use crate::metrics::{MetricsSink, Record, Rejection, SnapshotOutcome};
 use crate::model::Query;

@@ -346,7 +346,7 @@ pub(crate) struct MetricsActor {
     counters: Counters,
     database_errors: BTreeMap<[u8; 2], u64>,
     consumers: Arc<ConsumerRegistry>,
-    heads: crate::subscribe::Heads,
+    heads: crate::base::heads::Heads,
     decision_events_applied: Series,
     snapshots_rejected: BTreeMap<Rejection, u64>,
     replicas: ReplicaList,
@@ -387,7 +387,7 @@ impl MetricsActor {
         capacity: usize,
         enabled: bool,
         consumers: Arc<ConsumerRegistry>,
-        heads: crate::subscribe::Heads,
+        heads: crate::base::heads::Heads,
         replicas: ReplicaList,
     ) -> (Self, MetricsSink) {
         let (sender, receiver) = crossbeam_channel::bounded(capacity);

@@ -28,7 +28,9 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use tokio::sync::Notify;
 
-use crate::connect::Connector;
+use crate::base::connect::Connector;
+use crate::base::failure::Failure;
+use crate::base::retry::Backoff;
 use crate::error::{Error, Result};
 use crate::metrics::{self, Component, MetricsSink, Record};
 use crate::model::{validate_query, Limits, Query, ReadOptions, ReadResult};
@@ -177,26 +179,14 @@ impl Handler<ReadBy> for Reader {
     }
 }
 
-/// First pause before reading again after a connection failed; later pauses grow
-/// linearly (connecting has its own backoff, shared by all of a reader's reads).
-const RETRY_BACKOFF: Duration = Duration::from_millis(20);
+/// Pauses before reading again after a connection failed: short, since a read is
+/// cheap to repeat (connecting has its own backoff, shared by all of a reader's reads).
+const READ_AGAIN: Backoff = Backoff::linear(Duration::from_millis(20), Duration::from_millis(200));
 
 /// Whether a read failed because its connection did (or none could be made), so that
-/// reading again on a fresh connection may succeed: no connection, a closed one, a
-/// connection error (SQLSTATE class 08) or a server shutting down or starting up
-/// (57P01-57P03). Anything else the server refused for a reason retrying cannot fix.
+/// reading again on a fresh connection may succeed ([`Failure::connection_failed`]).
 pub(crate) fn connection_failed(error: &Error) -> bool {
-    match error {
-        Error::Connect(_) => true,
-        Error::Database { source, .. } => match source.code() {
-            None => true,
-            Some(code) => {
-                let code = code.code();
-                code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
-            }
-        },
-        _ => false,
-    }
+    Failure::of_error(error).connection_failed()
 }
 
 impl Shared {
@@ -214,7 +204,7 @@ impl Shared {
                     result => return result,
                 }
                 attempt = attempt.saturating_add(1);
-                tokio::time::sleep(RETRY_BACKOFF * attempt.min(10)).await;
+                tokio::time::sleep(READ_AGAIN.after(attempt)).await;
             }
         };
         match tokio::time::timeout_at(deadline.into(), attempts).await {

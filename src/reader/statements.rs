@@ -20,7 +20,8 @@ use tokio::sync::Mutex;
 use tokio_postgres::{Client, Statement};
 
 use super::ReaderSettings;
-use crate::connect::Connector;
+use crate::base::connect::Connector;
+use crate::base::retry::Backoff as RetryBackoff;
 use crate::error::{Error, Result};
 use crate::metrics::{self, MetricsSink, Record};
 use crate::sql::{self, Identifier, ReadShape};
@@ -58,11 +59,9 @@ struct Backoff {
     not_before: Option<Instant>,
 }
 
-/// The pause after `failures` failed connects in a row: 50 ms, doubling, at most 1 s.
-fn reconnect_pause(failures: u32) -> Duration {
-    (Duration::from_millis(50) * 2u32.saturating_pow(failures.saturating_sub(1).min(5)))
-        .min(Duration::from_secs(1))
-}
+/// The pauses after failed connects in a row: 50 ms, doubling, at most 1 s.
+const RECONNECT: RetryBackoff =
+    RetryBackoff::doubling(Duration::from_millis(50), Duration::from_secs(1));
 
 struct MainConnection {
     client: Rc<Client>,
@@ -167,7 +166,7 @@ impl Connections {
                 let failures = self.reconnect.get().failures + 1;
                 self.reconnect.set(Backoff {
                     failures,
-                    not_before: Some(Instant::now() + reconnect_pause(failures)),
+                    not_before: Some(Instant::now() + RECONNECT.after(failures)),
                 });
                 Err(error)
             }

@@ -24,11 +24,11 @@ use actix::prelude::*;
 use futures_util::future::join_all;
 use tokio_postgres::Client;
 
-use crate::connect::Connector;
+use crate::base::connect::Connector;
+use crate::base::heads::Heads;
 use crate::error::{Error, Result};
 use crate::metrics::{MetricsSink, ReplicaList, ReplicaStats};
 use crate::reader::Reader;
-use crate::subscribe::Heads;
 
 mod route;
 

@@ -8,13 +8,15 @@ use std::time::{Duration, Instant};
 use actix::Addr;
 
 use super::{Replica, Replicas};
+use crate::base::retry::Backoff;
 use crate::error::{Error, Result};
 use crate::metrics::{Level, Record};
 use crate::model::{Consistency, Query, ReadOptions, ReadResult};
 use crate::reader::{connection_failed, Answer, Read, ReadBy, Reader};
 
-/// The longest pause between two looks at a replica that lacks a read's position.
-const MAX_PAUSE: Duration = Duration::from_millis(50);
+/// Pauses between two looks at a replica that lacks a read's position: 1 ms,
+/// doubling, at most 50 ms.
+const LOOK_AGAIN: Backoff = Backoff::doubling(Duration::from_millis(1), Duration::from_millis(50));
 
 /// Which kind of server answered a read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,7 +89,7 @@ impl Replicas {
     ) -> Option<(u16, ReadResult)> {
         let now = Instant::now();
         let give_up = now + self.wait.min(deadline.saturating_duration_since(now) / 2);
-        let mut pause = Duration::from_millis(1);
+        let mut looks = 0;
         // The first look is the read itself: the router's figures are usually a poll
         // behind a replica that already has the position.
         let mut first = true;
@@ -110,8 +112,8 @@ impl Replicas {
             if now >= give_up {
                 return None;
             }
-            tokio::time::sleep(pause.min(give_up - now)).await;
-            pause = (pause * 2).min(MAX_PAUSE);
+            looks += 1;
+            tokio::time::sleep(LOOK_AGAIN.after(looks).min(give_up - now)).await;
         }
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio_postgres::{Client, Statement};
 
-use crate::connect::Connector;
+use crate::base::connect::Connector;
 use crate::error::{Error, Result};
 use crate::sql::ConsumerStatements;
 

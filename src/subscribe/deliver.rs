@@ -13,6 +13,7 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use super::{EventBatch, OnFailure, Subscription};
+use crate::base::retry::Backoff;
 use crate::error::{Error, Result};
 use crate::model::{Query, ReadOptions};
 use crate::store::EventStore;
@@ -190,9 +191,10 @@ async fn deliver_until_done(
     }
 }
 
-/// The pause before the `failures`-th retry of a transient failure.
+/// The pause before the `failures`-th retry of a transient failure: the consumer's
+/// `retry_backoff`, growing linearly, at most 50 of them and at most [`MAX_BACKOFF`].
 fn growing_pause(base: Duration, failures: u32) -> Duration {
-    (base * failures.min(50)).min(MAX_BACKOFF)
+    Backoff::linear(base, base.saturating_mul(50).min(MAX_BACKOFF)).after(failures)
 }
 
 /// Sleeps `pause`; false when `stop` fired first.
@@ -291,10 +293,9 @@ async fn deliver(
             }
             Ok(Err(error)) => {
                 lease.failed(error.message()).await?;
-                let pause = settings
-                    .retry_backoff
-                    .saturating_mul(1 << attempt.attempts.min(16).saturating_sub(1))
-                    .min(MAX_BACKOFF);
+                // A handler that failed is given twice the time at each attempt.
+                let pause = Backoff::doubling(settings.retry_backoff, MAX_BACKOFF)
+                    .after(attempt.attempts.min(16));
                 if !sleep_unless_stopped(pause, stop).await {
                     return Ok(Delivered::Stopped);
                 }

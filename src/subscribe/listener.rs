@@ -6,8 +6,13 @@
 
 use std::time::Duration;
 
-use super::Heads;
-use crate::connect::Connector;
+use crate::base::connect::Connector;
+use crate::base::heads::Heads;
+use crate::base::retry::Backoff;
+
+/// Pauses before listening again after the connection failed: 200 ms more each time, at
+/// most 5 s.
+const LISTEN_AGAIN: Backoff = Backoff::linear(Duration::from_millis(200), Duration::from_secs(5));
 
 /// Listens on `channel`, holding the listeners' shared lock `listener_key` on the same
 /// connection: writers notify only while some connection holds it.
@@ -33,6 +38,6 @@ pub(crate) async fn listen(connector: Connector, channel: String, listener_key: 
                 tracing::warn!(%error, "subscriptions: cannot LISTEN; retrying");
             }
         }
-        tokio::time::sleep(Duration::from_millis(200) * failures.clamp(1, 25)).await;
+        tokio::time::sleep(LISTEN_AGAIN.after(failures)).await;
     }
 }

@@ -1,7 +1,7 @@
 //! Following the store: subscriptions (history, then live), durable consumers with a
 //! stored checkpoint and one holder across processes, and delivery to an actor.
 //!
-//! Wake-ups: the writer moves this process's known head ([`Heads`]) after each commit;
+//! Wake-ups: the writer moves this process's known head ([`Heads`](crate::base::heads::Heads)) after each commit;
 //! a `LISTEN` connection (`listener.rs`) moves it for other processes' commits (each
 //! batch sends one `NOTIFY` in its transaction); a slow poll covers lost
 //! notifications. One follower task per store (`tail.rs`) then reads what is new once
@@ -21,7 +21,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::Stream;
-use tokio::sync::watch;
 
 use crate::error::{Error, Result};
 use crate::metrics::ConsumerStats;
@@ -41,41 +40,6 @@ pub use deliver::{Deliver, DeliveryError, ReplayOutcome, SubscriptionHandle};
 pub(crate) use follow::Follower;
 pub(crate) use listener::listen;
 pub(crate) use tail::{follow as follow_tail, Tail};
-
-/// The newest position this process knows to be committed: moved by the writer after
-/// each commit and by notifications from other processes; the follower task waits on it.
-#[derive(Clone)]
-pub(crate) struct Heads(Arc<watch::Sender<u64>>);
-
-impl Heads {
-    pub(crate) fn new() -> Self {
-        Heads(Arc::new(watch::channel(0).0))
-    }
-
-    /// Moves the head forward to `head` (never back), waking waiters if it moved.
-    pub(crate) fn advance(&self, head: u64) {
-        self.0.send_if_modified(|known| {
-            let moved = head > *known;
-            if moved {
-                *known = head;
-            }
-            moved
-        });
-    }
-
-    /// Wakes waiters without a new head (something may have been missed).
-    pub(crate) fn wake(&self) {
-        self.0.send_modify(|_| {});
-    }
-
-    pub(crate) fn watch(&self) -> watch::Receiver<u64> {
-        self.0.subscribe()
-    }
-
-    pub(crate) fn current(&self) -> u64 {
-        *self.0.borrow()
-    }
-}
 
 /// What a durable consumer does with an event its handler failed `max_attempts` times.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

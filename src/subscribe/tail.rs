@@ -13,9 +13,14 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::Heads;
+use crate::base::heads::Heads;
+use crate::base::retry::Backoff;
 use crate::metrics::Record;
 use crate::model::{Query, ReadOptions, SequencedEvent};
+
+/// Pauses before the follower reads again after a failed read: 100 ms more each time,
+/// at most 2 s.
+const READ_AGAIN: Backoff = Backoff::linear(Duration::from_millis(100), Duration::from_secs(2));
 
 /// The recent events, shared by the follower task (the only writer) and subscribers.
 pub(crate) struct Tail {
@@ -179,7 +184,7 @@ pub(crate) async fn follow(
             Err(error) => {
                 failures += 1;
                 tracing::warn!(%error, "subscriptions: reading new events failed; retrying");
-                tokio::time::sleep(Duration::from_millis(100) * failures.min(20)).await;
+                tokio::time::sleep(READ_AGAIN.after(failures)).await;
                 continue;
             }
         }

@@ -24,15 +24,17 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{Pending, WriterSettings};
-use crate::connect::Connector;
+use crate::base::connect::Connector;
+use crate::base::failure::Failure;
+use crate::base::retry::Backoff;
 use crate::error::{Error, Result};
 use crate::metrics::{self, Component, MetricsSink, Record};
 use crate::model::AppendResult;
 use crate::sql::{self, AppendParams, AppendShape, AppendStatus, StoredStatus};
 
-/// First pause before writing a batch again after its connection failed; later
-/// pauses grow linearly, all within the batch's deadline.
-const RETRY_BACKOFF: Duration = Duration::from_millis(100);
+/// Pauses before writing a batch again after its connection failed, all within the
+/// batch's deadline.
+const WRITE_AGAIN: Backoff = Backoff::linear(Duration::from_millis(100), Duration::from_secs(1));
 
 /// A connection with the writer's statements prepared on it.
 pub(super) struct WriterConnection {
@@ -68,7 +70,7 @@ struct NotifyStatements {
 pub(super) struct BatchJob {
     pub connector: Connector,
     pub listeners: std::rc::Rc<Listeners>,
-    pub heads: crate::subscribe::Heads,
+    pub heads: crate::base::heads::Heads,
     pub settings: std::rc::Rc<WriterSettings>,
     pub lock_key: i64,
     pub metrics: MetricsSink,
@@ -160,7 +162,7 @@ impl BatchJob {
             let mut failure: Option<Error> = None;
             for attempt in 0u32.. {
                 if attempt > 0 {
-                    let backoff = RETRY_BACKOFF * attempt.min(10);
+                    let backoff = WRITE_AGAIN.after(attempt);
                     if Instant::now() + backoff >= deadline {
                         break;
                     }
@@ -776,11 +778,7 @@ fn fail_all(batch: Vec<Pending>, error: &Error) {
 /// failing. A terminated backend (class 57) or connection error (class 08) reports an
 /// SQLSTATE too, but then the outcome of a COMMIT in flight is unknown.
 fn is_refusal(error: &tokio_postgres::Error, client: &Client) -> bool {
-    let Some(db) = error.as_db_error() else {
-        return false;
-    };
-    let class = &db.code().code()[..2];
-    !client.is_closed() && class != "57" && class != "08"
+    Failure::of(error, client.is_closed()).outcome_known()
 }
 
 /// One pipelined statement of a batch: its rows (for append rounds) or nothing.

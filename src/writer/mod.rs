@@ -31,7 +31,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
-use crate::connect::Connector;
+use crate::base::connect::Connector;
 use crate::error::{Error, Result};
 use crate::metrics::{MetricsSink, Record};
 use crate::model::{AppendCondition, AppendResult, Event, Limits};
@@ -208,7 +208,7 @@ pub(crate) struct NotifySettings {
 
 pub(crate) struct Writer {
     connector: Connector,
-    heads: crate::subscribe::Heads,
+    heads: crate::base::heads::Heads,
     listeners: std::rc::Rc<batch::Listeners>,
     settings: std::rc::Rc<WriterSettings>,
     lock_key: i64,
@@ -234,7 +234,7 @@ impl Writer {
     pub(crate) fn new(
         connector: Connector,
         settings: WriterSettings,
-        heads: crate::subscribe::Heads,
+        heads: crate::base::heads::Heads,
         metrics: MetricsSink,
         admission: Arc<Semaphore>,
     ) -> Self {

@@ -13,9 +13,9 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres::{CancelToken, Client};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use crate::base::tls::{self, TlsMode};
 use crate::config::{redact_password, Config};
 use crate::error::{with_causes, Error, Result};
-use crate::tls::{self, TlsMode};
 
 type Manager = PostgresConnectionManager<MakeRustlsConnect>;
 
