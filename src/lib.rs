@@ -61,7 +61,6 @@ mod metrics;
 mod model;
 mod reader;
 mod router;
-mod schema;
 mod sql;
 mod store;
 mod subscribe;
@@ -82,7 +81,7 @@ pub use model::{
     ReadOptions, ReadResult, SequencedEvent, MAX_NAME_BYTES,
 };
 pub use reader::Read;
-pub use schema::SCHEMA_VERSION;
+pub use sql::schema::{APPLICATION_GRANTS, SCHEMA_VERSION};
 pub use store::EventStore;
 pub use subscribe::{
     Deliver, DeliveryError, EventBatch, OnFailure, ParkedEvent, ReplayOutcome, SubscribeOptions,

@@ -29,8 +29,7 @@ use crate::model::{
 };
 use crate::reader::{Read, Reader, ReaderSettings};
 use crate::router::{self, Replica, Replicas, Router, RouterSettings, Server};
-use crate::schema;
-use crate::sql::{self, ConsumerStatements, DeclaredKeys, Identifier, KeyStatements};
+use crate::sql::{self, schema, ConsumerStatements, DeclaredKeys, Identifier, KeyStatements};
 use crate::subscribe::Tail;
 use crate::writer::{
     Append, NotifySettings, Ping, QueueAppend, Shutdown, Stop, Writer, WriterSettings,
@@ -579,9 +578,9 @@ impl EventStore {
     }
 
     /// Like [`EventStore::migrate`], run as the schema's owner, then grants
-    /// `application_role` what the store needs and nothing more: `SELECT` and `INSERT`
-    /// on the event tables (no `UPDATE`, `DELETE` or DDL), and reading and writing the
-    /// durable consumers' checkpoints and parked events.
+    /// `application_role` what the store needs and nothing more: the use of the schema
+    /// and [`APPLICATION_GRANTS`](crate::APPLICATION_GRANTS) (no `UPDATE` or `DELETE`
+    /// of events, no DDL).
     pub async fn migrate_with_role(
         config: &Config,
         application_role: Option<&str>,

@@ -100,7 +100,10 @@ async fn run(cli: Cli) -> Result<ExitCode, dcb_store::Error> {
                 applied
             );
             if let Some(role) = app_role {
-                println!("granted {role}: select and insert on events; select, insert, update, delete on consumers and parked");
+                println!("granted {role}, and nothing more:");
+                for (table, privileges) in dcb_store::APPLICATION_GRANTS {
+                    println!("  {privileges} on {table}");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

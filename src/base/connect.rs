@@ -99,14 +99,14 @@ impl Connector {
             .map_err(|e| Error::Connect(with_causes(&e)))
     }
 
-    /// A connection listening on `channel`: each notification's payload arrives on
-    /// the receiver, which ends when the connection does. The connection closes when
-    /// the returned client is dropped.
+    /// A connection that ran `listen` (a `LISTEN` statement): each notification's
+    /// payload arrives on the receiver, which ends when the connection does. The
+    /// connection closes when the returned client is dropped.
     /// `announce` runs first on the connection (the store takes its listeners' shared
     /// lock there, so writers know someone listens).
     pub(crate) async fn listen(
         &self,
-        channel: &str,
+        listen: &str,
         announce: (&str, i64),
     ) -> Result<(Client, tokio::sync::mpsc::UnboundedReceiver<String>)> {
         use futures_util::StreamExt;
@@ -132,11 +132,7 @@ impl Connector {
             .execute(announce.0, &[&announce.1])
             .await
             .map_err(Error::db)?;
-        // The channel is a plain identifier the store derived (`sql::notify_channel`).
-        client
-            .batch_execute(&format!("LISTEN \"{channel}\""))
-            .await
-            .map_err(Error::db)?;
+        client.batch_execute(listen).await.map_err(Error::db)?;
         Ok((client, receiver))
     }
 

@@ -175,17 +175,9 @@ impl Connections {
 
     async fn connect_now(&self) -> Result<Rc<Client>> {
         let client = self.connector.dedicated().await?;
-        // The server's bound on a statement nobody waits for any more; and generic
-        // plans from the first execution: read statements are built so that one plan
-        // serves every value (ordered index probes), and the statement for many items
-        // would otherwise be planned anew on every execution (its arrays' sizes make
-        // each custom plan look cheaper than the generic one).
+        // The statement timeout and generic plans (see the statement's comment).
         client
-            .execute(
-                "SELECT set_config('statement_timeout', $1, false),
-                        set_config('plan_cache_mode', 'force_generic_plan', false)",
-                &[&self.statement_timeout],
-            )
+            .execute(sql::session::READER_SESSION, &[&self.statement_timeout])
             .await
             .map_err(|e| self.db_error(e))?;
         Ok(Rc::new(client))

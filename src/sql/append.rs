@@ -80,6 +80,7 @@ fn event_rows() -> &'static str {
 /// only ever cost a refusal, never exactness.
 pub(crate) fn append_statement(schema: &Identifier, shape: AppendShape) -> String {
     let s = schema.quoted();
+    let head = super::head_of(&s);
     let events = event_rows();
     let key_entries = keys::entries(
         "(SELECT head.p + a.rn AS position, a.data, a.metadata FROM accepted a CROSS JOIN head)",
@@ -124,8 +125,8 @@ failed AS (
     };
     format!(
         "WITH
-head AS (
-    SELECT coalesce(max(position), 0) AS p FROM {s}.events
+head(p) AS (
+    {head}
 ),
 ev AS (
     {events}

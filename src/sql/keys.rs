@@ -144,6 +144,7 @@ pub(crate) struct KeyStatements {
 impl KeyStatements {
     pub(crate) fn new(schema: &Identifier) -> Self {
         let s = schema.quoted();
+        let head = super::head_of(&s);
         let key = "source = $1::text::\"char\" AND key = $2::text";
         let entries = entries(
             &format!(
@@ -159,7 +160,7 @@ impl KeyStatements {
             ),
             declare: format!(
                 "INSERT INTO {s}.indexed_keys (source, key, backfill_to)
-                 SELECT $1::text::\"char\", $2::text, coalesce(max(position), 0) FROM {s}.events
+                 SELECT $1::text::\"char\", $2::text, ({head})
                  ON CONFLICT (source, key) DO NOTHING"
             ),
             undeclare: format!("DELETE FROM {s}.indexed_keys WHERE {key}"),

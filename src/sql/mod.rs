@@ -24,6 +24,8 @@ mod append;
 mod consumers;
 mod keys;
 mod read;
+pub(crate) mod schema;
+pub(crate) mod session;
 mod snapshots;
 
 pub(crate) use append::{
@@ -79,10 +81,13 @@ impl Identifier {
 /// The store's head: the newest position (0 when empty). On a replica, every position
 /// up to it is there too.
 pub(crate) fn head_statement(schema: &Identifier) -> String {
-    format!(
-        "SELECT coalesce(max(position), 0) FROM {}.events",
-        schema.quoted()
-    )
+    head_of(&schema.quoted())
+}
+
+/// [`head_statement`] of the quoted schema `s`: the one text of the head query, which
+/// reads, appends, notifications and key declarations embed.
+fn head_of(s: &str) -> String {
+    format!("SELECT coalesce(max(position), 0) FROM {s}.events")
 }
 
 /// Sent by each batch before its `COMMIT` (so delivered only if it commits): `$1` the

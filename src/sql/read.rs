@@ -161,8 +161,9 @@ pub(crate) fn read_statement(schema: &Identifier, shape: &ReadShape) -> String {
             arms.join(" UNION ALL ")
         )
     };
+    let head = super::head_of(&s);
     format!(
-        "SELECT h.head, r.* FROM (SELECT coalesce(max(position), 0) AS head FROM {s}.events) h
+        "SELECT h.head, r.* FROM ({head}) h(head)
          LEFT JOIN LATERAL ({body}) r ON true
          ORDER BY r.position {dir}"
     )
@@ -180,9 +181,10 @@ fn many_items_statement(s: &str, dir: &str) -> String {
             format!("(SELECT {columns} FROM {probe}{filters}\n             ORDER BY {order} {dir} LIMIT $3)")
         })
         .join("\n            UNION ALL\n            ");
+    let head = super::head_of(s);
     format!(
         "WITH ci AS ({items})
-SELECT h.head, r.* FROM (SELECT coalesce(max(position), 0) AS head FROM {s}.events) h
+SELECT h.head, r.* FROM ({head}) h(head)
 LEFT JOIN LATERAL (
     SELECT DISTINCT ON (u.position) u.* FROM (
         SELECT m.* FROM ci CROSS JOIN LATERAL (

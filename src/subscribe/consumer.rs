@@ -67,12 +67,6 @@ fn position(p: u64) -> i64 {
     i64::try_from(p).unwrap_or(i64::MAX)
 }
 
-/// The server notices a holder that vanished (a crashed host, a partition) within
-/// about 10 + 3 × 5 s and releases its lock, rather than after the system's default of
-/// two hours; settable by any role.
-const KEEPALIVES: &str =
-    "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3";
-
 impl Lease {
     pub(crate) fn new(
         name: String,
@@ -153,7 +147,10 @@ impl Lease {
         }
         let connect = async {
             let client = self.connector.dedicated().await?;
-            client.batch_execute(KEEPALIVES).await.map_err(Error::db)?;
+            client
+                .batch_execute(crate::sql::session::LEASE_SESSION)
+                .await
+                .map_err(Error::db)?;
             let mut guarded = Vec::with_capacity(Guarded::ALL.len());
             for which in Guarded::ALL {
                 let text = which.sql(&self.sql);

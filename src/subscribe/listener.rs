@@ -17,10 +17,11 @@ const LISTEN_AGAIN: Backoff = Backoff::linear(Duration::from_millis(200), Durati
 /// Listens on `channel`, holding the listeners' shared lock `listener_key` on the same
 /// connection: writers notify only while some connection holds it.
 pub(crate) async fn listen(connector: Connector, channel: String, listener_key: i64, heads: Heads) {
+    let listen_statement = crate::sql::session::listen(&channel);
     let mut failures = 0u32;
     loop {
         let announce = (crate::sql::HOLD_LISTENER_LOCK, listener_key);
-        match connector.listen(&channel, announce).await {
+        match connector.listen(&listen_statement, announce).await {
             Ok((client, mut notifications)) => {
                 failures = 0;
                 // Whatever was committed while nobody listened is read now.

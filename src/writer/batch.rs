@@ -293,7 +293,12 @@ impl BatchJob {
             },
         };
         let remaining = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(remaining, connection.client.simple_query("SELECT 1")).await {
+        match tokio::time::timeout(
+            remaining,
+            connection.client.simple_query(sql::session::PING),
+        )
+        .await
+        {
             Ok(Ok(_)) => (Some(connection), Ok(())),
             Ok(Err(e)) => (None, Err(Error::db(e))),
             Err(_) => (None, Err(self.timeout_error())),
@@ -308,17 +313,9 @@ impl BatchJob {
 
     async fn connect(&self) -> Result<WriterConnection> {
         let client = self.connector.dedicated().await?;
-        // Plan the statements once, not per batch: the append statement is written to
-        // do well under a generic plan (probes per event, not joins sized by guesses),
-        // and planning it anew cost about 0.1-0.2 ms of every batch.
-        // A batch of one round runs as an implicit transaction (the append function's
-        // call): pinned to READ COMMITTED, as `BEGIN` pins the others, so that the
-        // check's snapshot is taken after the lock whatever the server's default.
+        // Generic plans, READ COMMITTED (see the statement's comment).
         client
-            .batch_execute(
-                "SET plan_cache_mode = force_generic_plan;
-                 SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED",
-            )
+            .batch_execute(sql::session::WRITER_SESSION)
             .await
             .map_err(Error::db)?;
         let lock = client.prepare(sql::WRITE_LOCK).await.map_err(Error::db)?;
@@ -473,12 +470,11 @@ impl BatchJob {
                 client.query(call, call_params).await.map(Some)
             }));
         } else {
-            // Pinned: a server whose default isolation is REPEATABLE READ or SERIALIZABLE
-            // would take the snapshot before the lock and decide on stale state.
+            // Pinned to READ COMMITTED (see the statement's comment).
             kinds.push(metrics::Statement::Begin);
             steps.push(Box::pin(async move {
                 client
-                    .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+                    .batch_execute(sql::session::BEGIN)
                     .await
                     .map(|()| None)
             }));
@@ -505,7 +501,10 @@ impl BatchJob {
                 }));
             }
             steps.push(Box::pin(async move {
-                client.batch_execute("COMMIT").await.map(|()| None)
+                client
+                    .batch_execute(sql::session::COMMIT)
+                    .await
+                    .map(|()| None)
             }));
         }
         // From the first poll on, requests are on their way and COMMIT may run before
@@ -526,7 +525,7 @@ impl BatchJob {
             failure
         };
         let Some((commit, commit_done)) = answers.pop() else {
-            unreachable!("COMMIT (or the call) is always the last step");
+            unreachable!("the commit (or the call) is always the last step");
         };
         let mut previous = started;
         let mut round_rows = Vec::with_capacity(rounds.len());

@@ -7,8 +7,8 @@
 
 use tokio_postgres::Client;
 
+use super::Identifier;
 use crate::error::{Error, Result};
-use crate::sql::Identifier;
 
 /// The migration steps, in order: (version, name, SQL with `{schema}` placeholders).
 const MIGRATIONS: &[(i32, &str, &str)] = &[
@@ -74,21 +74,41 @@ pub(crate) async fn grant_application_role(
     schema: &Identifier,
     role: &Identifier,
 ) -> Result<()> {
+    client
+        .batch_execute(&grant_statements(schema, role))
+        .await
+        .map_err(Error::db)
+}
+
+/// What an application role may do, table by table: the one list that
+/// [`EventStore::migrate_with_role`](crate::EventStore::migrate_with_role) grants and
+/// the CLI and README describe (a test keeps README in step). Nothing else: no
+/// `UPDATE` or `DELETE` of events (triggers refuse those even to the owner), no DDL.
+pub const APPLICATION_GRANTS: &[(&str, &str)] = &[
+    ("events", "SELECT, INSERT"),
+    ("event_tags", "SELECT, INSERT"),
+    ("event_keys", "SELECT, INSERT"),
+    ("indexed_keys", "SELECT"),
+    ("schema_migrations", "SELECT"),
+    ("consumers", "SELECT, INSERT, UPDATE, DELETE"),
+    ("parked", "SELECT, INSERT, UPDATE, DELETE"),
+    ("snapshots", "SELECT, INSERT, UPDATE"),
+];
+
+/// Revokes everything `role` had on the schema's tables, then grants it
+/// [`APPLICATION_GRANTS`] and the use of the schema.
+fn grant_statements(schema: &Identifier, role: &Identifier) -> String {
     let s = schema.quoted();
     // Role names reach GRANT as identifiers (it takes no bind parameters).
     let role = role.quoted();
-    client
-        .batch_execute(&format!(
-            "REVOKE ALL ON ALL TABLES IN SCHEMA {s} FROM {role};
-             GRANT USAGE ON SCHEMA {s} TO {role};
-             GRANT SELECT, INSERT ON {s}.events, {s}.event_tags, {s}.event_keys TO {role};
-             GRANT SELECT ON {s}.indexed_keys TO {role};
-             GRANT SELECT ON {s}.schema_migrations TO {role};
-             GRANT SELECT, INSERT, UPDATE, DELETE ON {s}.consumers, {s}.parked TO {role};
-             GRANT SELECT, INSERT, UPDATE ON {s}.snapshots TO {role};"
-        ))
-        .await
-        .map_err(Error::db)
+    let mut text = format!(
+        "REVOKE ALL ON ALL TABLES IN SCHEMA {s} FROM {role};
+         GRANT USAGE ON SCHEMA {s} TO {role};"
+    );
+    for (table, privileges) in APPLICATION_GRANTS {
+        text.push_str(&format!("\nGRANT {privileges} ON {s}.{table} TO {role};"));
+    }
+    text
 }
 
 /// The latest schema version this build knows.
@@ -99,7 +119,7 @@ pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 /// Unicode) could be refused by the server's conversion, failing whole batches.
 pub(crate) async fn migrate(client: &mut Client, schema: &Identifier) -> Result<Vec<i32>> {
     let encoding: String = client
-        .query_one("SELECT current_setting('server_encoding')", &[])
+        .query_one(super::session::SERVER_ENCODING, &[])
         .await
         .map_err(Error::db)?
         .get(0);
