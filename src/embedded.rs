@@ -6,6 +6,9 @@
 //! watchdog process does the same if this process dies without dropping it. PostgreSQL
 //! refuses to run as root, so as root the server runs as the `postgres` (or `nobody`)
 //! user.
+//!
+//! Longer than most files because starting a server as root (a user to run it as,
+//! directories it may write, a watchdog) is one sequence that fails as a whole.
 
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;

@@ -5,8 +5,6 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::subscribe::EventBatch;
-
 /// One durable consumer's counters, as this process sees it.
 #[derive(Default)]
 pub(crate) struct ConsumerStats {
@@ -28,17 +26,22 @@ pub(crate) struct ConsumerStats {
 }
 
 impl ConsumerStats {
-    /// Counts a batch handed to the consumer.
-    pub(crate) fn sent(&self, batch: &EventBatch) {
+    /// Counts a batch of `events` handed to the consumer, whose newest event was
+    /// recorded at `newest` (`None`: an empty batch), and which `caught_up` or not.
+    pub(crate) fn sent(
+        &self,
+        events: usize,
+        newest: Option<chrono::DateTime<chrono::Utc>>,
+        caught_up: bool,
+    ) {
         let now = chrono::Utc::now();
-        self.delivered
-            .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
+        self.delivered.fetch_add(events as u64, Ordering::Relaxed);
         self.batches.fetch_add(1, Ordering::Relaxed);
-        self.caught_up.store(batch.caught_up, Ordering::Relaxed);
+        self.caught_up.store(caught_up, Ordering::Relaxed);
         self.last_progress_ms
             .store(now.timestamp_millis().max(0) as u64, Ordering::Relaxed);
-        let lag = match (batch.caught_up, batch.events.last()) {
-            (false, Some(newest)) => (now - newest.recorded_at).num_milliseconds().max(0) as u64,
+        let lag = match (caught_up, newest) {
+            (false, Some(newest)) => (now - newest).num_milliseconds().max(0) as u64,
             _ => 0,
         };
         self.lag_ms.store(lag, Ordering::Relaxed);

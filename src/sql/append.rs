@@ -1,5 +1,9 @@
 //! The append statement, its bind parameters and the rows it returns; and the
 //! statement that tells a retry from a duplicate for the appends it found stored.
+//!
+//! Longer than most files because the append statement is written here whole, with the
+//! append function and the stored statement, which must agree with its parameters and
+//! rows.
 
 use chrono::{DateTime, Utc};
 use postgres_types::{ToSql, Type};

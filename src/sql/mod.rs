@@ -11,6 +11,9 @@
 //! `append` owns the append statement and the rows it returns; `read` the read
 //! statements and theirs; this file what they share: the lock, the schema quoting,
 //! query items as parallel arrays, and `jsonb` as text on the wire.
+//!
+//! Longer than most files because the encodings every statement family shares (query
+//! items as parallel arrays, `jsonb` as text) are here with their tests.
 
 use std::error::Error as StdError;
 

@@ -1,5 +1,8 @@
 //! The read statements: one per query shape for queries of few items, one for all
 //! larger queries; their bind parameters and the row layout they return.
+//!
+//! Longer than most files because both read statements are written here whole, with
+//! the shapes that choose between them and the row layout they share.
 
 use chrono::{DateTime, Utc};
 use postgres_types::{ToSql, Type};

@@ -7,6 +7,9 @@
 //! it, and a standby polling `pg_try_advisory_lock` takes over. On taking over, the
 //! holder increments the consumer's `generation`; every write it makes is guarded by
 //! that generation, so a holder that lost the lease without noticing changes nothing.
+//!
+//! Longer than most files because the lease is one state machine (take over, guarded
+//! writes, keep-alive, release) whose every statement depends on the generation.
 
 use std::sync::Arc;
 use std::time::Duration;

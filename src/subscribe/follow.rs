@@ -230,7 +230,11 @@ pub(crate) async fn step(
                 lease.delivered.store(batch.scanned_to, Ordering::Release);
             }
             if let Some(stats) = &shared.stats {
-                stats.sent(batch);
+                stats.sent(
+                    batch.events.len(),
+                    batch.events.last().map(|e| e.recorded_at),
+                    batch.caught_up,
+                );
             }
         }
         return (follower, result);

@@ -21,7 +21,9 @@
 //! alone.
 //!
 //! Files: this one holds the actor, its messages and scheduling; `batch` writes one
-//! batch (pipelining, retries, isolation, what an error says); `rounds` plans rounds.
+//! batch (retries, isolation, what an error says), with `transaction` (its statements
+//! in one round trip), `connection` and `notify`; `pending` is an append waiting for
+//! its answer; `rounds` plans rounds.
 
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -34,153 +36,27 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use crate::base::connect::Connector;
 use crate::error::{Error, Result};
 use crate::metrics::{MetricsSink, Record};
-use crate::model::{AppendCondition, AppendResult, Event, Limits};
+use crate::model::{AppendResult, Limits};
 use crate::sql::{self, DeclaredKeys, Identifier};
 
 mod batch;
+mod connection;
+mod messages;
+mod notify;
+mod pending;
 mod rounds;
+mod transaction;
 
-use batch::{BatchJob, WriterConnection};
+use batch::BatchJob;
+use connection::WriterConnection;
+pub use messages::Append;
+pub(crate) use messages::{Ping, QueueAppend, Shutdown, Stop};
+use pending::Pending;
 
 /// Batches written at once: one, and the next pipelined behind it on its connection.
 const MAX_IN_FLIGHT: usize = 2;
 #[cfg(feature = "internals")]
 pub(crate) use rounds::plan as plan_rounds;
-
-/// Appends `events` atomically, unless `condition` fails. Send it to
-/// [`EventStore::appender`](crate::EventStore::appender) or use
-/// [`EventStore::append`](crate::EventStore::append).
-///
-/// A message-driven caller hears [`Error::Closed`] only as a mailbox error if the
-/// store stops mid-batch; the handle's methods say whether such an append may have
-/// been written.
-#[derive(Debug, Message)]
-#[rtype(result = "Result<AppendResult>")]
-#[non_exhaustive]
-pub struct Append {
-    /// The events, stored at consecutive positions in this order.
-    pub events: Vec<Event>,
-    /// The condition that must hold for the append to happen.
-    pub condition: Option<AppendCondition>,
-}
-
-impl Append {
-    /// An append of `events` under `condition`.
-    pub fn new(events: Vec<Event>, condition: Option<AppendCondition>) -> Self {
-        Append { events, condition }
-    }
-}
-
-/// Checks the writer's connection with a round trip, between batches.
-#[derive(Debug, Message)]
-#[rtype(result = "Result<()>")]
-pub(crate) struct Ping;
-
-/// Stops the writer after every append queued before it is written; appends sent
-/// after it fail with [`Error::Closed`].
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub(crate) struct Shutdown;
-
-/// Stops the writer at once, as its store is dropped: appends queued or in flight
-/// answer [`Error::Closed`] (saying whether they may have been written).
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub(crate) struct Stop;
-
-/// An append that carries its own reply channel, so the caller hears the outcome
-/// straight from the queued append, also if the writer stops mid-batch (`Closed`
-/// saying whether it may have been written), and so `try_send` can be used.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct QueueAppend {
-    pub append: Append,
-    pub reply: oneshot::Sender<Result<AppendResult>>,
-    /// The caller's span, which the batch's span follows from.
-    pub caller: tracing::Span,
-    /// The append's place in the writer, given back when it is answered.
-    pub admission: OwnedSemaphorePermit,
-}
-
-/// An append waiting for its batch, and what is known of its outcome so far.
-struct Pending {
-    events: Vec<Event>,
-    condition: Option<AppendCondition>,
-    /// Taken by the one answer; an append dropped unanswered (the actor stopped)
-    /// answers [`Error::Closed`], saying whether it may have been written.
-    reply: Option<oneshot::Sender<Result<AppendResult>>>,
-    /// A batch holding this append has been sent and has not answered yet.
-    in_flight: std::cell::Cell<bool>,
-    /// The first failure after which this append may have been written (a
-    /// connection lost after its batch was sent); later errors must say so too.
-    unknown_outcome: Option<Error>,
-    /// The caller's span (none for message-driven callers).
-    caller: tracing::Span,
-    /// Returned to the admission semaphore when this is dropped (answered or not).
-    _admission: OwnedSemaphorePermit,
-}
-
-impl Pending {
-    fn new(
-        append: Append,
-        reply: oneshot::Sender<Result<AppendResult>>,
-        caller: tracing::Span,
-        admission: OwnedSemaphorePermit,
-    ) -> Self {
-        Pending {
-            events: append.events,
-            condition: append.condition,
-            reply: Some(reply),
-            in_flight: std::cell::Cell::new(false),
-            unknown_outcome: None,
-            caller,
-            _admission: admission,
-        }
-    }
-
-    fn size_bytes(&self) -> usize {
-        self.events.iter().map(Event::size_bytes).sum()
-    }
-
-    fn may_have_been_written(&self) -> bool {
-        self.in_flight.get() || self.unknown_outcome.is_some()
-    }
-
-    /// Sends the caller its result. An error that does not settle the outcome (a
-    /// database, connection or time failure, as opposed to the statement's own
-    /// decision) says "may have been written" whenever an attempt may have committed.
-    fn answer(mut self, result: Result<AppendResult>) {
-        let result = match result {
-            Err(error) if self.may_have_been_written() && !error.may_have_been_written() => {
-                Err(match error {
-                    Error::ConditionFailed { .. }
-                    | Error::DuplicateEventId { .. }
-                    | Error::InvalidInput { .. } => error,
-                    other => other
-                        .as_possibly_written()
-                        .or_else(|| self.unknown_outcome.clone())
-                        .unwrap_or(Error::Closed {
-                            may_have_been_written: true,
-                        }),
-                })
-            }
-            other => other,
-        };
-        if let Some(reply) = self.reply.take() {
-            let _ = reply.send(result);
-        }
-    }
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        if let Some(reply) = self.reply.take() {
-            let _ = reply.send(Err(Error::Closed {
-                may_have_been_written: self.may_have_been_written(),
-            }));
-        }
-    }
-}
 
 /// Settings the writer needs, fixed at start.
 pub(crate) struct WriterSettings {
@@ -209,7 +85,7 @@ pub(crate) struct NotifySettings {
 pub(crate) struct Writer {
     connector: Connector,
     heads: crate::base::heads::Heads,
-    listeners: std::rc::Rc<batch::Listeners>,
+    listeners: std::rc::Rc<notify::Listeners>,
     settings: std::rc::Rc<WriterSettings>,
     lock_key: i64,
     /// The connection batches are written on; shared by the (at most two) batches in
@@ -500,72 +376,5 @@ impl Handler<Shutdown> for Writer {
         Box::pin(async move {
             let _ = drained.await;
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn permit() -> OwnedSemaphorePermit {
-        Arc::new(Semaphore::new(1))
-            .try_acquire_owned()
-            .expect("a fresh semaphore has a permit")
-    }
-
-    fn pending() -> (Pending, oneshot::Receiver<Result<AppendResult>>) {
-        let (reply, answer) = oneshot::channel();
-        let append = Append {
-            events: vec![Event::new("E", serde_json::json!({}))],
-            condition: None,
-        };
-        (
-            Pending::new(append, reply, tracing::Span::none(), permit()),
-            answer,
-        )
-    }
-
-    #[test]
-    fn an_append_dropped_in_flight_says_it_may_have_been_written() {
-        let (queued, mut answer) = pending();
-        drop(queued);
-        let error = answer.try_recv().unwrap().unwrap_err();
-        assert!(matches!(error, Error::Closed { .. }) && !error.may_have_been_written());
-
-        let (sent, mut answer) = pending();
-        sent.in_flight.set(true);
-        drop(sent);
-        let error = answer.try_recv().unwrap().unwrap_err();
-        assert!(matches!(error, Error::Closed { .. }) && error.may_have_been_written());
-    }
-
-    #[test]
-    fn after_an_unknown_outcome_only_the_statements_own_decision_is_final() {
-        let unknown = Error::Timeout {
-            after: Duration::from_secs(1),
-            may_have_been_written: true,
-        };
-        let answer_after_unknown = |result: Result<AppendResult>| {
-            let (mut p, mut answer) = pending();
-            p.unknown_outcome = Some(unknown.clone());
-            p.answer(result);
-            answer.try_recv().unwrap()
-        };
-        let timeout = Error::Timeout {
-            after: Duration::from_secs(1),
-            may_have_been_written: false,
-        };
-        assert!(answer_after_unknown(Err(timeout))
-            .unwrap_err()
-            .may_have_been_written());
-        let refused = answer_after_unknown(Err(Error::Connect("refused".into()))).unwrap_err();
-        assert!(refused.may_have_been_written());
-        let decided = answer_after_unknown(Err(Error::ConditionFailed { after: None }));
-        assert!(matches!(decided, Err(Error::ConditionFailed { .. })));
-        let written = AppendResult {
-            first_position: 1,
-            last_position: 1,
-        };
-        assert_eq!(answer_after_unknown(Ok(written)).unwrap(), written);
     }
 }

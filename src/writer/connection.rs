@@ -1,0 +1,168 @@
+//! The writer's connection: connecting with the writer's session, a ping, and the
+//! statements prepared on the connection (the lock, the stored statement, and each
+//! round shape's append statement and append function, made when first met).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Instant;
+
+use tokio_postgres::{Client, Statement};
+
+use super::batch::{BatchFailure, BatchJob};
+use super::notify::NotifyStatements;
+use crate::error::{Error, Result};
+use crate::sql::{self, AppendShape};
+
+/// A connection with the writer's statements prepared on it.
+pub(super) struct WriterConnection {
+    pub(super) client: Client,
+    pub(super) lock: Statement,
+    /// The append statement of each round shape met on this connection, prepared
+    /// when first met.
+    pub(super) appends: RefCell<HashMap<AppendShape, Statement>>,
+    /// Tells retries from duplicates among the appends a batch found stored.
+    pub(super) stored: Statement,
+    /// The call of each round shape's append function (`sql::append_function`), made
+    /// and prepared when first met; a batch of one round is that one call.
+    pub(super) calls: RefCell<HashMap<AppendShape, Statement>>,
+    /// Whether this session may create its temporary append functions (without the
+    /// `TEMPORARY` privilege on the database, every batch is an explicit transaction).
+    pub(super) functions: Cell<bool>,
+    /// The `NOTIFY` sent before `COMMIT` (none with `notify_commits` off).
+    pub(super) notify: Option<NotifyStatements>,
+}
+
+impl WriterConnection {
+    pub(super) fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+}
+
+impl BatchJob {
+    /// A round trip on the writer's connection (connecting if needed), by the
+    /// operation timeout; gives the connection back if it is still good.
+    pub(super) async fn ping(
+        self,
+        connection: Option<Rc<WriterConnection>>,
+    ) -> (Option<Rc<WriterConnection>>, Result<()>) {
+        let deadline = Instant::now() + self.settings.timeout;
+        let connection = match connection.filter(|c| !c.is_closed()) {
+            Some(c) => c,
+            None => match self.connect_by(deadline).await {
+                Some(Ok(c)) => Rc::new(c),
+                Some(Err(e)) => return (None, Err(e)),
+                None => return (None, Err(self.timeout_error())),
+            },
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(
+            remaining,
+            connection.client.simple_query(sql::session::PING),
+        )
+        .await
+        {
+            Ok(Ok(_)) => (Some(connection), Ok(())),
+            Ok(Err(e)) => (None, Err(Error::db(e))),
+            Err(_) => (None, Err(self.timeout_error())),
+        }
+    }
+
+    /// Connects and prepares, by `deadline`; `None` when the deadline passed first.
+    pub(super) async fn connect_by(&self, deadline: Instant) -> Option<Result<WriterConnection>> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        tokio::time::timeout(remaining, self.connect()).await.ok()
+    }
+
+    pub(super) async fn connect(&self) -> Result<WriterConnection> {
+        let client = self.connector.dedicated().await?;
+        // Generic plans, READ COMMITTED (see the statement's comment).
+        client
+            .batch_execute(sql::session::WRITER_SESSION)
+            .await
+            .map_err(Error::db)?;
+        let lock = client.prepare(sql::WRITE_LOCK).await.map_err(Error::db)?;
+        let stored = client
+            .prepare_typed(
+                &sql::stored_statement(&self.settings.schema),
+                &sql::EVENT_TYPES,
+            )
+            .await
+            .map_err(Error::db)?;
+        let notify = match &self.settings.notify {
+            Some(notify) => Some(NotifyStatements {
+                send: client.prepare(&notify.sql).await.map_err(Error::db)?,
+                listeners: client.prepare(sql::LISTENERS).await.map_err(Error::db)?,
+            }),
+            None => None,
+        };
+        Ok(WriterConnection {
+            client,
+            lock,
+            appends: RefCell::default(),
+            stored,
+            calls: RefCell::default(),
+            functions: Cell::new(true),
+            notify,
+        })
+    }
+
+    /// The prepared call of `shape`'s append function on `connection`, the function
+    /// created on first use (before the batch is sent); `None` when this session may
+    /// not create temporary functions (then it never asks again).
+    pub(super) async fn append_call(
+        &self,
+        connection: &WriterConnection,
+        shape: AppendShape,
+    ) -> std::result::Result<Option<Statement>, BatchFailure> {
+        if !connection.functions.get() {
+            return Ok(None);
+        }
+        if let Some(call) = connection.calls.borrow().get(&shape) {
+            return Ok(Some(call.clone()));
+        }
+        let client = &connection.client;
+        let failure = |error| BatchFailure::of(error, client, false);
+        let function = sql::append_function(&self.settings.schema, shape);
+        if let Err(error) = client.batch_execute(&function).await {
+            if error.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
+                tracing::info!(
+                    %error,
+                    "no temporary functions in this database: each batch is an explicit transaction"
+                );
+                connection.functions.set(false);
+                return Ok(None);
+            }
+            return Err(failure(error));
+        }
+        let call = client
+            .prepare_typed(&sql::append_call(shape), &sql::append_call_types())
+            .await
+            .map_err(failure)?;
+        connection.calls.borrow_mut().insert(shape, call.clone());
+        Ok(Some(call))
+    }
+
+    /// The append statement of `shape` on `connection`, prepared on first use (before
+    /// the batch's transaction begins, so nothing is in flight yet if it fails).
+    pub(super) async fn append_statement(
+        &self,
+        connection: &WriterConnection,
+        shape: AppendShape,
+    ) -> std::result::Result<Statement, BatchFailure> {
+        if let Some(statement) = connection.appends.borrow().get(&shape) {
+            return Ok(statement.clone());
+        }
+        let text = sql::append_statement(&self.settings.schema, shape);
+        let client = &connection.client;
+        let statement = client
+            .prepare_typed(&text, &sql::append_types())
+            .await
+            .map_err(|error| BatchFailure::of(error, client, false))?;
+        connection
+            .appends
+            .borrow_mut()
+            .insert(shape, statement.clone());
+        Ok(statement)
+    }
+}
