@@ -291,7 +291,7 @@ impl Drop for EmbeddedPostgres {
         // A server stopped on purpose has no pid file.
         if Path::new(&self.data_dir()).join("postmaster.pid").exists() {
             if let Err(e) = self.kill() {
-                tracing::warn!(error = %e, "could not stop the embedded PostgreSQL");
+                tracing::warn!(error = %crate::error::Chain(&e), "could not stop the embedded PostgreSQL");
             }
         }
         if let Some(mut watchdog) = self.watchdog.take() {

@@ -70,17 +70,42 @@ pub enum Error {
         may_have_been_written: bool,
     },
 
-    /// A database error.
+    /// A database error. Its message names the SQLSTATE when the server sent one; the
+    /// server's own message is its [`source`](std::error::Error::source) (print it
+    /// with [`Error::report`], or any reporter that walks the chain).
     ///
     /// `may_have_been_written` is true only when the connection failed while a commit
     /// was in flight, so the outcome is unknown.
-    #[error("database error{}: {}", if *.may_have_been_written { " (the append may have been written)" } else { "" }, with_causes(.source.as_ref()))]
+    #[error("database error{}{}", match .source.code() { Some(code) => format!(" (SQLSTATE {})", code.code()), None => String::new() }, if *.may_have_been_written { " (the append may have been written)" } else { "" })]
     Database {
         /// The driver's error, with SQLSTATE when the server sent one.
         #[source]
         source: Arc<tokio_postgres::Error>,
         /// Whether the append may have been committed despite the error.
         may_have_been_written: bool,
+    },
+
+    /// The role the store connects as may not do what was needed; nothing was changed.
+    /// Its [`sql_state`](Error::sql_state) is `42501` (`insufficient_privilege`).
+    #[error("permission denied: {needed}")]
+    PermissionDenied {
+        /// What was refused, and what to do instead.
+        needed: String,
+        /// The server's refusal.
+        #[source]
+        source: Arc<tokio_postgres::Error>,
+    },
+
+    /// The schema was migrated by a newer build of the store than this one, which
+    /// cannot know what the newer versions changed; nothing was changed.
+    #[error("schema {schema:?} is at version {version}, newer than this build's {supported}: upgrade dcb-store")]
+    SchemaTooNew {
+        /// The schema.
+        schema: String,
+        /// Its newest applied version.
+        version: i32,
+        /// The newest version this build knows ([`SCHEMA_VERSION`](crate::SCHEMA_VERSION)).
+        supported: i32,
     },
 
     /// No connection to the database could be made.
@@ -148,6 +173,8 @@ impl Error {
             Error::Overloaded => "overloaded",
             Error::Closed { .. } => "closed",
             Error::Database { .. } => "database",
+            Error::PermissionDenied { .. } => "permission_denied",
+            Error::SchemaTooNew { .. } => "schema_too_new",
             Error::Connect(_) => "connect",
             Error::Config(_) => "config",
             Error::Embedded(_) => "embedded",
@@ -160,9 +187,22 @@ impl Error {
     /// The SQLSTATE code when this is an error the server reported.
     pub fn sql_state(&self) -> Option<&tokio_postgres::error::SqlState> {
         match self {
-            Error::Database { source, .. } => source.code(),
+            Error::Database { source, .. } | Error::PermissionDenied { source, .. } => {
+                source.code()
+            }
             _ => None,
         }
+    }
+
+    /// This error and its causes, joined with `: ` (the server's message of a
+    /// [`Error::Database`], for one), for logs and messages.
+    ///
+    /// ```
+    /// let error = dcb_store::Error::Config("no database URL".into());
+    /// assert_eq!(error.report(), "configuration error: no database URL");
+    /// ```
+    pub fn report(&self) -> String {
+        with_causes(self)
     }
 
     /// The store is closed and nothing of the operation was sent.
@@ -238,6 +278,16 @@ pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
 impl From<serde_json::Error> for Error {
     fn from(e: serde_json::Error) -> Self {
         Error::Decode(Arc::new(e))
+    }
+}
+
+/// Shows an error with its causes (`error = %Chain(&e)` in logs), since `Display` of
+/// a well-behaved error leaves its causes to `source()`.
+pub(crate) struct Chain<'a>(pub &'a dyn std::error::Error);
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&with_causes(self.0))
     }
 }
 

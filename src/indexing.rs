@@ -118,11 +118,14 @@ pub(crate) async fn sync(
         // An application role may not change the keys: say what to do instead.
         let refused = |e: tokio_postgres::Error| {
             if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) {
-                Error::Config(format!(
-                    "indexed keys {missing:?} (d: data, m: metadata) are not declared in this \
-                     store and this role may not declare them: run `migrate` as the schema's \
-                     owner with these keys"
-                ))
+                Error::PermissionDenied {
+                    needed: format!(
+                        "indexed keys {missing:?} (d: data, m: metadata) are not declared in \
+                         this store and this role may not declare them: run `migrate` as the \
+                         schema's owner with these keys"
+                    ),
+                    source: std::sync::Arc::new(e),
+                }
             } else {
                 Error::db(e)
             }
@@ -214,11 +217,11 @@ pub(crate) async fn backfill_in_background(connector: Connector, sql: KeyStateme
         match outcome {
             Ok(()) => return,
             Err(e) if e.sql_state() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
-                tracing::warn!(error = %e, "this role may not backfill indexed keys: run `migrate` as the schema's owner");
+                tracing::warn!(error = %crate::error::Chain(&e), "this role may not backfill indexed keys: run `migrate` as the schema's owner");
                 return;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "backfilling indexed keys failed; trying again");
+                tracing::warn!(error = %crate::error::Chain(&e), "backfilling indexed keys failed; trying again");
                 failures += 1;
                 tokio::time::sleep(BACKFILL_AGAIN.after(failures)).await;
             }

@@ -77,8 +77,8 @@ pub use error::{Error, Result};
 pub use indexing::{IndexedKey, KeySource};
 pub use metrics::{ConsumerMetrics, LatencySummary, MetricsSnapshot, ReplicaMetrics, SizeSummary};
 pub use model::{
-    AppendCondition, AppendOptions, AppendResult, Consistency, DataFilter, Event, Query, QueryItem,
-    ReadOptions, ReadResult, SequencedEvent, MAX_NAME_BYTES,
+    AppendCondition, AppendOptions, AppendResult, Consistency, DataFilter, DecideOptions, Event,
+    MigrateOptions, Query, QueryItem, ReadOptions, ReadResult, SequencedEvent, MAX_NAME_BYTES,
 };
 pub use reader::Read;
 pub use sql::schema::{APPLICATION_GRANTS, SCHEMA_VERSION};

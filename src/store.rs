@@ -24,8 +24,8 @@ use crate::indexing::{self, IndexedKey};
 use crate::metrics::ConsumerRegistry;
 use crate::metrics::{self, GetSnapshot, MetricsActor, MetricsSink, MetricsSnapshot, Record};
 use crate::model::{
-    AppendCondition, AppendOptions, AppendResult, Event, Query, ReadOptions, ReadResult,
-    SequencedEvent,
+    AppendCondition, AppendOptions, AppendResult, Event, MigrateOptions, Query, ReadOptions,
+    ReadResult, SequencedEvent,
 };
 use crate::reader::{Read, Reader, ReaderSettings};
 use crate::router::{self, Replica, Replicas, Router, RouterSettings, Server};
@@ -574,7 +574,7 @@ impl EventStore {
     /// wait while a dropped key's entries are deleted). Returns the versions applied
     /// (empty when it was up to date).
     pub async fn migrate(config: &Config) -> Result<Vec<i32>> {
-        Self::migrate_with_role(config, None).await
+        Self::migrate_with(config, MigrateOptions::default()).await
     }
 
     /// Like [`EventStore::migrate`], run as the schema's owner, then grants
@@ -585,6 +585,20 @@ impl EventStore {
         config: &Config,
         application_role: Option<&str>,
     ) -> Result<Vec<i32>> {
+        let mut options = MigrateOptions::default();
+        options.application_role = application_role.map(str::to_owned);
+        Self::migrate_with(config, options).await
+    }
+
+    /// [`EventStore::migrate`] with `options`: run as the schema's owner, it then
+    /// grants the [application role](MigrateOptions::application_role) what the
+    /// store needs and nothing more.
+    ///
+    /// # Errors
+    /// As [`EventStore::connect`]; [`Error::Config`] for a role name that is not a
+    /// plain identifier.
+    pub async fn migrate_with(config: &Config, options: MigrateOptions) -> Result<Vec<i32>> {
+        let application_role = options.application_role.as_deref();
         config.validate()?;
         let url = config
             .database_url()

@@ -354,3 +354,25 @@ fn readme_lists_the_grants_the_code_makes() {
         "README's grants table must be APPLICATION_GRANTS"
     );
 }
+
+#[test]
+fn readme_embedding_snippet_is_the_compiled_and_tested_one() {
+    let readme = fs::read_to_string(root().join("README.md")).expect("read README.md");
+    let snippet: Vec<&str> = readme
+        .lines()
+        .skip_while(|l| *l != "## Embedding it")
+        .skip_while(|l| *l != "```rust")
+        .skip(1)
+        .take_while(|l| *l != "```")
+        .collect();
+    let minimal = fs::read_to_string(root().join("examples/courses/src/bin/minimal.rs"))
+        .expect("read the minimal example");
+    let code: Vec<&str> = minimal
+        .lines()
+        .skip_while(|l| l.starts_with("//!") || l.is_empty())
+        .collect();
+    assert_eq!(
+        snippet, code,
+        "README's embedding snippet must be examples/courses/src/bin/minimal.rs"
+    );
+}

@@ -173,7 +173,7 @@ impl Scenario {
         Ok(Outcome {
             accepted: match decided {
                 Decided::Appended(_) => id,
-                Decided::Rejected(()) | Decided::Unchanged => None,
+                _ => None,
             },
             conflicts: attempts.saturating_sub(1),
         })

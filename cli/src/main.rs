@@ -57,7 +57,7 @@ fn main() -> ExitCode {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 // Operation spans are at info: keep them off unless asked for (RUST_LOG).
-                .unwrap_or_else(|_| "warn,dcb_store::schema=info".into()),
+                .unwrap_or_else(|_| "warn,dcb_store::sql::schema=info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -65,7 +65,8 @@ fn main() -> ExitCode {
     match actix::System::new().block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("dcb-store: {e}");
+            // The message and its causes, each once.
+            eprintln!("dcb-store: {}", e.report());
             ExitCode::FAILURE
         }
     }
@@ -92,7 +93,11 @@ async fn run(cli: Cli) -> Result<ExitCode, dcb_store::Error> {
         Command::Tail(args) => shell::tail(config, args).await,
         Command::Append(args) => shell::append(config, args).await,
         Command::Migrate { app_role } => {
-            let applied = EventStore::migrate_with_role(&config, app_role.as_deref()).await?;
+            let mut options = dcb_store::MigrateOptions::default();
+            if let Some(role) = &app_role {
+                options = options.application_role(role);
+            }
+            let applied = EventStore::migrate_with(&config, options).await?;
             println!(
                 "schema {} is at version {} (applied now: {:?})",
                 config.schema(),

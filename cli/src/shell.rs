@@ -296,7 +296,7 @@ pub async fn append(config: Config, args: AppendArgs) -> Result<ExitCode, Error>
                     }
                     result
                 }
-                Err(e) => serde_json::json!({"error": e.to_string(), "kind": e.kind()}),
+                Err(e) => serde_json::json!({"error": e.report(), "kind": e.kind()}),
             }
         }
     });

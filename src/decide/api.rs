@@ -9,7 +9,7 @@ use super::{Decided, DecisionModel, Projection};
 use crate::base::retry::Backoff;
 use crate::error::{Error, Result};
 use crate::metrics::{Method, Record};
-use crate::model::{AppendCondition, AppendResult, Consistency, Event};
+use crate::model::{AppendCondition, AppendResult, Consistency, DecideOptions, Event};
 use crate::store::EventStore;
 
 /// Times an append whose outcome is unknown is sent again (same events, same ids: a
@@ -61,7 +61,8 @@ impl EventStore {
             .await
     }
 
-    /// [`EventStore::decision_model`] read with `consistency`: with
+    /// [`EventStore::decision_model`] read with `options` (a [`Consistency`] converts
+    /// into them): with
     /// [`Consistency::Eventual`] a replica may serve it, so the model may miss the
     /// newest events. Its condition is still checked on the primary, so an append
     /// under it fails (never succeeds wrongly) when the model missed a matching event.
@@ -72,8 +73,9 @@ impl EventStore {
     pub async fn decision_model_with<P: Projection>(
         &self,
         projection: &P,
-        consistency: Consistency,
+        options: impl Into<DecideOptions>,
     ) -> Result<DecisionModel<P::State>> {
+        let consistency = options.into().consistency;
         build(self, self.decisions(), projection, consistency).await
     }
 
@@ -114,6 +116,7 @@ impl EventStore {
     ///     Decided::Appended(at) => println!("subscribed at {}", at.last_position),
     ///     Decided::Unchanged => {}
     ///     Decided::Rejected(why) => println!("refused: {why}"),
+    ///     _ => {} // `Decided` may gain outcomes
     /// }
     /// # Ok(()) }
     /// ```
@@ -126,8 +129,8 @@ impl EventStore {
             .await
     }
 
-    /// [`EventStore::decide`] with the first decision model read with `consistency`
-    /// (a replica may serve it, see [`EventStore::decision_model_with`]). A stale
+    /// [`EventStore::decide`] with `options` (a [`Consistency`] converts into them):
+    /// the first decision model is read with their consistency (a replica may serve it, see [`EventStore::decision_model_with`]). A stale
     /// model never makes a wrong decision: events decided on it are appended under its
     /// condition, checked on the primary, and after a conflict the model is read again
     /// from the primary; a refusal or no change, which no append checks, is decided
@@ -139,7 +142,7 @@ impl EventStore {
     pub async fn decide_with<P, R, F>(
         &self,
         projection: &P,
-        consistency: Consistency,
+        options: impl Into<DecideOptions>,
         mut decide: F,
     ) -> Result<Decided<R>>
     where
@@ -148,7 +151,7 @@ impl EventStore {
     {
         let started = Instant::now();
         let result = self
-            .decide_inner(projection, consistency, &mut decide)
+            .decide_inner(projection, options.into().consistency, &mut decide)
             .await;
         self.record_internal(Record::Method {
             method: Method::Decide,

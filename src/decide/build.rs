@@ -90,7 +90,7 @@ pub(crate) async fn build<P: Projection>(
             Err(error) => {
                 // Reading from the start is always exact; the read below meets a real
                 // database problem again and reports it.
-                tracing::warn!(%error, "snapshots not loaded");
+                tracing::warn!(error = %crate::error::Chain(&error), "snapshots not loaded");
                 misses.iter().map(|_| None).collect()
             }
         }

@@ -69,6 +69,7 @@ impl<S> DecisionModel<S> {
 
 /// What [`EventStore::decide`](crate::EventStore::decide) did.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Decided<R> {
     /// The decision's events were appended there.
     Appended(AppendResult),

@@ -288,7 +288,7 @@ impl Snapshots {
                 }
                 Ok(false) => self.outcome(SnapshotOutcome::NotNewer),
                 Err(error) => {
-                    tracing::warn!(projection = job.key.name, %error, "snapshot not saved");
+                    tracing::warn!(projection = job.key.name, error = %crate::error::Chain(&error), "snapshot not saved");
                     self.outcome(SnapshotOutcome::Failed);
                 }
             }

@@ -30,6 +30,7 @@ pub struct Event {
 
 /// An event as stored, with its position in the store.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct SequencedEvent {
     /// Unique, increasing with commit order; gaps are possible.
     pub position: u64,

@@ -12,6 +12,7 @@ use std::time::Duration;
 /// # let _ = (page, newest_first);
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ReadOptions {
     pub(crate) after: Option<u64>,
     pub(crate) before: Option<u64>,
@@ -120,6 +121,7 @@ impl ReadOptions {
 /// # let _ = quick;
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AppendOptions {
     pub(crate) timeout: Option<Duration>,
     pub(crate) fail_when_busy: bool,
@@ -163,5 +165,59 @@ mod tests {
                 }
             }
         }
+    }
+}
+
+/// How to decide ([`EventStore::decide_with`](crate::EventStore::decide_with),
+/// [`EventStore::decision_model_with`](crate::EventStore::decision_model_with)):
+/// which server may serve the decision model's reads. A [`Consistency`] converts into
+/// it, so `decide_with(&p, Consistency::Eventual, f)` reads as before.
+///
+/// ```
+/// use dcb_store::{Consistency, DecideOptions};
+/// let from_a_replica = DecideOptions::default().consistency(Consistency::Eventual);
+/// assert_eq!(from_a_replica, DecideOptions::from(Consistency::Eventual));
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DecideOptions {
+    pub(crate) consistency: Consistency,
+}
+
+impl DecideOptions {
+    /// Which server may serve the model's first read (default: the primary). The
+    /// append's condition is checked on the primary whatever this says.
+    pub fn consistency(mut self, consistency: Consistency) -> Self {
+        self.consistency = consistency;
+        self
+    }
+}
+
+impl From<Consistency> for DecideOptions {
+    fn from(consistency: Consistency) -> Self {
+        DecideOptions { consistency }
+    }
+}
+
+/// How to migrate ([`EventStore::migrate_with`](crate::EventStore::migrate_with)):
+/// which application role, if any, to grant what the store needs.
+///
+/// ```
+/// use dcb_store::MigrateOptions;
+/// let for_the_app = MigrateOptions::default().application_role("shop_app");
+/// # let _ = for_the_app;
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MigrateOptions {
+    pub(crate) application_role: Option<String>,
+}
+
+impl MigrateOptions {
+    /// Grant `role` the use of the schema and
+    /// [`APPLICATION_GRANTS`](crate::APPLICATION_GRANTS), and nothing more.
+    pub fn application_role(mut self, role: impl Into<String>) -> Self {
+        self.application_role = Some(role.into());
+        self
     }
 }

@@ -332,6 +332,7 @@ impl<'a> MatchView<'a> {
 /// Refuse an append when an event matching `fail_if_events_match` exists at a
 /// position greater than `after` (any position when `after` is `None`).
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct AppendCondition {
     /// The query whose matches make the append fail.
     pub fail_if_events_match: Query,

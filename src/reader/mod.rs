@@ -199,7 +199,7 @@ impl Shared {
             loop {
                 match self.read(&read).await {
                     Err(error) if connection_failed(&error) && !self.settings.for_replica => {
-                        tracing::debug!(%error, attempt, "read failed with its connection; reading again");
+                        tracing::debug!(error = %crate::error::Chain(&error), attempt, "read failed with its connection; reading again");
                     }
                     result => return result,
                 }

@@ -175,7 +175,7 @@ impl Router {
                 match asked.await {
                     Ok(Ok((client, head))) => (Some(client), Some(head)),
                     Ok(Err(error)) => {
-                        tracing::debug!(%error, "router: a server did not answer");
+                        tracing::debug!(error = %crate::error::Chain(&error), "router: a server did not answer");
                         (None, None)
                     }
                     Err(_) => (None, None),

@@ -131,7 +131,7 @@ async fn try_replica(replica: &Replica, read: Read, deadline: Instant) -> Option
             Some(answer)
         }
         Ok(Err(error)) => {
-            tracing::debug!(%error, "a replica failed a read; the primary serves it");
+            tracing::debug!(error = %crate::error::Chain(&error), "a replica failed a read; the primary serves it");
             if connection_failed(&error) || matches!(error, Error::Timeout { .. }) {
                 replica.stats.failed();
             }

@@ -164,10 +164,11 @@ pub(crate) async fn migrate(client: &mut Client, schema: &Identifier) -> Result<
         .map(|row| row.get(0))
         .collect();
     if let Some(newer) = applied.iter().find(|v| **v > SCHEMA_VERSION) {
-        return Err(Error::Config(format!(
-            "schema {} is at version {newer}, newer than this build's {SCHEMA_VERSION}",
-            schema.as_str()
-        )));
+        return Err(Error::SchemaTooNew {
+            schema: schema.as_str().to_owned(),
+            version: *newer,
+            supported: SCHEMA_VERSION,
+        });
     }
     let mut done = Vec::new();
     for (version, name, sql) in MIGRATIONS {

@@ -40,6 +40,7 @@ use crate::store::EventStore;
 /// ```
 #[derive(Clone, Debug, Message)]
 #[rtype(result = "std::result::Result<(), DeliveryError>")]
+#[non_exhaustive]
 pub struct Deliver {
     /// The events, and how far they cover.
     pub batch: EventBatch,
@@ -69,6 +70,7 @@ impl DeliveryError {
 /// A running delivery to an actor; see
 /// [`EventStore::subscribe_recipient`](crate::EventStore::subscribe_recipient).
 #[derive(Debug)]
+#[must_use = "dropping the handle stops delivery: keep it, or wait() on it"]
 pub struct SubscriptionHandle {
     stop: Option<oneshot::Sender<()>>,
     done: tokio::task::JoinHandle<Result<()>>,
@@ -145,7 +147,7 @@ pub(crate) async fn run_delivery(
             }
             Some(Err(error)) => {
                 failures += 1;
-                tracing::warn!(%error, "consumer: cannot get the next batch; retrying");
+                tracing::warn!(error = %crate::error::Chain(&error), "consumer: cannot get the next batch; retrying");
                 let pause = growing_pause(settings.retry_backoff, failures);
                 if !sleep_unless_stopped(pause, &mut stop).await {
                     break Ok(());
@@ -181,7 +183,7 @@ async fn deliver_until_done(
             Err(Error::Closed { .. }) if !recipient.connected() => return Some(Ok(())),
             Err(error) => {
                 failures += 1;
-                tracing::warn!(%error, "consumer: delivery failed; delivering the batch again");
+                tracing::warn!(error = %crate::error::Chain(&error), "consumer: delivery failed; delivering the batch again");
                 let pause = growing_pause(settings.retry_backoff, failures);
                 if !sleep_unless_stopped(pause, stop).await {
                     return Some(Ok(()));
@@ -323,7 +325,7 @@ async fn ack_until_done(
             }
             Err(error) => {
                 failures += 1;
-                tracing::warn!(%error, "consumer: ack failed; retrying the ack");
+                tracing::warn!(error = %crate::error::Chain(&error), "consumer: ack failed; retrying the ack");
                 let pause = growing_pause(settings.retry_backoff, failures);
                 if !sleep_unless_stopped(pause, stop).await {
                     return Ok(Some(Delivered::Stopped));

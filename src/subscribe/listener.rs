@@ -36,7 +36,7 @@ pub(crate) async fn listen(connector: Connector, channel: String, listener_key: 
             }
             Err(error) => {
                 failures += 1;
-                tracing::warn!(%error, "subscriptions: cannot LISTEN; retrying");
+                tracing::warn!(error = %crate::error::Chain(&error), "subscriptions: cannot LISTEN; retrying");
             }
         }
         tokio::time::sleep(LISTEN_AGAIN.after(failures)).await;

@@ -64,6 +64,7 @@ pub enum OnFailure {
 /// # let _ = (from_17, durable);
 /// ```
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct SubscribeOptions {
     pub(crate) after: Option<u64>,
     pub(crate) batch_size: usize,
@@ -157,6 +158,7 @@ impl SubscribeOptions {
 
 /// Events delivered together, in position order.
 #[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
 pub struct EventBatch {
     /// The events, each after the previous batch's `scanned_to`.
     pub events: Vec<SequencedEvent>,
@@ -225,6 +227,7 @@ type Step = Pin<Box<dyn std::future::Future<Output = (Box<Follower>, Result<Even
 /// }
 /// # Ok(()) }
 /// ```
+#[must_use = "a subscription delivers only while it is polled, and dropping it stops it"]
 pub struct Subscription {
     follower: Option<Box<Follower>>,
     step: Option<Step>,

@@ -183,7 +183,7 @@ pub(crate) async fn follow(
             }
             Err(error) => {
                 failures += 1;
-                tracing::warn!(%error, "subscriptions: reading new events failed; retrying");
+                tracing::warn!(error = %crate::error::Chain(&error), "subscriptions: reading new events failed; retrying");
                 tokio::time::sleep(READ_AGAIN.after(failures)).await;
                 continue;
             }

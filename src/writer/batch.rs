@@ -115,7 +115,7 @@ impl BatchJob {
                     None => match self.connect_by(deadline).await {
                         Some(Ok(c)) => Rc::new(c),
                         Some(Err(e)) => {
-                            tracing::warn!(error = %e, attempt, "writer cannot connect");
+                            tracing::warn!(error = %crate::error::Chain(&e), attempt, "writer cannot connect");
                             failure = Some(e);
                             continue;
                         }
@@ -136,14 +136,14 @@ impl BatchJob {
                             self.reply(batch, vec![Err(Error::db(error))]);
                             return Some(current);
                         }
-                        tracing::warn!(%error, "batch refused; retrying its appends one by one");
+                        tracing::warn!(error = %crate::error::Chain(&error), "batch refused; retrying its appends one by one");
                         return self.isolate(current, batch, deadline).await;
                     }
                     Ok(Err(BatchFailure::Connection { error, sent })) => {
                         // Safe to write again: appends carry their event ids, and a batch
                         // that did commit comes back as already stored, with its positions.
                         self.metrics.database_error(&error);
-                        tracing::warn!(%error, sent, attempt, "writer connection failed; retrying the batch");
+                        tracing::warn!(error = %crate::error::Chain(&error), sent, attempt, "writer connection failed; retrying the batch");
                         failure = Some(connection_failed(error, sent, &mut batch));
                     }
                     Err(_elapsed) => {

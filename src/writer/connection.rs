@@ -127,7 +127,7 @@ impl BatchJob {
         if let Err(error) = client.batch_execute(&function).await {
             if error.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
                 tracing::info!(
-                    %error,
+                    error = %crate::error::Chain(&error),
                     "no temporary functions in this database: each batch is an explicit transaction"
                 );
                 connection.functions.set(false);

@@ -172,7 +172,9 @@ impl BatchJob {
                             .unwrap_or(true);
                         self.listeners.checked(done, present);
                     }
-                    Err(error) => tracing::warn!(%error, "could not ask whether anyone listens"),
+                    Err(error) => {
+                        tracing::warn!(error = %crate::error::Chain(&error), "could not ask whether anyone listens")
+                    }
                 }
                 continue;
             }

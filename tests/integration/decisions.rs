@@ -599,6 +599,7 @@ async fn decide_keeps_every_invariant_under_32_deciders_in_two_stores() {
                     Decided::Rejected(Refusal::NoCourse) => assert_eq!(course, courses - 1),
                     Decided::Rejected(_) => {}
                     Decided::Unchanged => unreachable!(),
+                    _ => unreachable!("Decided has no other outcome yet"),
                 }
             }
             appended

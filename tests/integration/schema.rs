@@ -111,3 +111,33 @@ async fn a_database_that_is_not_utf8_is_refused_at_connect() {
         .await
         .unwrap();
 }
+
+#[actix::test]
+async fn a_schema_migrated_by_a_newer_build_is_refused_with_its_versions() {
+    let schema = support::unique_schema("newer");
+    drop(EventStore::connect(support::config(&schema)).await.unwrap());
+    let newer = dcb_store::SCHEMA_VERSION + 1;
+    support::client()
+        .await
+        .execute(
+            &format!(
+                "INSERT INTO {schema}.schema_migrations (version, name) VALUES ($1, 'future')"
+            ),
+            &[&newer],
+        )
+        .await
+        .unwrap();
+    match EventStore::connect(support::config(&schema)).await {
+        Err(Error::SchemaTooNew {
+            schema: named,
+            version,
+            supported,
+        }) => {
+            assert_eq!(
+                (named, version, supported),
+                (schema, newer, dcb_store::SCHEMA_VERSION)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}

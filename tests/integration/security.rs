@@ -32,7 +32,13 @@ async fn an_application_role_can_read_and_append_but_not_change_anything() {
         .with_database_url(&app_url)
         .with_indexed_keys(["customer"]);
     match EventStore::connect(other_keys).await {
-        Err(Error::Config(message)) => assert!(message.contains("migrate"), "{message}"),
+        Err(error @ Error::PermissionDenied { .. }) => {
+            assert_eq!(
+                error.sql_state(),
+                Some(&dcb_store::SqlState::INSUFFICIENT_PRIVILEGE)
+            );
+            assert!(error.to_string().contains("migrate"), "{error}");
+        }
         other => panic!("{other:?}"),
     }
     let store = EventStore::connect(

@@ -252,6 +252,45 @@ fn the_service_stops_gracefully_on_sigterm() {
     );
 }
 
+/// README's embedding snippet (the `minimal` binary, which the tidy test keeps equal to
+/// it) starts as written, from a directory without `config.toml`, with only
+/// `DATABASE_URL` set, and serves its route on port 8080.
+#[test]
+fn the_readme_snippet_starts_with_only_database_url() {
+    let empty = std::env::temp_dir().join(unique("readme"));
+    std::fs::create_dir_all(&empty).expect("an empty directory");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_minimal"))
+        .current_dir(&empty)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", database_url())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the snippet");
+    let system = actix_rt::System::new();
+    let answered = system.block_on(async {
+        let client = awc::Client::default();
+        for _ in 0..100 {
+            if let Ok(mut r) = client.get("http://127.0.0.1:8080/courses/c1").send().await {
+                return Some((r.status().as_u16(), r.body().await.unwrap_or_default()));
+            }
+            actix_rt::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    });
+    let _ = child.kill();
+    let output = child.wait_with_output().expect("the snippet exits");
+    let _ = std::fs::remove_dir_all(&empty);
+    let (status, body) = answered.unwrap_or_else(|| {
+        panic!(
+            "the snippet never answered on 8080: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+}
+
 /// Reads Server-Sent Events from `response` until `want` events arrived: (id, type).
 async fn sse_events<S>(body: &mut S, want: usize) -> Vec<(u64, String)>
 where

@@ -13,7 +13,8 @@ async fn course(store: web::Data<EventStore>, id: web::Path<String>) -> HttpResp
 
 #[actix_web::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let store = EventStore::connect(Config::load("config.toml")?).await?; // needs DATABASE_URL
+    // config.toml when there is one; DATABASE_URL (and DCB_STORE_SCHEMA) override it.
+    let store = EventStore::connect(Config::load_or_default("config.toml")?).await?;
     let data = web::Data::new(store.clone());
     HttpServer::new(move || {
         App::new()
