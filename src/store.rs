@@ -585,8 +585,9 @@ impl EventStore {
         config: &Config,
         application_role: Option<&str>,
     ) -> Result<Vec<i32>> {
-        let mut options = MigrateOptions::default();
-        options.application_role = application_role.map(str::to_owned);
+        let options = MigrateOptions {
+            application_role: application_role.map(str::to_owned),
+        };
         Self::migrate_with(config, options).await
     }
 
