@@ -376,3 +376,49 @@ fn readme_embedding_snippet_is_the_compiled_and_tested_one() {
         "README's embedding snippet must be examples/courses/src/bin/minimal.rs"
     );
 }
+
+#[test]
+fn every_configuration_key_has_a_setter_named_like_it() {
+    let config = fs::read_to_string(root().join("src/config/mod.rs")).expect("read config");
+    let setters = fs::read_to_string(root().join("src/config/setters.rs")).expect("read setters");
+    let fields: Vec<&str> = config
+        .lines()
+        .skip_while(|l| *l != "pub struct Config {")
+        .skip(1)
+        .take_while(|l| *l != "}")
+        .filter(|l| {
+            l.starts_with("    ")
+                && !l.trim_start().starts_with("//")
+                && !l.trim_start().starts_with('#')
+        })
+        .filter_map(|l| l.trim().split(':').next())
+        .collect();
+    assert!(fields.len() > 30, "found the keys: {fields:?}");
+    let missing: Vec<String> = fields
+        .iter()
+        .map(|key| format!("pub fn with_{}", key.trim_end_matches("_ms")))
+        .filter(|setter| {
+            !setters.contains(&format!("{setter}(")) && !setters.contains(&format!("{setter}<"))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "keys without a setter of their name: {missing:?}"
+    );
+}
+
+#[test]
+fn setters_store_what_they_are_given_and_validate_names_the_key() {
+    use std::time::Duration;
+    let zero = dcb_store::Config::default()
+        .with_database_url("postgres://x@127.0.0.1/x")
+        .with_operation_timeout(Duration::ZERO);
+    match zero.validate() {
+        Err(dcb_store::Error::Config(message)) => {
+            assert!(message.contains("operation_timeout_ms"), "{message}")
+        }
+        other => panic!("a zero operation timeout must be refused: {other:?}"),
+    }
+    let ok = dcb_store::Config::default().with_operation_timeout(Duration::from_millis(1));
+    assert!(ok.validate().is_ok());
+}
