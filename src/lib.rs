@@ -52,6 +52,7 @@ mod config;
 mod decide;
 #[cfg(feature = "embedded")]
 mod embedded;
+mod engine;
 mod error;
 mod indexing;
 #[cfg(feature = "internals")]

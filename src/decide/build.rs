@@ -15,10 +15,10 @@ use super::cache::{Entry, Key};
 use super::projection::{union, AnyState, Leaf, Members, States};
 use super::snapshots::SaveJob;
 use super::{DecisionModel, Decisions};
+use crate::engine::Engine;
 use crate::error::Result;
 use crate::metrics::{Record, Rejection, SnapshotOutcome};
 use crate::model::{Consistency, MatchView, Query, ReadOptions};
-use crate::store::EventStore;
 use crate::Projection;
 
 /// One leaf while its model is built.
@@ -38,9 +38,9 @@ struct Slot<'a> {
 
 impl Slot<'_> {
     /// Starts over from the initial state: what was folded so far is not trusted.
-    fn reset(&mut self, store: &EventStore) {
+    fn reset(&mut self, store: &Engine) {
         if self.from_snapshot {
-            store.record_internal(Record::Snapshot(SnapshotOutcome::Rejected(
+            store.record(Record::Snapshot(SnapshotOutcome::Rejected(
                 Rejection::Position,
             )));
         }
@@ -54,7 +54,7 @@ impl Slot<'_> {
 }
 
 pub(crate) async fn build<P: Projection>(
-    store: &EventStore,
+    store: &Engine,
     decisions: &Decisions,
     projection: &P,
     consistency: Consistency,
@@ -127,7 +127,7 @@ pub(crate) async fn build<P: Projection>(
         slot.unsaved += slot.applied;
         remember(decisions, slot);
     }
-    store.record_internal(Record::Decision {
+    store.record(Record::Decision {
         hits: hits as u32,
         misses: misses as u32,
         applied: u32::try_from(applied).unwrap_or(u32::MAX),
@@ -158,7 +158,7 @@ pub(crate) async fn build<P: Projection>(
 /// replica never looks like a store behind the states (the primary answers when no
 /// replica has it).
 async fn catch_up(
-    store: &EventStore,
+    store: &Engine,
     query: &Query,
     slots: &mut [Slot<'_>],
     mut consistency: Consistency,
@@ -227,7 +227,7 @@ async fn catch_up(
 /// it and whose query matches it; returns the read's head. `consistency` moves on with
 /// the pages: at least the head read so far, or the primary once it had to serve.
 async fn fold(
-    store: &EventStore,
+    store: &Engine,
     query: &Query,
     slots: &mut [Slot<'_>],
     members: &[usize],

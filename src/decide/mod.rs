@@ -7,7 +7,8 @@
 //! - `cache`: the bounded cache of leaf states.
 //! - `snapshots`: loading and (monotonic) saving of snapshots, and the saver task.
 //! - `build`: building a model: cache, snapshot, one incremental read.
-//! - `api`: the store's entry points.
+//! - `api`: deciding, and saving and loading snapshots, for the store's entry points
+//!   (`store/decide.rs`).
 
 mod api;
 mod build;
@@ -15,7 +16,12 @@ mod cache;
 mod projection;
 mod snapshots;
 
+use std::sync::Arc;
+
 use tokio::sync::mpsc;
+
+use crate::engine::Engine;
+use crate::sql::SnapshotStatements;
 
 use crate::metrics::{Record, SnapshotOutcome};
 use crate::model::{AppendCondition, AppendResult, Query};
@@ -112,6 +118,26 @@ impl Decisions {
             retries,
         };
         (decisions, saver)
+    }
+
+    /// The machinery of `engine`'s store, its snapshot saver started on the engine's
+    /// arbiter.
+    pub(crate) fn start(engine: &Engine) -> Self {
+        let config = engine.config();
+        let (decisions, saver) = Decisions::new(
+            Snapshots {
+                connector: engine.connector().clone(),
+                sql: Arc::new(SnapshotStatements::new(engine.schema_identifier())),
+                metrics: engine.metrics_sink().clone(),
+                timeout: config.operation_timeout(),
+                presence: Arc::default(),
+            },
+            config.decision_cache_entries(),
+            config.snapshot_after_events(),
+            config.decide_retries(),
+        );
+        engine.arbiter().spawn(saver);
+        decisions
     }
 
     fn save_later(&self, job: SaveJob) {

@@ -1,51 +1,77 @@
-//! The store's subscription methods (an `impl EventStore` kept next to what it
-//! drives): subscribe, deliver to an actor, checkpoints and parked events.
+//! The subscription service: what the store's subscription methods
+//! (`store/subscribe.rs`) run: the live subscribers' shared buffer, subscribing, and
+//! delivering to an actor.
+
+use std::sync::{Arc, OnceLock};
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use super::deliver::DeliverySettings;
 use super::{
-    replay_parked, run_delivery, Deliver, Follower, Lease, ParkedEvent, ReplayOutcome, Shared,
-    SubscribeOptions, Subscription, SubscriptionHandle,
+    follow_tail, listen, run_delivery, Consumers, Deliver, Follower, Lease, Shared,
+    SubscribeOptions, Subscription, SubscriptionHandle, Tail,
 };
+use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::model::{validate_consumer_name, validate_query, Query};
-use crate::sql::consumer_lock_key;
-use crate::store::EventStore;
+use crate::sql::{self, consumer_lock_key, ConsumerStatements};
 
 /// Bigger batches would only hold more memory per subscriber.
 const MAX_BATCH_SIZE: usize = 100_000;
 
-impl EventStore {
-    /// Follows the events matching `query`: first those already stored after
-    /// `options.after` (or a durable consumer's checkpoint), then new ones as they are
-    /// committed, by any process, in position order, each once.
-    ///
-    /// With [`SubscribeOptions::consumer`], only one subscriber of that name receives
-    /// events at a time across all processes; the others wait in
-    /// [`Subscription::next`] as hot standbys and take over (from the stored
-    /// checkpoint) when the holder goes away.
-    ///
-    /// # Errors
-    /// [`Error::InvalidInput`] for a query beyond the limits, a batch size of 0, or an
-    /// invalid consumer name. (A durable consumer's row is created when it first takes
-    /// the lease; errors doing so come from [`Subscription::next`].)
-    ///
-    /// # Example
-    /// ```no_run
-    /// # use dcb_store::*;
-    /// # async fn live(store: &EventStore) -> Result<()> {
-    /// let course = Query::new([QueryItem::new().tags(["course:c1"])]);
-    /// let mut sub = store.subscribe(course, SubscribeOptions::default().after(0)).await?;
-    /// while let Some(batch) = sub.next().await {
-    ///     let batch = batch?;
-    ///     println!("{} events, up to {}", batch.events.len(), batch.scanned_to);
-    /// }
-    /// # Ok(()) }
-    /// ```
-    pub async fn subscribe(&self, query: Query, options: SubscribeOptions) -> Result<Subscription> {
-        let limits = self.config().limits();
+/// The store's subscriptions: the shared buffer of live events (started with the
+/// first subscription) and the durable consumers' statements.
+pub(crate) struct Subscriptions {
+    tail: OnceLock<Arc<Tail>>,
+    pub(crate) consumers: Consumers,
+}
+
+impl Subscriptions {
+    pub(crate) fn new(engine: &Engine) -> Self {
+        Subscriptions {
+            tail: OnceLock::new(),
+            consumers: Consumers {
+                connector: engine.connector().clone(),
+                sql: Arc::new(ConsumerStatements::new(engine.schema_identifier())),
+            },
+        }
+    }
+
+    /// The live subscribers' shared buffer; the first call starts its follower task
+    /// and the `LISTEN` connection on the engine's arbiter.
+    fn tail(&self, engine: &Arc<Engine>) -> Arc<Tail> {
+        self.tail
+            .get_or_init(|| {
+                let config = engine.config();
+                let (events, bytes) = config.subscription_buffer();
+                let tail = Arc::new(Tail::new(events, bytes));
+                let schema = engine.schema_identifier();
+                engine.arbiter().spawn(follow_tail(
+                    Arc::downgrade(engine),
+                    tail.clone(),
+                    engine.heads().clone(),
+                    config.subscription_poll_interval(),
+                    config.read_page_size() as u64,
+                ));
+                engine.arbiter().spawn(listen(
+                    engine.connector().clone(),
+                    sql::notify_channel(schema),
+                    sql::listener_lock_key(schema),
+                    engine.heads().clone(),
+                ));
+                tail
+            })
+            .clone()
+    }
+
+    pub(crate) async fn subscribe(
+        &self,
+        engine: &Arc<Engine>,
+        query: Query,
+        options: SubscribeOptions,
+    ) -> Result<Subscription> {
+        let limits = engine.config().limits();
         validate_query(&query, "subscription query", &limits)?;
         if options.batch_size == 0 || options.batch_size > MAX_BATCH_SIZE {
             return Err(Error::invalid(format!(
@@ -57,23 +83,23 @@ impl EventStore {
                 validate_consumer_name(name)?;
                 let lease = Lease::new(
                     name.clone(),
-                    consumer_lock_key(self.schema_identifier(), name),
-                    self.connector().clone(),
-                    self.consumers().sql,
-                    self.config().operation_timeout(),
+                    consumer_lock_key(engine.schema_identifier(), name),
+                    engine.connector().clone(),
+                    self.consumers.sql.clone(),
+                    engine.config().operation_timeout(),
                 );
-                (Some(lease), Some(self.consumer_stats().stats(name)))
+                (Some(lease), Some(engine.consumer_stats().stats(name)))
             }
             None => (None, None),
         };
         let follower = Follower::new(
-            self.clone(),
-            self.tail(),
+            engine.clone(),
+            self.tail(engine),
             query,
             options.batch_size,
             options.after,
             options.heartbeat,
-            self.config().subscription_poll_interval(),
+            engine.config().subscription_poll_interval(),
         );
         Ok(Subscription::new(
             follower,
@@ -87,19 +113,9 @@ impl EventStore {
         ))
     }
 
-    /// Delivers the events matching `query` to an actor as a durable consumer
-    /// (`options.consumer` is required): each batch as a [`Deliver`] message, the
-    /// next only after the reply. `Ok` moves the checkpoint; `Err` is retried with
-    /// backoff up to `max_attempts` (each attempt counted in the database before it is
-    /// made, so a crash counts), then the failing event is parked (see
-    /// [`EventStore::parked`]) or the consumer stops, as
-    /// [`SubscribeOptions::on_failure`] says.
-    ///
-    /// # Errors
-    /// As [`EventStore::subscribe`], and [`Error::InvalidInput`] without a consumer
-    /// name or with `max_attempts` 0.
-    pub async fn subscribe_recipient(
+    pub(crate) async fn subscribe_recipient(
         &self,
+        engine: &Arc<Engine>,
         query: Query,
         options: SubscribeOptions,
         recipient: Recipient<Deliver>,
@@ -117,48 +133,9 @@ impl EventStore {
             on_failure: options.on_failure,
             retry_backoff: options.retry_backoff,
         };
-        let subscription = self.subscribe(query, options).await?;
+        let subscription = self.subscribe(engine, query, options).await?;
         let (stop, stopped) = oneshot::channel();
         let done = actix::spawn(run_delivery(subscription, recipient, settings, stopped));
         Ok(SubscriptionHandle::new(stop, done))
-    }
-
-    /// The stored checkpoint of durable consumer `consumer` (`None`: never
-    /// acknowledged, or no such consumer).
-    ///
-    /// # Errors
-    /// Database and connection errors.
-    pub async fn checkpoint(&self, consumer: &str) -> Result<Option<u64>> {
-        self.consumers().checkpoint(consumer).await
-    }
-
-    /// The events `consumer` parked, in position order.
-    ///
-    /// # Errors
-    /// Database and connection errors.
-    pub async fn parked(&self, consumer: &str) -> Result<Vec<ParkedEvent>> {
-        self.consumers().parked(consumer).await
-    }
-
-    /// Delivers each event `consumer` parked to `recipient` once, alone (a batch of
-    /// one whose `scanned_to` is its position); those it accepts are no longer
-    /// parked, the others stay with their attempts counted and new error.
-    ///
-    /// # Errors
-    /// Database errors, and [`Error::Closed`] when the recipient is gone.
-    pub async fn replay_parked(
-        &self,
-        consumer: &str,
-        recipient: Recipient<Deliver>,
-    ) -> Result<ReplayOutcome> {
-        replay_parked(self, consumer, &recipient).await
-    }
-
-    /// Forgets a parked event without delivering it; whether it was parked.
-    ///
-    /// # Errors
-    /// Database and connection errors.
-    pub async fn discard_parked(&self, consumer: &str, position: u64) -> Result<bool> {
-        self.consumers().unpark(consumer, position).await
     }
 }

@@ -14,9 +14,9 @@ use tokio::sync::oneshot;
 
 use super::{EventBatch, OnFailure, Subscription};
 use crate::base::retry::Backoff;
+use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::model::{Query, ReadOptions};
-use crate::store::EventStore;
 
 /// A batch for an actor; the handler's `Ok` acknowledges it.
 ///
@@ -348,11 +348,11 @@ pub struct ReplayOutcome {
 /// Delivers each parked event of `consumer` to `recipient` once, alone; unparks those
 /// it accepts.
 pub(crate) async fn replay_parked(
-    store: &EventStore,
+    store: &Engine,
+    consumers: &super::Consumers,
     consumer: &str,
     recipient: &Recipient<Deliver>,
 ) -> Result<ReplayOutcome> {
-    let consumers = store.consumers();
     let mut outcome = ReplayOutcome::default();
     for parked in consumers.parked(consumer).await? {
         let at = parked.position;

@@ -15,13 +15,13 @@ use tokio::sync::watch;
 
 use super::tail::{Tail, Take};
 use super::{EventBatch, Shared};
+use crate::engine::Engine;
 use crate::error::Result;
 use crate::metrics::Record;
 use crate::model::{Query, ReadOptions, SequencedEvent};
-use crate::store::EventStore;
 
 pub(crate) struct Follower {
-    store: EventStore,
+    store: Arc<Engine>,
     tail: Arc<Tail>,
     moved: watch::Receiver<u64>,
     query: Query,
@@ -42,7 +42,7 @@ pub(crate) struct Follower {
 
 impl Follower {
     pub(crate) fn new(
-        store: EventStore,
+        store: Arc<Engine>,
         tail: Arc<Tail>,
         query: Query,
         batch_size: usize,
@@ -131,8 +131,7 @@ impl Follower {
     }
 
     async fn read(&self) -> Result<crate::model::ReadResult> {
-        self.store
-            .record_internal(Record::SubscriptionRead { tail: false });
+        self.store.record(Record::SubscriptionRead { tail: false });
         let options = ReadOptions::default()
             .after(self.scanned_to)
             .limit(self.batch_size as u64);

@@ -33,6 +33,7 @@ mod follow;
 mod listener;
 mod tail;
 
+pub(crate) use api::Subscriptions;
 pub use consumer::ParkedEvent;
 pub(crate) use consumer::{Consumers, Lease};
 pub(crate) use deliver::{replay_parked, run_delivery};

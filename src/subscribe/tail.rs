@@ -147,7 +147,7 @@ impl Tail {
 /// moves (this process's writer, or a notification from another process), and at
 /// least every `poll` interval. Ends when the store is dropped.
 pub(crate) async fn follow(
-    store: Weak<crate::store::Inner>,
+    store: Weak<crate::engine::Engine>,
     tail: std::sync::Arc<Tail>,
     heads: Heads,
     poll: Duration,
@@ -157,7 +157,7 @@ pub(crate) async fn follow(
     let mut failures = 0u32;
     let mut first = true;
     loop {
-        let Some(store) = crate::store::EventStore::upgrade(&store) else {
+        let Some(store) = store.upgrade() else {
             return;
         };
         let after = tail.tail();
@@ -167,7 +167,7 @@ pub(crate) async fn follow(
         } else {
             ReadOptions::default().after(after).limit(page)
         };
-        store.record_internal(Record::SubscriptionRead { tail: true });
+        store.record(Record::SubscriptionRead { tail: true });
         let read = store.read(&Query::all(), options).await;
         drop(store);
         match read {
