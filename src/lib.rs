@@ -36,7 +36,8 @@
 //!   and a multi-host primary URL (`target_session_attrs=read-write`) survives failover.
 //! - Instrumentation goes through a bounded channel to a metrics actor.
 //!
-//! See `ARCHITECTURE.md` for the actors, their messages and the invariants.
+//! See `ARCHITECTURE.md` for the layers, the actors, their messages and the invariants;
+//! every public item is re-exported here from one list, `src/api.rs`.
 //!
 //! # Features
 //! - `tls-ring` (default) or `tls-aws-lc-rs`: rustls's crypto provider for TLS.
@@ -47,6 +48,7 @@
 
 #![warn(missing_docs)]
 
+mod api;
 mod base;
 mod config;
 mod decide;
@@ -67,27 +69,4 @@ mod store;
 mod subscribe;
 mod writer;
 
-pub use base::tls::TlsMode;
-pub use config::Config;
-pub use decide::{Decided, DecisionModel, Projection};
-#[doc(hidden)]
-pub use decide::{Members, States};
-#[cfg(feature = "embedded")]
-pub use embedded::EmbeddedPostgres;
-pub use error::{Error, Result};
-pub use indexing::{IndexedKey, KeySource};
-pub use metrics::{ConsumerMetrics, LatencySummary, MetricsSnapshot, ReplicaMetrics, SizeSummary};
-pub use model::{
-    AppendCondition, AppendOptions, AppendResult, Consistency, DataFilter, DecideOptions, Event,
-    MigrateOptions, Query, QueryItem, ReadOptions, ReadResult, SequencedEvent, MAX_NAME_BYTES,
-};
-pub use reader::Read;
-pub use sql::schema::{APPLICATION_GRANTS, SCHEMA_VERSION};
-pub use store::EventStore;
-pub use subscribe::{
-    Deliver, DeliveryError, EventBatch, OnFailure, ParkedEvent, ReplayOutcome, SubscribeOptions,
-    Subscription, SubscriptionHandle,
-};
-/// SQLSTATE codes, as [`Error::sql_state`] returns them.
-pub use tokio_postgres::error::SqlState;
-pub use writer::Append;
+pub use api::*;
