@@ -14,7 +14,7 @@ use tokio_postgres::{Client, IsolationLevel};
 use crate::base::connect::Connector;
 use crate::base::retry::Backoff;
 use crate::error::{Error, Result};
-use crate::sql::{DeclaredKeys, KeyStatements, DATA, METADATA, WRITE_LOCK};
+use crate::sql::{DeclaredKeys, KeyRow, KeyStatements, DATA, METADATA, WRITE_LOCK};
 
 /// Positions backfilled per transaction: short enough not to hold back vacuum or
 /// replication for long, large enough that a 5M-event store backfills in a minute.
@@ -67,22 +67,22 @@ impl IndexedKey {
 
 /// The store's declared keys.
 pub(crate) async fn list(client: &Client, sql: &KeyStatements) -> Result<Vec<IndexedKey>> {
-    Ok(client
-        .query(&sql.list, &[])
-        .await
-        .map_err(Error::db)?
-        .iter()
-        .map(|row| IndexedKey {
-            source: if row.get::<_, &str>(0) == METADATA {
-                KeySource::Metadata
-            } else {
-                KeySource::Data
-            },
-            key: row.get(1),
-            backfill_to: row.get::<_, i64>(2) as u64,
-            backfilled: row.get::<_, i64>(3) as u64,
+    let rows = client.query(&sql.list, &[]).await.map_err(Error::db)?;
+    rows.iter()
+        .map(|row| {
+            let row = KeyRow::decode(row)?;
+            Ok(IndexedKey {
+                source: if row.source == METADATA {
+                    KeySource::Metadata
+                } else {
+                    KeySource::Data
+                },
+                key: row.key,
+                backfill_to: row.backfill_to,
+                backfilled: row.backfilled,
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// Declares the keys of `wanted` the store lacks (to be backfilled) and, with

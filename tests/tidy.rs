@@ -450,3 +450,25 @@ fn setters_store_what_they_are_given_and_validate_names_the_key() {
     let ok = dcb_store::Config::default().with_operation_timeout(Duration::from_millis(1));
     assert!(ok.validate().is_ok());
 }
+
+#[test]
+fn rows_are_decoded_next_to_their_statements() {
+    let mut offences = Vec::new();
+    for (path, text) in rust_files("src") {
+        if path.starts_with("src/sql/") {
+            continue;
+        }
+        for (n, line) in text.lines().enumerate() {
+            let line = code(line);
+            if line.contains(".try_get(") || line.contains(".get::<_") || line.contains("row.get(")
+            {
+                offences.push(format!("{path}:{}: {}", n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        offences.is_empty(),
+        "rows decoded outside src/sql (decode them beside the statement that defines them):\n{}",
+        offences.join("\n")
+    );
+}

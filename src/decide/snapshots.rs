@@ -16,7 +16,7 @@ use crate::base::connect::Connector;
 use crate::error::{Error, Result};
 use crate::metrics::{MetricsSink, Record, Rejection, SnapshotOutcome};
 use crate::model::Query;
-use crate::sql::SnapshotStatements;
+use crate::sql::{self, SnapshotRow, SnapshotStatements};
 
 /// Where snapshots are read and written.
 #[derive(Clone)]
@@ -102,7 +102,7 @@ impl Snapshots {
             let rows = self
                 .query_typed(&self.sql.present, &[(&stale, Type::TEXT_ARRAY)])
                 .await?;
-            let present: HashSet<String> = rows.iter().filter_map(|r| r.try_get(0).ok()).collect();
+            let present: HashSet<String> = sql::decode_present(&rows);
             self.presence.record(&stale, &present, checked_at);
         }
         // Decided once: a save meanwhile (the saver runs concurrently) must not shift
@@ -152,12 +152,14 @@ impl Snapshots {
             .await?;
         let mut found: Vec<Option<(u64, AnyState)>> = leaves.iter().map(|_| None).collect();
         for row in rows {
-            let index: i64 = row.try_get(0).map_err(Error::db)?;
-            let version: i32 = row.try_get(1).map_err(Error::db)?;
-            let query: String = row.try_get(2).map_err(Error::db)?;
-            let position: i64 = row.try_get(3).map_err(Error::db)?;
-            let state: String = row.try_get(4).map_err(Error::db)?;
-            let same_history: bool = row.try_get(5).map_err(Error::db)?;
+            let SnapshotRow {
+                index,
+                version,
+                query,
+                position,
+                state,
+                same_history,
+            } = SnapshotRow::decode(&row)?;
             let Some(((leaf, key), slot)) = usize::try_from(index - 1)
                 .ok()
                 .and_then(|i| Some((leaves.get(i)?, found.get_mut(i)?)))

@@ -250,8 +250,7 @@ async fn head_of(
         _ => connector.direct().await?,
     };
     let row = client.query_one(sql, &[]).await.map_err(Error::db)?;
-    let head: i64 = row.get(0);
-    Ok((client, head.max(0) as u64))
+    Ok((client, crate::sql::decode_head(&row)?))
 }
 
 impl Actor for Router {

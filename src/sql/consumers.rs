@@ -5,7 +5,10 @@
 //! when it took the consumer over), so a holder that lost its lease without noticing
 //! changes nothing: its statements match no row.
 
+use tokio_postgres::Row;
+
 use super::Identifier;
+use crate::error::{Error, Result};
 
 /// The texts, built once per store for its schema.
 pub(crate) struct ConsumerStatements {
@@ -118,4 +121,68 @@ pub(crate) fn consumer_lock_key(schema: &Identifier, name: &str) -> i64 {
         b"\0",
         name.as_bytes(),
     ])
+}
+
+/// What taking a consumer over returns: the new generation, the stored checkpoint and
+/// the position up to which events are delivered alone (after a crash mid-batch).
+pub(crate) struct TakenOver {
+    pub generation: i64,
+    pub checkpoint: Option<u64>,
+    pub isolate_until: Option<u64>,
+}
+
+impl TakenOver {
+    pub(crate) fn decode(row: &Row) -> Result<Self> {
+        Ok(TakenOver {
+            generation: row.try_get(0).map_err(Error::db)?,
+            checkpoint: decode_position(row, 1)?,
+            isolate_until: decode_position(row, 2)?,
+        })
+    }
+}
+
+/// A delivery attempt counted: attempts so far (this one included) and the previous
+/// failed attempt's error.
+pub(crate) struct AttemptRow {
+    pub attempts: u32,
+    pub last_error: Option<String>,
+}
+
+impl AttemptRow {
+    pub(crate) fn decode(row: &Row) -> Result<Self> {
+        Ok(AttemptRow {
+            attempts: row.try_get::<_, i32>(0).map_err(Error::db)?.max(0) as u32,
+            last_error: row.try_get(1).map_err(Error::db)?,
+        })
+    }
+}
+
+/// A parked event: position, attempts, the last error, when it was parked.
+pub(crate) struct ParkedRow {
+    pub position: u64,
+    pub attempts: u32,
+    pub error: String,
+    pub parked_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl ParkedRow {
+    pub(crate) fn decode(row: &Row) -> Result<Self> {
+        Ok(ParkedRow {
+            position: row.try_get::<_, i64>(0).map_err(Error::db)?.max(0) as u64,
+            attempts: row.try_get::<_, i32>(1).map_err(Error::db)?.max(0) as u32,
+            error: row.try_get(2).map_err(Error::db)?,
+            parked_at: row.try_get(3).map_err(Error::db)?,
+        })
+    }
+}
+
+/// The position (a checkpoint) in column `column`, or none.
+pub(crate) fn decode_position(row: &Row, column: usize) -> Result<Option<u64>> {
+    let position: Option<i64> = row.try_get(column).map_err(Error::db)?;
+    Ok(position.map(|p| p.max(0) as u64))
+}
+
+/// Whether the lock was taken (`try_lock`'s row).
+pub(crate) fn decode_locked(row: &Row) -> Result<bool> {
+    row.try_get(0).map_err(Error::db)
 }

@@ -176,3 +176,24 @@ impl KeyStatements {
         }
     }
 }
+
+/// A row of [`KeyStatements::list`]: source (`DATA` or `METADATA`), key, and the
+/// backfill's goal and progress.
+pub(crate) struct KeyRow {
+    pub source: String,
+    pub key: String,
+    pub backfill_to: u64,
+    pub backfilled: u64,
+}
+
+impl KeyRow {
+    pub(crate) fn decode(row: &tokio_postgres::Row) -> crate::error::Result<Self> {
+        let db = crate::error::Error::db;
+        Ok(KeyRow {
+            source: row.try_get(0).map_err(db)?,
+            key: row.try_get(1).map_err(db)?,
+            backfill_to: row.try_get::<_, i64>(2).map_err(db)?.max(0) as u64,
+            backfilled: row.try_get::<_, i64>(3).map_err(db)?.max(0) as u64,
+        })
+    }
+}

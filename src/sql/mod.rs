@@ -20,6 +20,7 @@ use std::error::Error as StdError;
 use bytes::{BufMut, BytesMut};
 use chrono::{DateTime, Utc};
 use postgres_types::{accepts, to_sql_checked, FromSql, IsNull, ToSql, Type};
+use tokio_postgres::Row;
 
 use crate::model::{DataFilter, JsonText, QueryItem};
 
@@ -36,12 +37,15 @@ pub(crate) use append::{
     stored_statement, AppendParams, AppendRow, AppendShape, AppendStatus, StoredRow, StoredStatus,
     EVENT_TYPES,
 };
-pub(crate) use consumers::{consumer_lock_key, ConsumerStatements};
-pub(crate) use keys::{
-    DeclaredKeys, KeyStatements, DATA, MAX_INDEXED_KEYS, MAX_INDEXED_KEY_BYTES, METADATA,
+pub(crate) use consumers::{
+    consumer_lock_key, decode_locked, decode_position, AttemptRow, ConsumerStatements, ParkedRow,
+    TakenOver,
 };
-pub(crate) use read::{read_columns, read_statement, ReadParams, ReadShape};
-pub(crate) use snapshots::SnapshotStatements;
+pub(crate) use keys::{
+    DeclaredKeys, KeyRow, KeyStatements, DATA, MAX_INDEXED_KEYS, MAX_INDEXED_KEY_BYTES, METADATA,
+};
+pub(crate) use read::{decode_read, read_statement, ReadParams, ReadShape};
+pub(crate) use snapshots::{decode_present, SnapshotRow, SnapshotStatements};
 
 /// Takes the store's write lock until the transaction ends. Every writer, in every
 /// process, takes it before it reads the head, so positions become visible in order.
@@ -85,6 +89,17 @@ impl Identifier {
 /// up to it is there too.
 pub(crate) fn head_statement(schema: &Identifier) -> String {
     head_of(&schema.quoted())
+}
+
+/// The one boolean a question's first row holds (`None`: no row, or not a boolean).
+pub(crate) fn decode_flag(rows: &[Row]) -> Option<bool> {
+    rows.first().and_then(|row| row.try_get(0).ok())
+}
+
+/// The head a [`head_statement`] row holds.
+pub(crate) fn decode_head(row: &Row) -> crate::error::Result<u64> {
+    let head: i64 = row.try_get(0).map_err(crate::error::Error::db)?;
+    Ok(head.max(0) as u64)
 }
 
 /// [`head_statement`] of the quoted schema `s`: the one text of the head query, which

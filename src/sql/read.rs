@@ -4,6 +4,10 @@
 //! Longer than most files because both read statements are written here whole, with
 //! the shapes that choose between them and the row layout they share.
 
+use tokio_postgres::Row;
+
+use crate::error::{Error, Result};
+use crate::model::{Event, SequencedEvent};
 use chrono::{DateTime, Utc};
 use postgres_types::{ToSql, Type};
 
@@ -117,7 +121,7 @@ impl ItemShape {
 
 /// Columns of a read row: the store head at the statement's snapshot, then the event
 /// (all NULL when nothing matched, so that the head still comes back).
-pub(crate) mod read_columns {
+mod read_columns {
     pub const HEAD: usize = 0;
     pub const POSITION: usize = 1;
     pub const EVENT_ID: usize = 2;
@@ -386,6 +390,41 @@ impl<'a> ItemParams<'a> {
             }),
         }
     }
+}
+
+/// The rows of a read statement: the server's head at the statement's snapshot, and
+/// the matching events in the statement's order (a row without a position only
+/// carries the head: nothing matched).
+pub(crate) fn decode_read(rows: &[Row]) -> Result<(u64, Vec<SequencedEvent>)> {
+    use read_columns as col;
+    let head = match rows.first() {
+        Some(row) => row.try_get::<_, i64>(col::HEAD).map_err(Error::db)?,
+        None => 0,
+    };
+    let mut events = Vec::with_capacity(rows.len());
+    for row in rows {
+        let Some(position) = row
+            .try_get::<_, Option<i64>>(col::POSITION)
+            .map_err(Error::db)?
+        else {
+            continue;
+        };
+        let event = Event::from_stored(
+            row.try_get(col::EVENT_ID).map_err(Error::db)?,
+            row.try_get(col::EVENT_TYPE).map_err(Error::db)?,
+            row.try_get(col::TAGS).map_err(Error::db)?,
+            row.try_get::<_, JsonText>(col::DATA).map_err(Error::db)?,
+            row.try_get::<_, JsonText>(col::METADATA)
+                .map_err(Error::db)?,
+            row.try_get(col::OCCURRED_AT).map_err(Error::db)?,
+        );
+        events.push(SequencedEvent {
+            position: position as u64,
+            event,
+            recorded_at: row.try_get(col::RECORDED_AT).map_err(Error::db)?,
+        });
+    }
+    Ok((head as u64, events))
 }
 
 #[cfg(test)]

@@ -4,7 +4,10 @@
 //! new position is greater, so a slow process saving an old state never replaces a
 //! newer one.
 
+use tokio_postgres::Row;
+
 use super::Identifier;
+use crate::error::{Error, Result};
 
 /// The texts, built once per store for its schema.
 pub(crate) struct SnapshotStatements {
@@ -51,4 +54,34 @@ impl SnapshotStatements {
             ),
         }
     }
+}
+
+/// A row of the `load` statement: which leaf it answers (1-based), and the stored
+/// snapshot's version, canonical query, position and state, and whether its history
+/// is the store's (its position is not beyond the head).
+pub(crate) struct SnapshotRow {
+    pub index: i64,
+    pub version: i32,
+    pub query: String,
+    pub position: i64,
+    pub state: String,
+    pub same_history: bool,
+}
+
+impl SnapshotRow {
+    pub(crate) fn decode(row: &Row) -> Result<Self> {
+        Ok(SnapshotRow {
+            index: row.try_get(0).map_err(Error::db)?,
+            version: row.try_get(1).map_err(Error::db)?,
+            query: row.try_get(2).map_err(Error::db)?,
+            position: row.try_get(3).map_err(Error::db)?,
+            state: row.try_get(4).map_err(Error::db)?,
+            same_history: row.try_get(5).map_err(Error::db)?,
+        })
+    }
+}
+
+/// The projection names a `present` row set holds.
+pub(crate) fn decode_present(rows: &[Row]) -> std::collections::HashSet<String> {
+    rows.iter().filter_map(|r| r.try_get(0).ok()).collect()
 }

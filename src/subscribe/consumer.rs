@@ -18,7 +18,7 @@ use tokio_postgres::{Client, Statement};
 
 use crate::base::connect::Connector;
 use crate::error::{Error, Result};
-use crate::sql::ConsumerStatements;
+use crate::sql::{self, AttemptRow, ConsumerStatements, ParkedRow, TakenOver};
 
 /// Where a new holder resumes.
 pub(crate) struct Resume {
@@ -179,13 +179,14 @@ impl Lease {
         loop {
             let connection = self.connection().await?;
             let client = &connection.client;
-            let locked: bool = self
-                .bounded(
-                    &connection,
-                    client.query_one(self.sql.try_lock, &[&self.key]),
-                )
-                .await?
-                .get(0);
+            let locked = sql::decode_locked(
+                &self
+                    .bounded(
+                        &connection,
+                        client.query_one(self.sql.try_lock, &[&self.key]),
+                    )
+                    .await?,
+            )?;
             if locked {
                 self.bounded(&connection, client.execute(&self.sql.ensure, &[&self.name]))
                     .await?;
@@ -195,8 +196,8 @@ impl Lease {
                         client.query_one(&self.sql.take_over, &[&self.name, &self.holder]),
                     )
                     .await?;
-                let generation: i64 = row.get(0);
-                let checkpoint = row.get::<_, Option<i64>>(1).map(|p| p as u64);
+                let taken = TakenOver::decode(&row)?;
+                let (generation, checkpoint) = (taken.generation, taken.checkpoint);
                 let mut held = self.state();
                 if !held
                     .connection
@@ -205,7 +206,7 @@ impl Lease {
                 {
                     continue; // the connection was dropped meanwhile: try again
                 }
-                held.isolate_until = row.get::<_, Option<i64>>(2).map(|p| p as u64);
+                held.isolate_until = taken.isolate_until;
                 held.generation = Some(generation);
                 self.delivered.store(
                     checkpoint.or(start).unwrap_or(0),
@@ -270,15 +271,25 @@ impl Lease {
     /// Moves the checkpoint to `to` (never backwards); the stored checkpoint.
     pub(crate) async fn ack(&self, to: u64) -> Result<Option<u64>> {
         let rows = self.guarded(Guarded::Ack(to), &[&position(to)]).await?;
-        Ok(rows[0].get::<_, Option<i64>>(0).map(|p| p as u64))
+        match rows.first() {
+            Some(row) => sql::decode_position(row, 0),
+            None => Ok(None),
+        }
     }
 
     /// Counts a delivery of the batch starting at `first`, before it is made.
     pub(crate) async fn attempt(&self, first: u64) -> Result<Attempt> {
         let rows = self.guarded(Guarded::Attempt, &[&position(first)]).await?;
+        let row = rows.first().ok_or_else(|| Error::LeaseLost {
+            consumer: self.name.clone(),
+        })?;
+        let AttemptRow {
+            attempts,
+            last_error,
+        } = AttemptRow::decode(row)?;
         Ok(Attempt {
-            attempts: rows[0].get::<_, i32>(0).max(0) as u32,
-            last_error: rows[0].get(1),
+            attempts,
+            last_error,
         })
     }
 
@@ -390,9 +401,10 @@ impl Consumers {
             .query_opt(&self.sql.checkpoint, &[&name])
             .await
             .map_err(Error::db)?;
-        Ok(row
-            .and_then(|r| r.get::<_, Option<i64>>(0))
-            .map(|p| p as u64))
+        match row {
+            Some(row) => sql::decode_position(&row, 0),
+            None => Ok(None),
+        }
     }
 
     pub(crate) async fn parked(&self, name: &str) -> Result<Vec<ParkedEvent>> {
@@ -401,15 +413,17 @@ impl Consumers {
             .query(&self.sql.parked, &[&name])
             .await
             .map_err(Error::db)?;
-        Ok(rows
-            .iter()
-            .map(|r| ParkedEvent {
-                position: r.get::<_, i64>(0) as u64,
-                attempts: r.get::<_, i32>(1).max(0) as u32,
-                error: r.get(2),
-                parked_at: r.get(3),
+        rows.iter()
+            .map(|row| {
+                let row = ParkedRow::decode(row)?;
+                Ok(ParkedEvent {
+                    position: row.position,
+                    attempts: row.attempts,
+                    error: row.error,
+                    parked_at: row.parked_at,
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// Removes a parked event; whether there was one.

@@ -167,8 +167,9 @@ impl BatchJob {
             if statement == metrics::Statement::Listeners {
                 match answer {
                     Ok(rows) => {
+                        // No answer means "yes": notifying is the safe side.
                         let present = rows
-                            .and_then(|rows| rows.first().map(|r| r.get::<_, bool>(0)))
+                            .and_then(|rows| sql::decode_flag(&rows))
                             .unwrap_or(true);
                         self.listeners.checked(done, present);
                     }
