@@ -111,3 +111,32 @@ pub fn validate_append(events: Vec<Event>, condition: Option<AppendCondition>) -
 pub fn validate_read(query: &Query, _options: &ReadOptions) -> Result<()> {
     crate::model::validate_query(query, "query", &crate::Config::default().limits())
 }
+
+/// The probe plan's SQL guards, one per access path in order (a condition on an item
+/// row `ci` with columns `tags`, `keyed`, `occurred_from`, `occurred_until`, `types`),
+/// for the test that they agree with [`probe_access`].
+pub fn probe_guards() -> Vec<String> {
+    sql::Access::ALL.map(sql::probe::guard).to_vec()
+}
+
+/// The probe plan's rule: the index (in [`probe_guards`]' order) through which an item
+/// with these parts is read.
+pub fn probe_access(
+    tags: bool,
+    key_pair: bool,
+    key_ready: bool,
+    bounded_range: bool,
+    types: bool,
+) -> usize {
+    let parts = sql::ItemParts {
+        tags,
+        key_pair,
+        bounded_range,
+        types,
+    };
+    let access = parts.access(key_ready);
+    sql::Access::ALL
+        .iter()
+        .position(|a| *a == access)
+        .unwrap_or(usize::MAX)
+}

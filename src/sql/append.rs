@@ -10,7 +10,7 @@ use postgres_types::{ToSql, Type};
 use uuid::Uuid;
 
 use super::{
-    item_probes, item_rows, keys, probe_guards, DeclaredKeys, Identifier, ItemArrays, Probes,
+    item_probes, item_rows, keys, probe, Access, DeclaredKeys, Identifier, ItemArrays, Probes,
     ITEM_FILTERS,
 };
 use crate::model::{AppendCondition, Event, JsonText};
@@ -31,7 +31,11 @@ pub(crate) struct AppendShape {
 impl AppendShape {
     /// The name of this shape's [`append_function`].
     fn function_name(self) -> String {
-        format!("dcb_append_{}_{}", self.probes.0, u8::from(self.filtered))
+        format!(
+            "dcb_append_{}_{}",
+            self.probes.bits(),
+            u8::from(self.filtered)
+        )
     }
 }
 
@@ -97,18 +101,18 @@ pub(crate) fn append_statement(schema: &Identifier, shape: AppendShape) -> Strin
         .to_owned()
     } else {
         let filters = if shape.filtered { ITEM_FILTERS } else { "" };
-        let guards = probe_guards();
-        let included = |i: &usize| shape.probes.contains(*i);
+        let included = |access: &Access| shape.probes.contains(*access);
         let mut violations: Vec<String> = item_probes(&s, "ci.after_pos", &i64::MAX.to_string())
             .into_iter()
-            .enumerate()
-            .filter(|(i, _)| included(i))
-            .map(|(_, (probe, _))| format!("EXISTS (SELECT 1 FROM {probe}{filters})"))
+            .zip(Access::ALL)
+            .filter(|(_, access)| included(access))
+            .map(|((probe, _), _)| format!("EXISTS (SELECT 1 FROM {probe}{filters})"))
             .collect();
-        if (0..guards.len()).any(|i| !included(&i)) {
-            let chosen: Vec<String> = (0..guards.len())
+        if !Access::ALL.iter().all(included) {
+            let chosen: Vec<String> = Access::ALL
+                .into_iter()
                 .filter(included)
-                .map(|i| format!("({})", guards[i]))
+                .map(|access| format!("({})", probe::guard(access)))
                 .collect();
             violations.push(format!("NOT ({})", chosen.join(" OR ")));
         }

@@ -23,10 +23,12 @@ use postgres_types::{accepts, to_sql_checked, FromSql, IsNull, ToSql, Type};
 use tokio_postgres::Row;
 
 use crate::model::{DataFilter, JsonText, QueryItem};
+pub(crate) use probe::{Access, ItemParts, Probes};
 
 mod append;
 mod consumers;
 mod keys;
+pub(crate) mod probe;
 mod read;
 pub(crate) mod schema;
 pub(crate) mod session;
@@ -191,15 +193,14 @@ fn item_rows(s: &str, p: usize) -> String {
 }
 
 /// The probes of an item row `ci` (from [`item_rows`]) on events after `$after`
-/// (exclusive) and before `$before` (exclusive), each guarded so that exactly one
-/// runs per row (see [`probe_guards`]): its first tag; else its probe pair in
-/// `event_keys` when the key is ready; else its `occurred_at` range when it has both
-/// ends; else its types; else every position. Each is a `FROM ... WHERE ...` to be
-/// completed with [`ITEM_FILTERS`] (and an order). Types and the data and time
-/// filters are checked on every row found.
+/// (exclusive) and before `$before` (exclusive), one per [`Access`] in
+/// [`Access::ALL`]'s order, each guarded by [`probe::guard`] so that exactly the one
+/// the probe plan chooses runs per row. Each is a `FROM ... WHERE ...` to be completed
+/// with [`ITEM_FILTERS`] (and an order). Types and the data and time filters are
+/// checked on every row found.
 fn item_probes(s: &str, after: &str, before: &str) -> [(String, &'static str); 5] {
     let types = "(cardinality(ci.types) = 0 OR e.event_type = ANY (ci.types))";
-    let [tagged, keyed_guard, ranged, typed, everything] = probe_guards();
+    let [tagged, keyed_guard, ranged, typed, everything] = Access::ALL.map(probe::guard);
     let keyed = keys::probe(
         s,
         ["ci.probe_source", "ci.probe_key", "ci.probe_value"],
@@ -247,64 +248,6 @@ fn item_probes(s: &str, after: &str, before: &str) -> [(String, &'static str); 5
             "e.position",
         ),
     ]
-}
-
-/// The guards of [`item_probes`], in its order: conditions on an item row `ci` of
-/// which exactly one holds. [`ItemArrays::probes`] says in memory which may hold.
-fn probe_guards() -> [String; 5] {
-    let untagged = "cardinality(ci.tags) = 0 AND NOT ci.keyed";
-    let ranged = "(ci.occurred_from IS NOT NULL AND ci.occurred_until IS NOT NULL)";
-    [
-        "cardinality(ci.tags) > 0".to_owned(),
-        "cardinality(ci.tags) = 0 AND ci.keyed".to_owned(),
-        format!("{untagged} AND {ranged}"),
-        format!("{untagged} AND NOT {ranged} AND cardinality(ci.types) > 0"),
-        format!("{untagged} AND NOT {ranged} AND cardinality(ci.types) = 0"),
-    ]
-}
-
-/// The probes of [`item_probes`] an item may run, as bits in its order (bit 0 the tag
-/// probe); a set of them is a [`Probes`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub(crate) struct Probes(u8);
-
-impl Probes {
-    const TAG: u8 = 1;
-    const KEY: u8 = 2;
-    const RANGE: u8 = 4;
-    const TYPES: u8 = 8;
-    const ALL: u8 = 16;
-
-    /// What [`probe_guards`] may choose for `item` with declared-key `probe`: its tag
-    /// probe when it has tags; else the key probe when it has a probe pair (if the
-    /// key is ready, which only the statement knows) and the probe it falls back to.
-    fn of(item: &QueryItem, probe: bool) -> Probes {
-        if !item.tag_names().is_empty() {
-            return Probes(Self::TAG);
-        }
-        let (from, until) = item.occurred_range();
-        let fallback = if from.is_some() && until.is_some() {
-            Self::RANGE
-        } else if !item.type_names().is_empty() {
-            Self::TYPES
-        } else {
-            Self::ALL
-        };
-        Probes(if probe {
-            Self::KEY | fallback
-        } else {
-            fallback
-        })
-    }
-
-    /// Whether probe `i` of [`item_probes`] is in the set.
-    pub(crate) fn contains(self, i: usize) -> bool {
-        self.0 & (1 << i) != 0
-    }
-
-    pub(crate) fn is_empty(self) -> bool {
-        self.0 == 0
-    }
 }
 
 /// An item row `ci`'s data, metadata and time filters on event `e` (types and tags
@@ -367,7 +310,7 @@ impl<'a> ItemArrays<'a> {
         self.occurred_from.push(from);
         self.occurred_until.push(until);
         let probe = keys.probe(item);
-        self.probes.0 |= Probes::of(item, probe.is_some()).0;
+        self.probes = self.probes.union(Probes::of(item, probe.is_some()));
         self.probe_source.push(probe.map(|(source, _, _)| source));
         self.probe_key.push(probe.map(|(_, key, _)| key));
         self.probe_value.push(probe.map(|(_, _, value)| value));

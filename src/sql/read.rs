@@ -12,7 +12,10 @@ use chrono::{DateTime, Utc};
 use postgres_types::{ToSql, Type};
 
 use super::keys::{self, DeclaredKeys, Probe};
-use super::{item_probes, item_rows, pairs_as_json_objects, Identifier, ItemArrays, ITEM_FILTERS};
+use super::{
+    item_probes, item_rows, pairs_as_json_objects, Access, Identifier, ItemArrays, ItemParts,
+    ITEM_FILTERS,
+};
 use crate::model::{DataFilter, JsonText, Query, QueryItem, ReadOptions};
 
 /// Queries of at most this many items get a statement of their own shape (one
@@ -204,10 +207,9 @@ ORDER BY r.position {dir}"
 }
 
 /// One item's selection, ordered by position and limited, so that an index serves it
-/// as a range scan: `(tag, position)` for its first tag; else `(key, value, position)`
-/// for its probe pair, while the key is ready (otherwise the next choice runs);
-/// else `(occurred_at, position)` for a range with both ends; else
-/// `(event_type, position)`.
+/// as a range scan, as the probe plan ([`ItemParts::access`]) chooses: the tag arm
+/// for a tagged item; else, for a key pair, the key arm guarded by the key being
+/// ready beside the arm of the plan's next choice guarded by its not being ready.
 fn item_arm(s: &str, item: &ItemShape, select: &str, dir: &str, next: &mut usize) -> String {
     let mut param = || {
         let p = *next;
@@ -248,10 +250,15 @@ fn item_arm(s: &str, item: &ItemShape, select: &str, dir: &str, next: &mut usize
     // position bounds stay index conditions) and its rows are sorted. A range open at
     // one end (`occurred_from` alone, as a follower might use) keeps walking positions
     // from `after`: read whole, it could be most of the store.
-    let order = if item.occurred == RangeShape::Bounded {
-        RANGE_ORDER
-    } else {
-        "e.position"
+    let parts = ItemParts {
+        tags: item.tags,
+        key_pair: item.keyed,
+        bounded_range: item.occurred == RangeShape::Bounded,
+        types: item.types,
+    };
+    let order = match parts.access(false) {
+        Access::Range => RANGE_ORDER,
+        Access::Tag | Access::Key | Access::Types | Access::Scan => "e.position",
     };
     let unkeyed = format!("{s}.events e WHERE e.position > $1 AND e.position < $2");
     let Some((source, k, v)) = key else {

@@ -207,3 +207,50 @@ async fn an_item_with_tags_needs_all_of_them_and_items_are_ored() {
         .is_empty());
     assert_eq!(read(Query::all()).await.len(), 3);
 }
+
+/// The probe plan is one rule in Rust (`ItemParts::access`) and its rendering as SQL
+/// guards on an item row (conditions and many-item reads): for every combination of
+/// an item's parts, exactly one guard holds on the server, and it is the rule's choice.
+#[actix::test]
+async fn the_probe_guards_on_the_server_choose_what_the_probe_rule_chooses() {
+    use dcb_store::internals::{probe_access, probe_guards};
+    let client = support::client().await;
+    let guards = probe_guards();
+    let columns: Vec<String> = guards.iter().map(|g| format!("({g})")).collect();
+    let statement = format!(
+        "SELECT {} FROM (SELECT $1::text[] AS tags, $2::bool AS keyed,
+                  $3::timestamptz AS occurred_from, $4::timestamptz AS occurred_until,
+                  $5::text[] AS types) ci",
+        columns.join(", ")
+    );
+    let at = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    let mut checked = 0;
+    for bits in 0u32..64 {
+        let bit = |i: u32| bits & (1 << i) != 0;
+        let (tags, key_pair, key_ready, from, until, types) =
+            (bit(0), bit(1), bit(2), bit(3), bit(4), bit(5));
+        let tag_list: Vec<&str> = if tags { vec!["t"] } else { vec![] };
+        let type_list: Vec<&str> = if types { vec!["T"] } else { vec![] };
+        let keyed = key_pair && key_ready;
+        let row = client
+            .query_one(
+                &statement,
+                &[
+                    &tag_list,
+                    &keyed,
+                    &from.then_some(at),
+                    &until.then_some(at),
+                    &type_list,
+                ],
+            )
+            .await
+            .unwrap();
+        let held: Vec<usize> = (0..guards.len())
+            .filter(|&i| row.get::<_, bool>(i))
+            .collect();
+        let chosen = probe_access(tags, key_pair, key_ready, from && until, types);
+        assert_eq!(held, vec![chosen], "parts {bits:06b}");
+        checked += 1;
+    }
+    assert_eq!(checked, 64);
+}
