@@ -197,16 +197,10 @@ impl EmbeddedPostgres {
         self.port
     }
 
-    /// Restarts the server (fast shutdown, then start), as an operator would; clients
-    /// lose their connections. Blocks until the server accepts connections again.
-    pub fn restart(&self) -> Result<()> {
-        self.stop()?;
-        self.start_again()
-    }
-
     /// Stops the server (fast shutdown: clients are disconnected, nothing committed is
-    /// lost). [`start_again`](EmbeddedPostgres::start_again) brings it back.
-    pub fn stop(&self) -> Result<()> {
+    /// lost). `start_again` brings it back.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
+    pub(crate) fn stop(&self) -> Result<()> {
         let data = self.data_dir();
         self.run(
             "pg_ctl",
@@ -216,7 +210,7 @@ impl EmbeddedPostgres {
 
     /// Stops the server as a crash would (immediate shutdown: no checkpoint; the next
     /// start recovers from the WAL).
-    pub fn kill(&self) -> Result<()> {
+    pub(crate) fn kill(&self) -> Result<()> {
         let data = self.data_dir();
         self.run(
             "pg_ctl",
@@ -224,15 +218,16 @@ impl EmbeddedPostgres {
         )
     }
 
-    /// Starts the server again after [`stop`](EmbeddedPostgres::stop) or
-    /// [`kill`](EmbeddedPostgres::kill), on the same port and data.
-    pub fn start_again(&self) -> Result<()> {
+    /// Starts the server again after `stop` or `kill`, on the same port and data.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
+    pub(crate) fn start_again(&self) -> Result<()> {
         self.start_server()
     }
 
     /// Promotes a [`replica`](EmbeddedPostgres::replica) to a primary (`pg_ctl
     /// promote`): it stops replaying and accepts writes. Blocks until it does.
-    pub fn promote(&self) -> Result<()> {
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
+    pub(crate) fn promote(&self) -> Result<()> {
         let data = self.data_dir();
         self.run("pg_ctl", &["-D", &data, "-w", "-t", "60", "promote"])
     }

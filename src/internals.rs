@@ -140,3 +140,28 @@ pub fn probe_access(
         .position(|a| *a == access)
         .unwrap_or(usize::MAX)
 }
+
+/// What a test harness (`dcb-store-testkit`) does to a throwaway server.
+#[cfg(feature = "embedded")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerAction {
+    /// Fast shutdown.
+    Stop,
+    /// Immediate shutdown, as a crash.
+    Kill,
+    /// Start after a stop or a kill.
+    Start,
+    /// Promote a replica.
+    Promote,
+}
+
+/// Does `action` to `server`, blocking until it is done.
+#[cfg(feature = "embedded")]
+pub fn control_server(server: &crate::EmbeddedPostgres, action: ServerAction) -> Result<()> {
+    match action {
+        ServerAction::Stop => server.stop(),
+        ServerAction::Kill => server.kill(),
+        ServerAction::Start => server.start_again(),
+        ServerAction::Promote => server.promote(),
+    }
+}

@@ -342,7 +342,14 @@ fn the_model_does_no_io() {
 #[test]
 fn every_module_says_what_it_is_and_long_files_say_why() {
     let mut offences = Vec::new();
-    let sources = ["src", "cli/src", "examples/courses/src", "tests", "benches"];
+    let sources = [
+        "src",
+        "cli/src",
+        "examples/courses/src",
+        "testkit/src",
+        "tests",
+        "benches",
+    ];
     for dir in sources {
         for (path, text) in rust_files(dir) {
             let header: Vec<&str> = text

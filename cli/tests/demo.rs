@@ -2,6 +2,7 @@
 //! and two demos deciding on one schema both check the invariants over everything
 //! stored and pass.
 
+use dcb_store_testkit::ServerControls;
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,6 +2,7 @@
 //! restart, a stuck database, overload and shutdown. Each load test prints the
 //! acknowledged-vs-stored accounting; lost and duplicated must be 0.
 
+use dcb_store_testkit::ServerControls;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;

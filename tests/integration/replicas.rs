@@ -6,6 +6,7 @@
 //! stale replica is never wrong, and after the primary is killed and its synchronous
 //! standby promoted every acknowledged append is there exactly once.
 
+use dcb_store_testkit::ServerControls;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU16, Ordering};

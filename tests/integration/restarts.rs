@@ -1,6 +1,7 @@
 //! A server restart is a pause, not an error: reads and appends ride through it, and
 //! readers do not hammer a server that is down.
 
+use dcb_store_testkit::ServerControls;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
