@@ -79,7 +79,7 @@ impl Engine {
             config.metrics_enabled(),
             consumer_stats.clone(),
             heads.clone(),
-            replica_list.clone(),
+            router::gauges(&replica_list),
         );
         // Appends the writer holds at once, queued or in flight.
         let admission = Arc::new(tokio::sync::Semaphore::new(config.writer_mailbox()));

@@ -24,11 +24,11 @@ mod replicas;
 
 pub use consumers::ConsumerMetrics;
 pub(crate) use consumers::{ConsumerRegistry, ConsumerStats};
+pub(crate) use replicas::ReplicaGauge;
 pub use replicas::ReplicaMetrics;
-pub(crate) use replicas::ReplicaStats;
 
 /// The replicas by name, with the figures the router keeps for each.
-pub(crate) type ReplicaList = Arc<[(String, Arc<ReplicaStats>)]>;
+pub(crate) type ReplicaList = Arc<[(String, Arc<dyn ReplicaGauge>)]>;
 
 /// Upper bounds (seconds) of the latency histograms' buckets, as exported.
 pub(crate) const LATENCY_BUCKETS: [f64; 16] = [

@@ -27,8 +27,12 @@ use tokio_postgres::Client;
 use crate::base::connect::Connector;
 use crate::base::heads::Heads;
 use crate::error::{Error, Result};
-use crate::metrics::{MetricsSink, ReplicaList, ReplicaStats};
+use crate::metrics::{MetricsSink, ReplicaGauge, ReplicaList};
+
+mod stats;
+
 use crate::reader::Reader;
+pub(crate) use stats::ReplicaStats;
 
 mod route;
 
@@ -277,8 +281,9 @@ pub(crate) fn replica_name(index: usize, url: &str) -> String {
     format!("{host}:{port}")
 }
 
-/// Names for the replicas of `urls`, made unique (a duplicate gets its index).
-pub(crate) fn replica_list(urls: &[String]) -> ReplicaList {
+/// Names for the replicas of `urls`, made unique (a duplicate gets its index), each
+/// with its figures.
+pub(crate) fn replica_list(urls: &[String]) -> Vec<(String, Arc<ReplicaStats>)> {
     let mut names: Vec<String> = Vec::with_capacity(urls.len());
     for (i, url) in urls.iter().enumerate() {
         let mut name = replica_name(i, url);
@@ -290,5 +295,13 @@ pub(crate) fn replica_list(urls: &[String]) -> ReplicaList {
     names
         .into_iter()
         .map(|name| (name, Arc::new(ReplicaStats::default())))
+        .collect()
+}
+
+/// The replicas' figures as the metrics read them.
+pub(crate) fn gauges(replicas: &[(String, Arc<ReplicaStats>)]) -> ReplicaList {
+    replicas
+        .iter()
+        .map(|(name, stats)| (name.clone(), stats.clone() as Arc<dyn ReplicaGauge>))
         .collect()
 }
