@@ -343,7 +343,9 @@ pub(crate) struct MetricsActor {
     components: BTreeMap<(Method, Component), Series>,
     batch_appends: Series,
     batch_events: Series,
-    counters: Counters,
+    /// The counters, kept in the snapshot's own fields (one list of them: the
+    /// public type's), the rest of it filled when a snapshot is taken.
+    totals: MetricsSnapshot,
     database_errors: BTreeMap<[u8; 2], u64>,
     consumers: Arc<ConsumerRegistry>,
     heads: crate::base::heads::Heads,
@@ -351,30 +353,6 @@ pub(crate) struct MetricsActor {
     snapshots_rejected: BTreeMap<Rejection, u64>,
     replicas: ReplicaList,
     routed: BTreeMap<(Level, Option<u16>), u64>,
-}
-
-#[derive(Default)]
-struct Counters {
-    appends: u64,
-    appends_failed: u64,
-    events_appended: u64,
-    reads: u64,
-    reads_failed: u64,
-    conditions_failed: u64,
-    invalid_inputs: u64,
-    batches: u64,
-    deferred_rounds: u64,
-    timeouts: u64,
-    statements_prepared: u64,
-    subscription_tail_reads: u64,
-    subscription_catch_up_reads: u64,
-    decision_cache_hits: u64,
-    decision_cache_misses: u64,
-    snapshots_loaded: u64,
-    snapshots_saved: u64,
-    snapshots_not_newer: u64,
-    snapshot_save_failures: u64,
-    decide_retries: u64,
 }
 
 /// How often the actor drains the channel when nobody asks for a snapshot.
@@ -401,7 +379,7 @@ impl MetricsActor {
             components: BTreeMap::new(),
             batch_appends: Series::default(),
             batch_events: Series::default(),
-            counters: Counters::default(),
+            totals: MetricsSnapshot::default(),
             database_errors: BTreeMap::new(),
             consumers,
             heads,
@@ -421,7 +399,7 @@ impl MetricsActor {
     }
 
     fn apply(&mut self, record: Record) {
-        let c = &mut self.counters;
+        let c = &mut self.totals;
         match record {
             Record::Method {
                 method,
@@ -501,7 +479,6 @@ impl MetricsActor {
     }
 
     fn snapshot(&self) -> MetricsSnapshot {
-        let c = &self.counters;
         MetricsSnapshot {
             schema: self.schema.clone(),
             methods: self
@@ -524,41 +501,21 @@ impl MetricsActor {
                     )
                 })
                 .collect(),
-            appends: c.appends,
-            appends_failed: c.appends_failed,
-            events_appended: c.events_appended,
-            reads: c.reads,
-            reads_failed: c.reads_failed,
-            conditions_failed: c.conditions_failed,
-            invalid_inputs: c.invalid_inputs,
-            batches: c.batches,
             batch_appends: self.batch_appends.sizes(),
             batch_events: self.batch_events.sizes(),
-            deferred_rounds: c.deferred_rounds,
             database_errors: self
                 .database_errors
                 .iter()
                 .map(|(class, n)| (String::from_utf8_lossy(class).into_owned(), *n))
                 .collect(),
-            timeouts: c.timeouts,
-            statements_prepared: c.statements_prepared,
             dropped_records: self.dropped.load(Ordering::Relaxed),
-            subscription_tail_reads: c.subscription_tail_reads,
-            subscription_catch_up_reads: c.subscription_catch_up_reads,
             consumers: self.consumers.snapshot(self.heads.current()),
-            decision_cache_hits: c.decision_cache_hits,
-            decision_cache_misses: c.decision_cache_misses,
             decision_events_applied: self.decision_events_applied.sizes(),
-            snapshots_loaded: c.snapshots_loaded,
-            snapshots_saved: c.snapshots_saved,
-            snapshots_not_newer: c.snapshots_not_newer,
-            snapshot_save_failures: c.snapshot_save_failures,
             snapshots_rejected: self
                 .snapshots_rejected
                 .iter()
                 .map(|(reason, n)| (rejection_name(*reason).to_owned(), *n))
                 .collect(),
-            decide_retries: c.decide_retries,
             replicas: replicas::snapshot(&self.replicas, &self.served_by_replica()),
             reads_routed: self
                 .routed
@@ -580,6 +537,7 @@ impl MetricsActor {
                 .filter(|((level, replica), _)| replica.is_none() && *level != Level::Strong)
                 .map(|((level, _), n)| (level.name().to_owned(), *n))
                 .collect(),
+            ..self.totals.clone()
         }
     }
 

@@ -9,6 +9,75 @@ use std::fmt::Write as _;
 
 use super::{LatencySummary, MetricsSnapshot, SizeSummary};
 
+/// A plain counter: its Prometheus name, its help, and the snapshot field holding it.
+type Counter = (&'static str, &'static str, fn(&MetricsSnapshot) -> u64);
+
+/// The plain counters: Prometheus name, help, and the snapshot field that holds the
+/// count. Together with the public fields of [`MetricsSnapshot`], the one list of them.
+const COUNTERS: [Counter; 15] = [
+    ("dcb_appends_total", "Appends that succeeded.", |m| {
+        m.appends
+    }),
+    (
+        "dcb_appends_failed_total",
+        "Appends that failed, failed conditions included.",
+        |m| m.appends_failed,
+    ),
+    ("dcb_events_appended_total", "Events written.", |m| {
+        m.events_appended
+    }),
+    ("dcb_reads_total", "Reads that succeeded.", |m| m.reads),
+    ("dcb_reads_failed_total", "Reads that failed.", |m| {
+        m.reads_failed
+    }),
+    (
+        "dcb_conditions_failed_total",
+        "Appends refused by their condition.",
+        |m| m.conditions_failed,
+    ),
+    (
+        "dcb_invalid_inputs_total",
+        "Operations refused as invalid input.",
+        |m| m.invalid_inputs,
+    ),
+    ("dcb_batches_total", "Writer batches (transactions).", |m| {
+        m.batches
+    }),
+    (
+        "dcb_deferred_rounds_total",
+        "Extra statement rounds for conflicts within a batch.",
+        |m| m.deferred_rounds,
+    ),
+    ("dcb_timeouts_total", "Operations that timed out.", |m| {
+        m.timeouts
+    }),
+    (
+        "dcb_statements_prepared_total",
+        "Read statements prepared (cache admissions).",
+        |m| m.statements_prepared,
+    ),
+    (
+        "dcb_metrics_dropped_records_total",
+        "Instrumentation records dropped because the metrics channel was full.",
+        |m| m.dropped_records,
+    ),
+    (
+        "dcb_subscription_tail_reads_total",
+        "Reads of new events into the live subscribers' shared buffer.",
+        |m| m.subscription_tail_reads,
+    ),
+    (
+        "dcb_subscription_catch_up_reads_total",
+        "Reads by subscribers behind the shared buffer.",
+        |m| m.subscription_catch_up_reads,
+    ),
+    (
+        "dcb_decide_retries_total",
+        "Conflicts after which decide read again and decided again.",
+        |m| m.decide_retries,
+    ),
+];
+
 impl MetricsSnapshot {
     /// The snapshot in Prometheus text exposition format (version 0.0.4); serve it as
     /// `text/plain; version=0.0.4`.
@@ -22,78 +91,9 @@ impl MetricsSnapshot {
             out: String::new(),
             schema: escape(&self.schema),
         };
-        let counters: [(&str, &str, u64); 15] = [
-            ("dcb_appends_total", "Appends that succeeded.", self.appends),
-            (
-                "dcb_appends_failed_total",
-                "Appends that failed, failed conditions included.",
-                self.appends_failed,
-            ),
-            (
-                "dcb_events_appended_total",
-                "Events written.",
-                self.events_appended,
-            ),
-            ("dcb_reads_total", "Reads that succeeded.", self.reads),
-            (
-                "dcb_reads_failed_total",
-                "Reads that failed.",
-                self.reads_failed,
-            ),
-            (
-                "dcb_conditions_failed_total",
-                "Appends refused by their condition.",
-                self.conditions_failed,
-            ),
-            (
-                "dcb_invalid_inputs_total",
-                "Operations refused as invalid input.",
-                self.invalid_inputs,
-            ),
-            (
-                "dcb_batches_total",
-                "Writer batches (transactions).",
-                self.batches,
-            ),
-            (
-                "dcb_deferred_rounds_total",
-                "Extra statement rounds for conflicts within a batch.",
-                self.deferred_rounds,
-            ),
-            (
-                "dcb_timeouts_total",
-                "Operations that timed out.",
-                self.timeouts,
-            ),
-            (
-                "dcb_statements_prepared_total",
-                "Read statements prepared (cache admissions).",
-                self.statements_prepared,
-            ),
-            (
-                "dcb_metrics_dropped_records_total",
-                "Instrumentation records dropped because the metrics channel was full.",
-                self.dropped_records,
-            ),
-            (
-                "dcb_subscription_tail_reads_total",
-                "Reads of new events into the live subscribers' shared buffer.",
-                self.subscription_tail_reads,
-            ),
-            (
-                "dcb_subscription_catch_up_reads_total",
-                "Reads by subscribers behind the shared buffer.",
-                self.subscription_catch_up_reads,
-            ),
-            (
-                "dcb_decide_retries_total",
-                "Conflicts after which decide read again and decided again.",
-                self.decide_retries,
-            ),
-        ];
-        for (name, help, value) in counters {
+        for (name, help, value) in COUNTERS {
             out.family(name, help, "counter");
-            out.sample(name, &[], value);
+            out.sample(name, &[], value(self));
         }
         out.family(
             "dcb_database_errors_total",
