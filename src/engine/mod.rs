@@ -45,6 +45,9 @@ fn traced<T>(span: &tracing::Span, result: Result<T>) -> Result<T> {
     result
 }
 
+/// The running store: its actors, the connections they share, and what appends and
+/// reads need. Dropped with the last handle (the public ones and the subscriptions'),
+/// which stops the writer and the readers' arbiter.
 pub(crate) struct Engine {
     config: Config,
     schema: Identifier,
