@@ -14,12 +14,10 @@ mod load;
 mod setters;
 mod validate;
 
-pub(crate) use validate::redact_password;
+pub(crate) use validate::{redact_password, Checked};
 
 use crate::base::tls::TlsMode;
-use crate::error::Result;
 use crate::model::Limits;
-use crate::sql::Identifier;
 
 /// Settings of an [`EventStore`](crate::EventStore).
 ///
@@ -252,11 +250,6 @@ impl Config {
 
     pub(crate) fn decide_retries(&self) -> u32 {
         self.decide_retries
-    }
-
-    /// The schema name, checked to be a plain identifier.
-    pub(crate) fn schema_identifier(&self) -> Result<Identifier> {
-        Identifier::parse(&self.schema, "schema")
     }
 
     pub(crate) fn limits(&self) -> Limits {

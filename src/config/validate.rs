@@ -3,13 +3,32 @@
 
 use super::Config;
 use crate::error::{Error, Result};
-use crate::model::MAX_NAME_BYTES;
-use crate::sql::{MAX_INDEXED_KEYS, MAX_INDEXED_KEY_BYTES};
+use crate::model::{Limits, MAX_NAME_BYTES};
+use crate::sql::{DeclaredKeys, Identifier, MAX_INDEXED_KEYS, MAX_INDEXED_KEY_BYTES};
+
+/// What validation produces: the settings that needed parsing or assembling, in the
+/// form the store runs with, so nothing is parsed twice.
+pub(crate) struct Checked {
+    /// The schema name as statement text may hold it.
+    pub schema: Identifier,
+    /// Input limits, batch caps included.
+    pub limits: Limits,
+    /// The declared indexed keys.
+    pub keys: DeclaredKeys,
+}
 
 impl Config {
     /// Checks every setting; [`EventStore::connect`](crate::EventStore::connect) calls it.
+    ///
+    /// # Errors
+    /// [`Error::Config`], naming the key, for the first setting that cannot work.
     pub fn validate(&self) -> Result<()> {
-        self.schema_identifier()?;
+        self.checked().map(|_| ())
+    }
+
+    /// [`Config::validate`], keeping what it parsed.
+    pub(crate) fn checked(&self) -> Result<Checked> {
+        let schema = Identifier::parse(&self.schema, "schema")?;
         let positive = [
             ("readers", self.readers),
             ("pool_size", self.pool_size as usize),
@@ -54,7 +73,11 @@ impl Config {
                 ))
             })?;
         }
-        Ok(())
+        Ok(Checked {
+            schema,
+            limits: self.limits(),
+            keys: DeclaredKeys::new(&self.indexed_keys, &self.indexed_metadata_keys),
+        })
     }
 
     fn check_indexed_keys(&self) -> Result<()> {

@@ -11,7 +11,7 @@ use actix::prelude::*;
 use super::Engine;
 use crate::base::connect::Connector;
 use crate::base::heads::Heads;
-use crate::config::Config;
+use crate::config::{Checked, Config};
 #[cfg(feature = "embedded")]
 use crate::embedded::EmbeddedPostgres;
 use crate::error::{Error, Result};
@@ -20,7 +20,7 @@ use crate::metrics::{ConsumerRegistry, MetricsActor};
 use crate::model::MigrateOptions;
 use crate::reader::{Reader, ReaderSettings};
 use crate::router::{self, Replica, Replicas, Router, RouterSettings};
-use crate::sql::{self, schema, DeclaredKeys, Identifier, KeyStatements};
+use crate::sql::{self, schema, Identifier, KeyStatements};
 use crate::writer::{NotifySettings, Writer, WriterSettings};
 
 /// What keeps a throwaway server alive as long as the store that started it.
@@ -52,14 +52,16 @@ impl Engine {
     /// Connects, creates or migrates the schema, and starts the actors (see
     /// [`EventStore::connect`](crate::EventStore::connect)).
     pub(crate) async fn start(config: Config) -> Result<Engine> {
-        config.validate()?;
+        let Checked {
+            schema,
+            limits,
+            keys,
+        } = config.checked()?;
         let (url, throwaway) = database(&config).await?;
-        let schema = config.schema_identifier()?;
         let connector = Connector::new(&config, &url, config.pool_size()).await?;
         let mut client = connector.dedicated().await?;
         schema::migrate(&mut client, &schema).await?;
         let key_sql = KeyStatements::new(&schema);
-        let keys = DeclaredKeys::new(config.indexed_keys(), config.indexed_metadata_keys());
         let backfill = indexing::sync(
             &mut client,
             &key_sql,
@@ -92,7 +94,7 @@ impl Engine {
             let metrics = metrics.clone();
             let settings = WriterSettings {
                 schema: schema.clone(),
-                limits: config.limits(),
+                limits,
                 batching: config.batching(),
                 pipelining: config.pipelining(),
                 timeout: config.operation_timeout(),
@@ -118,7 +120,7 @@ impl Engine {
                     let metrics = metrics.clone();
                     let settings = ReaderSettings {
                         schema: schema.clone(),
-                        limits: config.limits(),
+                        limits,
                         cache_size: NonZeroUsize::new(config.statement_cache_size()),
                         max_in_flight: config.reader_max_in_flight(),
                         timeout: config.operation_timeout(),
@@ -191,20 +193,18 @@ impl Engine {
 /// [`EventStore::migrate_with`](crate::EventStore::migrate_with)).
 pub(crate) async fn migrate(config: &Config, options: MigrateOptions) -> Result<Vec<i32>> {
     let application_role = options.application_role.as_deref();
-    config.validate()?;
+    let Checked { schema, keys, .. } = config.checked()?;
     let url = config
         .database_url()
         .ok_or_else(|| Error::Config(NO_DATABASE_URL.into()))?;
     let connector = Connector::new(config, url, 1).await?;
     let mut client = connector.dedicated().await?;
-    let schema = config.schema_identifier()?;
     let role = application_role
         .map(|role| Identifier::parse(role, "role"))
         .transpose()?;
     let applied = schema::migrate(&mut client, &schema).await?;
     let key_sql = KeyStatements::new(&schema);
     let write_lock = sql::write_lock_key(&schema);
-    let keys = DeclaredKeys::new(config.indexed_keys(), config.indexed_metadata_keys());
     if indexing::sync(&mut client, &key_sql, write_lock, &keys, true).await? {
         indexing::backfill(&mut client, &key_sql).await?;
     }
