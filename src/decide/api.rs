@@ -93,7 +93,7 @@ impl Decisions {
                     conflicts += 1;
                     // What the replica lacked is on the primary.
                     consistency = Consistency::Strong;
-                    engine.record(Record::DecideRetry);
+                    engine.record(Record::one(&super::counts::DECIDE_RETRY));
                 }
                 Err(e) => return Err(e),
             }

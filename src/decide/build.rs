@@ -13,11 +13,12 @@ use std::sync::Arc;
 
 use super::cache::{Entry, Key};
 use super::projection::{union, AnyState, Leaf, Members, States};
+use super::snapshots::Rejection;
 use super::snapshots::SaveJob;
 use super::{DecisionModel, Decisions};
 use crate::engine::Engine;
 use crate::error::Result;
-use crate::metrics::{Record, Rejection, SnapshotOutcome};
+use crate::metrics::Record;
 use crate::model::{Consistency, MatchView, Query, ReadOptions};
 use crate::Projection;
 
@@ -40,9 +41,7 @@ impl Slot<'_> {
     /// Starts over from the initial state: what was folded so far is not trusted.
     fn reset(&mut self, store: &Engine) {
         if self.from_snapshot {
-            store.record(Record::Snapshot(SnapshotOutcome::Rejected(
-                Rejection::Position,
-            )));
+            store.record(Rejection::Position.record());
         }
         self.head = None;
         self.state = self.leaf.initial();

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use crate::engine::Engine;
 use crate::sql::SnapshotStatements;
 
-use crate::metrics::{Record, SnapshotOutcome};
+use crate::metrics::{Counter, LabelledCounter, Record};
 use crate::model::{AppendCondition, AppendResult, Query};
 pub use projection::{Members, Projection, States};
 pub(crate) use snapshots::Snapshots;
@@ -85,6 +85,26 @@ pub enum Decided<R> {
     Rejected(R),
 }
 
+/// What decisions count, in the metrics' snapshot: the names and their meaning are
+/// this module's.
+pub(crate) mod counts {
+    use super::{Counter, LabelledCounter};
+
+    /// A snapshot used to build a model.
+    pub(crate) static SNAPSHOT_LOADED: Counter = Counter(|m| &mut m.snapshots_loaded);
+    /// A snapshot stored.
+    pub(crate) static SNAPSHOT_SAVED: Counter = Counter(|m| &mut m.snapshots_saved);
+    /// Not stored: one at the same or a later position was.
+    pub(crate) static SNAPSHOT_NOT_NEWER: Counter = Counter(|m| &mut m.snapshots_not_newer);
+    /// Not stored: serialising or writing it failed, or the saver's queue was full.
+    pub(crate) static SNAPSHOT_SAVE_FAILED: Counter = Counter(|m| &mut m.snapshot_save_failures);
+    /// A stored snapshot not used, by [`Rejection`](super::snapshots::Rejection).
+    pub(crate) static SNAPSHOT_REJECTED: LabelledCounter =
+        LabelledCounter(|m| &mut m.snapshots_rejected);
+    /// `decide` met a conflict and decides again.
+    pub(crate) static DECIDE_RETRY: Counter = Counter(|m| &mut m.decide_retries);
+}
+
 /// Queue of snapshots waiting for the saver; a full queue drops the save (the next
 /// decision that folds enough events asks again).
 const SAVE_QUEUE: usize = 256;
@@ -144,7 +164,7 @@ impl Decisions {
         if self.saves.try_send(job).is_err() {
             self.snapshots
                 .metrics
-                .record(Record::Snapshot(SnapshotOutcome::Dropped));
+                .record(Record::one(&counts::SNAPSHOT_SAVE_FAILED));
         }
     }
 }

@@ -11,10 +11,11 @@ use tokio::sync::mpsc;
 use tokio_postgres::types::Type;
 
 use super::cache::Key;
+use super::counts;
 use super::projection::{AnyState, Leaf, Serializer};
 use crate::base::connect::Connector;
 use crate::error::{Error, Result};
-use crate::metrics::{MetricsSink, Record, Rejection, SnapshotOutcome};
+use crate::metrics::{Counter, MetricsSink, Record};
 use crate::model::Query;
 use crate::sql::{self, SnapshotRow, SnapshotStatements};
 
@@ -26,6 +27,36 @@ pub(crate) struct Snapshots {
     pub metrics: MetricsSink,
     pub timeout: Duration,
     pub presence: Arc<Presence>,
+}
+
+/// Why a stored snapshot was not used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Rejection {
+    /// Saved by another version of the projection.
+    Version,
+    /// Saved for another query with the same fingerprint.
+    Query,
+    /// Its state does not deserialise into the projection's state type.
+    State,
+    /// Its position is not in this store's history: beyond the head, or the event
+    /// there is not the one it was saved after (a database restored to another point).
+    Position,
+}
+
+impl Rejection {
+    /// The record counting it (`dcb_snapshots_rejected_total{reason}`).
+    pub(crate) fn record(self) -> Record {
+        let label = match self {
+            Rejection::Version => "version",
+            Rejection::Query => "query",
+            Rejection::State => "state",
+            Rejection::Position => "position",
+        };
+        Record::CountLabelled {
+            counter: &counts::SNAPSHOT_REJECTED,
+            label,
+        }
+    }
 }
 
 /// How long an answer to "does this projection have any snapshot?" holds.
@@ -176,14 +207,14 @@ impl Snapshots {
                 match leaf.deserialize(&state) {
                     Some(state) => {
                         *slot = Some((position as u64, state));
-                        self.outcome(SnapshotOutcome::Loaded);
+                        self.outcome(&counts::SNAPSHOT_LOADED);
                         None
                     }
                     None => Some(Rejection::State),
                 }
             };
             if let Some(rejection) = rejection {
-                self.outcome(SnapshotOutcome::Rejected(rejection));
+                self.metrics.record(rejection.record());
             }
         }
         Ok(found)
@@ -267,8 +298,8 @@ impl Snapshots {
         .await
     }
 
-    fn outcome(&self, outcome: SnapshotOutcome) {
-        self.metrics.record(Record::Snapshot(outcome));
+    fn outcome(&self, counter: &'static Counter) {
+        self.metrics.record(Record::one(counter));
     }
 
     /// Saves the jobs one at a time until every sender is gone: the decisions that
@@ -280,18 +311,18 @@ impl Snapshots {
                     projection = job.key.name,
                     "snapshot state does not serialise"
                 );
-                self.outcome(SnapshotOutcome::Failed);
+                self.outcome(&counts::SNAPSHOT_SAVE_FAILED);
                 continue;
             };
             match self.save(&job.key, job.position, json, false).await {
                 Ok(true) => {
                     self.presence.saved(job.key.name);
-                    self.outcome(SnapshotOutcome::Saved)
+                    self.outcome(&counts::SNAPSHOT_SAVED)
                 }
-                Ok(false) => self.outcome(SnapshotOutcome::NotNewer),
+                Ok(false) => self.outcome(&counts::SNAPSHOT_NOT_NEWER),
                 Err(error) => {
                     tracing::warn!(projection = job.key.name, error = %crate::error::Chain(&error), "snapshot not saved");
-                    self.outcome(SnapshotOutcome::Failed);
+                    self.outcome(&counts::SNAPSHOT_SAVE_FAILED);
                 }
             }
         }

@@ -103,19 +103,22 @@ pub(crate) enum Record {
     },
     Timeout,
     StatementPrepared,
-    /// A subscription read: the shared tail's, or a subscriber's own (catching up).
-    SubscriptionRead {
-        tail: bool,
-    },
     /// A decision model built: leaves found in the cache or not, events folded.
     Decision {
         hits: u32,
         misses: u32,
         applied: u32,
     },
-    Snapshot(SnapshotOutcome),
-    /// `decide` met a conflict and decides again.
-    DecideRetry,
+    /// `n` more of a subsystem's own counter.
+    Count {
+        counter: &'static Counter,
+        n: u64,
+    },
+    /// One more of a subsystem's counter by reason, for `label`.
+    CountLabelled {
+        counter: &'static LabelledCounter,
+        label: &'static str,
+    },
     /// A read served: how fresh it asked to be and which server answered (`None`: the
     /// primary; for any consistency but `Strong`, because no replica could).
     Routed {
@@ -150,32 +153,31 @@ impl Level {
     }
 }
 
-/// What happened to a snapshot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum SnapshotOutcome {
-    Loaded,
-    Saved,
-    /// Not saved: one at the same or a later position was stored.
-    NotNewer,
-    /// Not saved: serialising or writing it failed.
-    Failed,
-    /// Not saved: the saver's queue was full.
-    Dropped,
-    Rejected(Rejection),
+/// A count a subsystem keeps: which counter of [`MetricsSnapshot`] it adds to. Each
+/// subsystem defines its own as `static`s beside the code that counts, so these
+/// records carry no subsystem's vocabulary.
+pub(crate) struct Counter(pub fn(&mut MetricsSnapshot) -> &mut u64);
+
+impl std::fmt::Debug for Counter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Counter")
+    }
 }
 
-/// Why a stored snapshot was not used.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Rejection {
-    /// Saved by another version of the projection.
-    Version,
-    /// Saved for another query with the same fingerprint.
-    Query,
-    /// Its state does not deserialise into the projection's state type.
-    State,
-    /// Its position is not in this store's history: beyond the head, or the event
-    /// there is not the one it was saved after (a database restored to another point).
-    Position,
+impl std::fmt::Debug for LabelledCounter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LabelledCounter")
+    }
+}
+
+/// A count by reason: which labelled counter of [`MetricsSnapshot`] it adds to.
+pub(crate) struct LabelledCounter(pub fn(&mut MetricsSnapshot) -> &mut BTreeMap<String, u64>);
+
+impl Record {
+    /// One more of `counter`.
+    pub(crate) fn one(counter: &'static Counter) -> Record {
+        Record::Count { counter, n: 1 }
+    }
 }
 
 /// The hot path's handle: cloneable, never blocks.
@@ -350,7 +352,6 @@ pub(crate) struct MetricsActor {
     consumers: Arc<ConsumerRegistry>,
     heads: crate::base::heads::Heads,
     decision_events_applied: Series,
-    snapshots_rejected: BTreeMap<Rejection, u64>,
     replicas: ReplicaList,
     routed: BTreeMap<(Level, Option<u16>), u64>,
 }
@@ -384,7 +385,6 @@ impl MetricsActor {
             consumers,
             heads,
             decision_events_applied: Series::default(),
-            snapshots_rejected: BTreeMap::new(),
             replicas,
             routed: BTreeMap::new(),
         };
@@ -450,8 +450,6 @@ impl MetricsActor {
             Record::DatabaseError { class } => *self.database_errors.entry(class).or_default() += 1,
             Record::Timeout => c.timeouts += 1,
             Record::StatementPrepared => c.statements_prepared += 1,
-            Record::SubscriptionRead { tail: true } => c.subscription_tail_reads += 1,
-            Record::SubscriptionRead { tail: false } => c.subscription_catch_up_reads += 1,
             Record::Decision {
                 hits,
                 misses,
@@ -461,16 +459,10 @@ impl MetricsActor {
                 c.decision_cache_misses += u64::from(misses);
                 self.decision_events_applied.count(u64::from(applied));
             }
-            Record::Snapshot(outcome) => match outcome {
-                SnapshotOutcome::Loaded => c.snapshots_loaded += 1,
-                SnapshotOutcome::Saved => c.snapshots_saved += 1,
-                SnapshotOutcome::NotNewer => c.snapshots_not_newer += 1,
-                SnapshotOutcome::Failed | SnapshotOutcome::Dropped => c.snapshot_save_failures += 1,
-                SnapshotOutcome::Rejected(reason) => {
-                    *self.snapshots_rejected.entry(reason).or_default() += 1
-                }
-            },
-            Record::DecideRetry => c.decide_retries += 1,
+            Record::Count { counter, n } => *(counter.0)(c) += n,
+            Record::CountLabelled { counter, label } => {
+                *(counter.0)(c).entry(label.to_owned()).or_default() += 1
+            }
             Record::Routed {
                 consistency,
                 replica,
@@ -511,11 +503,6 @@ impl MetricsActor {
             dropped_records: self.dropped.load(Ordering::Relaxed),
             consumers: self.consumers.snapshot(self.heads.current()),
             decision_events_applied: self.decision_events_applied.sizes(),
-            snapshots_rejected: self
-                .snapshots_rejected
-                .iter()
-                .map(|(reason, n)| (rejection_name(*reason).to_owned(), *n))
-                .collect(),
             replicas: replicas::snapshot(&self.replicas, &self.served_by_replica()),
             reads_routed: self
                 .routed
@@ -645,15 +632,6 @@ fn method_name(m: Method) -> &'static str {
         Method::Append => "append",
         Method::Read => "read",
         Method::Decide => "decide",
-    }
-}
-
-fn rejection_name(r: Rejection) -> &'static str {
-    match r {
-        Rejection::Version => "version",
-        Rejection::Query => "query",
-        Rejection::State => "state",
-        Rejection::Position => "position",
     }
 }
 

@@ -131,7 +131,8 @@ impl Follower {
     }
 
     async fn read(&self) -> Result<crate::model::ReadResult> {
-        self.store.record(Record::SubscriptionRead { tail: false });
+        self.store
+            .record(Record::one(&super::counts::CATCH_UP_READ));
         let options = ReadOptions::default()
             .after(self.scanned_to)
             .limit(self.batch_size as u64);

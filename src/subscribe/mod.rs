@@ -42,6 +42,16 @@ pub(crate) use follow::Follower;
 pub(crate) use listener::listen;
 pub(crate) use tail::{follow as follow_tail, Tail};
 
+/// What subscriptions count, in the metrics' snapshot.
+pub(crate) mod counts {
+    use crate::metrics::Counter;
+
+    /// A read of new events into the live subscribers' shared buffer.
+    pub(crate) static TAIL_READ: Counter = Counter(|m| &mut m.subscription_tail_reads);
+    /// A read by a subscriber behind the shared buffer (catching up).
+    pub(crate) static CATCH_UP_READ: Counter = Counter(|m| &mut m.subscription_catch_up_reads);
+}
+
 /// What a durable consumer does with an event its handler failed `max_attempts` times.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]

@@ -167,7 +167,7 @@ pub(crate) async fn follow(
         } else {
             ReadOptions::default().after(after).limit(page)
         };
-        store.record(Record::SubscriptionRead { tail: true });
+        store.record(Record::one(&super::counts::TAIL_READ));
         let read = store.read(&Query::all(), options).await;
         drop(store);
         match read {
