@@ -265,14 +265,7 @@ impl From<tokio_postgres::Error> for Error {
 /// `error` and its causes, joined with `: ` (tokio-postgres puts the server's message
 /// in the source, not in `Display`).
 pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+    Chain(error).to_string()
 }
 
 impl From<serde_json::Error> for Error {
@@ -287,7 +280,13 @@ pub(crate) struct Chain<'a>(pub &'a dyn std::error::Error);
 
 impl std::fmt::Display for Chain<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&with_causes(self.0))
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
     }
 }
 

@@ -183,12 +183,6 @@ impl Handler<ReadBy> for Reader {
 /// cheap to repeat (connecting has its own backoff, shared by all of a reader's reads).
 const READ_AGAIN: Backoff = Backoff::linear(Duration::from_millis(20), Duration::from_millis(200));
 
-/// Whether a read failed because its connection did (or none could be made), so that
-/// reading again on a fresh connection may succeed ([`Failure::connection_failed`]).
-pub(crate) fn connection_failed(error: &Error) -> bool {
-    Failure::of_error(error).connection_failed()
-}
-
 impl Shared {
     /// Connects if needed, prepares if needed, and reads, all by `deadline`; a read
     /// whose connection fails is read again on a fresh one (a read is always safe to
@@ -198,7 +192,10 @@ impl Shared {
             let mut attempt = 0u32;
             loop {
                 match self.read(&read).await {
-                    Err(error) if connection_failed(&error) && !self.settings.for_replica => {
+                    Err(error)
+                        if Failure::of_error(&error).connection_failed()
+                            && !self.settings.for_replica =>
+                    {
                         tracing::debug!(error = %crate::error::Chain(&error), attempt, "read failed with its connection; reading again");
                     }
                     result => return result,

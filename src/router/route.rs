@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 use actix::Addr;
 
 use super::{Replica, Replicas};
+use crate::base::failure::Failure;
 use crate::base::retry::Backoff;
 use crate::error::{Error, Result};
 use crate::metrics::{Level, Record};
 use crate::model::{Consistency, Query, ReadOptions, ReadResult};
-use crate::reader::{connection_failed, Answer, Read, ReadBy, Reader};
+use crate::reader::{Answer, Read, ReadBy, Reader};
 
 /// Pauses between two looks at a replica that lacks a read's position: 1 ms,
 /// doubling, at most 50 ms.
@@ -132,7 +133,9 @@ async fn try_replica(replica: &Replica, read: Read, deadline: Instant) -> Option
         }
         Ok(Err(error)) => {
             tracing::debug!(error = %crate::error::Chain(&error), "a replica failed a read; the primary serves it");
-            if connection_failed(&error) || matches!(error, Error::Timeout { .. }) {
+            if Failure::of_error(&error).connection_failed()
+                || matches!(error, Error::Timeout { .. })
+            {
                 replica.stats.failed();
             }
             None

@@ -13,18 +13,20 @@
 use crate::model::QueryItem;
 
 /// An index through which an item's events are found, in the order of preference.
+/// Its discriminant is its place in that order (and its bit in [`Probes`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
 pub(crate) enum Access {
     /// `(tag, position)`, for the item's first tag.
-    Tag,
+    Tag = 0,
     /// `(source, key, value, position)` in `event_keys`, for its declared-key pair.
-    Key,
+    Key = 1,
     /// `(occurred_at, position)`, for a range with both ends.
-    Range,
+    Range = 2,
     /// `(event_type, position)`.
-    Types,
+    Types = 3,
     /// The primary key: every position in the bounds.
-    Scan,
+    Scan = 4,
 }
 
 impl Access {
@@ -126,17 +128,21 @@ impl Probes {
 
 impl From<Access> for Probes {
     fn from(access: Access) -> Self {
-        let bit = Access::ALL
-            .iter()
-            .position(|a| *a == access)
-            .unwrap_or_default();
-        Probes(1 << bit)
+        Probes(1 << access as u8)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_access_path_is_its_place_in_the_order() {
+        for (i, access) in Access::ALL.into_iter().enumerate() {
+            assert_eq!(access as usize, i, "{access:?}");
+            assert!(Probes::from(access).contains(access));
+        }
+    }
 
     #[test]
     fn a_tag_wins_and_a_ready_key_comes_next() {

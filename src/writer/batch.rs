@@ -64,7 +64,9 @@ impl BatchFailure {
     /// What `error` on `client` means for a batch that had (`sent`) or had not been
     /// handed to the connection.
     pub(super) fn of(error: tokio_postgres::Error, client: &Client, sent: bool) -> Self {
-        if is_refusal(&error, client) {
+        // Refused on a connection that still works: rolled back, nothing written.
+        // Otherwise (class 08 or 57 too) a COMMIT in flight may have run.
+        if Failure::of(&error, client.is_closed()).outcome_known() {
             BatchFailure::Refused(error)
         } else {
             BatchFailure::Connection { error, sent }
@@ -298,12 +300,4 @@ pub(super) fn fail_all(batch: Vec<Pending>, error: &Error) {
     for pending in batch {
         pending.answer(Err(error.clone()));
     }
-}
-
-/// Whether the server refused a statement on a connection that is still good (so the
-/// transaction was rolled back and nothing was written), as opposed to the connection
-/// failing. A terminated backend (class 57) or connection error (class 08) reports an
-/// SQLSTATE too, but then the outcome of a COMMIT in flight is unknown.
-pub(super) fn is_refusal(error: &tokio_postgres::Error, client: &Client) -> bool {
-    Failure::of(error, client.is_closed()).outcome_known()
 }
