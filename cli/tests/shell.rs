@@ -189,3 +189,41 @@ fn a_consumer_killed_mid_stream_resumes_without_skipping() {
     );
     let _ = third.kill();
 }
+
+#[test]
+fn json_at_serde_jsons_limits_goes_in_and_comes_out_and_beyond_is_refused() {
+    let schema = unique_schema("shell_edges");
+    let nested = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+    let lines = vec![
+        format!(r#"{{"type":"Edge","data":{}}}"#, nested(127)),
+        format!(
+            r#"{{"type":"Edge","data":{{"n":1e308}},"metadata":{{"m":{}}}}}"#,
+            nested(126)
+        ),
+        format!(r#"{{"type":"Edge","data":{}}}"#, nested(128)),
+        r#"{"type":"Edge","data":{"n":1e309}}"#.to_owned(),
+        format!(
+            r#"{{"type":"Edge","data":{{}},"metadata":{{"m":{}}}}}"#,
+            nested(127)
+        ),
+    ];
+    let out = append(&schema, &lines, 1);
+    assert_eq!(out[0]["first_position"], 1);
+    assert_eq!(out[1]["first_position"], 2);
+    for refused in &out[2..] {
+        assert_eq!(refused["kind"], "invalid_input", "{refused}");
+    }
+    let read = command(&schema, &["read", "--types", "Edge"])
+        .output()
+        .unwrap();
+    assert!(read.status.success());
+    let text = String::from_utf8_lossy(&read.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].contains(&nested(127)), "{}", lines[0]);
+    assert!(
+        lines[1].contains(&format!("1{}", "0".repeat(308))),
+        "{}",
+        lines[1]
+    );
+}

@@ -42,9 +42,12 @@ impl JsonText {
         self.0.len()
     }
 
-    /// Checks that PostgreSQL's `jsonb` will take this text: it must be valid JSON,
-    /// contain no `\u0000`, no unpaired surrogate escapes and no number outside
-    /// `numeric`'s range (all refused by `jsonb`), and nest at most [`MAX_DEPTH`] deep.
+    /// Checks that PostgreSQL's `jsonb` will take this text and that what it gives
+    /// back can be read: valid JSON, no `\u0000`, no unpaired surrogate escapes, no
+    /// number outside `numeric`'s range (all refused by `jsonb`); nesting at most
+    /// [`MAX_DEPTH`] deep and no number that `serde_json` cannot read as `f64` in the
+    /// form `jsonb` gives it back (plain decimal digits), both of which would make
+    /// `data::<serde_json::Value>()` fail on the stored event forever.
     pub(crate) fn validate(&self, what: &str) -> Result<()> {
         // `IgnoredAny` checks the syntax without parsing numbers or recursing.
         if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&self.0) {
@@ -65,15 +68,16 @@ impl fmt::Debug for JsonText {
     }
 }
 
-/// Deepest nesting of arrays and objects accepted; PostgreSQL's recursive jsonb
-/// parser would otherwise hit its stack limit on absurd input.
-pub(crate) const MAX_DEPTH: usize = 512;
+/// Deepest nesting of arrays and objects accepted: the deepest `serde_json` reads
+/// (its recursion limit; a unit test holds the two together).
+pub(crate) const MAX_DEPTH: usize = 127;
 
-/// Scans valid JSON text for what `jsonb` refuses: `\u0000`, unpaired surrogate
-/// escapes, numbers outside `numeric`'s range, and nesting deeper than [`MAX_DEPTH`].
-/// In valid JSON, backslashes occur only inside strings and quotes toggle strings, so
-/// one linear pass is exact.
-fn scan(text: &str) -> std::result::Result<(), &'static str> {
+/// Scans valid JSON text for what `jsonb` refuses or could not be read back:
+/// `\u0000`, unpaired surrogate escapes, numbers outside `numeric`'s or `f64`'s range,
+/// and nesting deeper than [`MAX_DEPTH`]. In valid JSON, backslashes occur only inside
+/// strings and quotes toggle strings, so one linear pass is exact.
+fn scan(text: &str) -> std::result::Result<(), String> {
+    let at = |problem: &str, i: usize| format!("{problem} (at byte {i})");
     const UNPAIRED: &str = "contains an unpaired UTF-16 surrogate escape";
     let bytes = text.as_bytes();
     let (mut i, mut depth, mut in_string) = (0, 0usize, false);
@@ -86,12 +90,15 @@ fn scan(text: &str) -> std::result::Result<(), &'static str> {
                 b'[' | b'{' => {
                     depth += 1;
                     if depth > MAX_DEPTH {
-                        return Err("is nested deeper than 512 levels");
+                        return Err(at(
+                            "is nested deeper than 127 levels, which serde_json cannot read back",
+                            i,
+                        ));
                     }
                 }
                 b']' | b'}' => depth = depth.saturating_sub(1),
                 b'-' | b'0'..=b'9' => {
-                    i = check_number(bytes, i)?;
+                    i = check_number(bytes, i).map_err(|problem| at(problem, i))?;
                     continue;
                 }
                 _ => {}
@@ -101,7 +108,7 @@ fn scan(text: &str) -> std::result::Result<(), &'static str> {
         }
         if byte != b'\\' {
             if pending_high_surrogate {
-                return Err(UNPAIRED);
+                return Err(at(UNPAIRED, i));
             }
             in_string = byte != b'"';
             i += 1;
@@ -109,7 +116,7 @@ fn scan(text: &str) -> std::result::Result<(), &'static str> {
         }
         if bytes.get(i + 1) != Some(&b'u') {
             if pending_high_surrogate {
-                return Err(UNPAIRED);
+                return Err(at(UNPAIRED, i));
             }
             i += 2;
             continue;
@@ -117,19 +124,24 @@ fn scan(text: &str) -> std::result::Result<(), &'static str> {
         let hex = text
             .get(i + 2..i + 6)
             .and_then(|h| u16::from_str_radix(h, 16).ok())
-            .ok_or("contains a malformed \\u escape")?;
+            .ok_or_else(|| at("contains a malformed \\u escape", i))?;
         match hex {
-            0 => return Err("contains \\u0000, which PostgreSQL jsonb cannot store"),
+            0 => {
+                return Err(at(
+                    "contains \\u0000, which PostgreSQL jsonb cannot store",
+                    i,
+                ))
+            }
             0xD800..=0xDBFF if !pending_high_surrogate => pending_high_surrogate = true,
             0xDC00..=0xDFFF if pending_high_surrogate => pending_high_surrogate = false,
-            _ if pending_high_surrogate => return Err(UNPAIRED),
-            0xD800..=0xDFFF => return Err(UNPAIRED),
+            _ if pending_high_surrogate => return Err(at(UNPAIRED, i)),
+            0xD800..=0xDFFF => return Err(at(UNPAIRED, i)),
             _ => {}
         }
         i += 6;
     }
     if pending_high_surrogate {
-        return Err(UNPAIRED);
+        return Err(at(UNPAIRED, bytes.len()));
     }
     Ok(())
 }
@@ -197,7 +209,57 @@ fn check_number(bytes: &[u8], start: usize) -> std::result::Result<usize, &'stat
     if magnitude.is_some_and(|m| m + exponent > NUMERIC_MAX_MAGNITUDE) {
         return Err(OUT_OF_RANGE);
     }
+    // `f64::MAX` is below 10^309: a leading digit at 10^309 or above is infinite, one
+    // at 10^307 or below finite; between, serde_json decides, on the text as given and
+    // on the text `jsonb` gives back (which it may read differently).
+    const NOT_F64: &str = "contains a number too large for f64, which serde_json cannot read back";
+    match magnitude.map(|m| m + exponent) {
+        Some(m) if m > F64_MAX_MAGNITUDE => return Err(NOT_F64),
+        Some(m) if m >= F64_MAX_MAGNITUDE - 1 => {
+            let negative = bytes[start] == b'-';
+            let stored = stored_form(
+                negative,
+                &bytes[int_start..int_end],
+                &bytes[frac_start..frac_end],
+                exponent,
+            );
+            let given = std::str::from_utf8(&bytes[start..i]).unwrap_or_default();
+            for text in [given, stored.as_str()] {
+                if serde_json::from_str::<serde_json::Number>(text).is_err() {
+                    return Err(NOT_F64);
+                }
+            }
+        }
+        _ => {}
+    }
     Ok(i)
+}
+
+/// The decimal exponent of `f64::MAX`'s leading digit.
+const F64_MAX_MAGNITUDE: i64 = 308;
+
+/// A number as `jsonb` gives it back (`numeric`'s output): plain decimal digits, the
+/// integer part without leading zeros (`0` when empty), then as many fraction digits
+/// as the input had after the point, less its exponent. Only called for magnitudes
+/// near `f64::MAX` (the text is a few hundred bytes).
+fn stored_form(negative: bool, int: &[u8], frac: &[u8], exponent: i64) -> String {
+    let digits: Vec<u8> = int.iter().chain(frac).copied().collect();
+    let point = int.len() as i64 + exponent; // where the point falls in `digits`
+    let mut text = String::from(if negative { "-" } else { "" });
+    let int_part: String = (0..point.max(0))
+        .map(|k| char::from(*digits.get(k as usize).unwrap_or(&b'0')))
+        .skip_while(|&c| c == '0')
+        .collect();
+    text.push_str(if int_part.is_empty() { "0" } else { &int_part });
+    let scale = (frac.len() as i64 - exponent).max(0);
+    if scale > 0 {
+        text.push('.');
+        text.extend((point..point + scale).map(|k| {
+            let digit = usize::try_from(k).ok().and_then(|k| digits.get(k));
+            char::from(*digit.unwrap_or(&b'0'))
+        }));
+    }
+    text
 }
 
 /// The top-level string members of an event's data: what payload predicates
@@ -287,6 +349,9 @@ pub(crate) mod tests {
         let deep = |n| format!("{}1{}", "[".repeat(n), "]".repeat(n));
         assert!(check(&deep(MAX_DEPTH)).is_ok());
         assert!(check(&deep(MAX_DEPTH + 1)).is_err());
+        // The limit is serde_json's: what is accepted, it reads back.
+        assert!(serde_json::from_str::<serde_json::Value>(&deep(MAX_DEPTH)).is_ok());
+        assert!(serde_json::from_str::<serde_json::Value>(&deep(MAX_DEPTH + 1)).is_err());
         assert!(check(r#"{"a":"[[[[ \" {{"}"#).is_ok());
     }
 
@@ -294,15 +359,11 @@ pub(crate) mod tests {
     fn refuses_numbers_outside_numeric_like_postgresql() {
         // Edges checked against PostgreSQL 15's `'...'::jsonb`.
         for ok in [
-            "1e131071",
-            "9.9e131071",
             "1e-16383",
             "0.1e-16382",
             "0e1073741822",
             "-0",
             "1E+5",
-            "123456789012345678901234567890e131040",
-            "1e400",
             "0.000",
             "-12.5e-3",
         ] {
@@ -317,12 +378,61 @@ pub(crate) mod tests {
             "10e-16384",
             "1e99999999999999999999999",
             "-1e131072",
+            // within numeric's range, beyond f64's
+            "1e131071",
+            "9.9e131071",
+            "123456789012345678901234567890e131040",
+            "1e400",
         ] {
             assert!(check(&format!("{{\"a\":[{bad}]}}")).is_err(), "{bad}");
         }
         let long = format!("1{}", "0".repeat(131_072));
         assert!(check(&long).is_err());
-        assert!(check(&long[..131_072]).is_ok());
+        assert!(check(&long[..310]).is_err()); // 1e309
+        assert!(check(&long[..309]).is_ok()); // 1e308
+    }
+
+    #[test]
+    fn numbers_near_f64s_limits_are_accepted_only_when_their_stored_form_reads_back() {
+        let reads_back = |text: &str| serde_json::from_str::<serde_json::Number>(text).is_ok();
+        for (given, stored) in [
+            ("1e308", format!("1{}", "0".repeat(308))),
+            ("-1.5e308", format!("-15{}", "0".repeat(307))),
+            (
+                "1.7976931348623157e308",
+                format!("17976931348623157{}", "0".repeat(292)),
+            ),
+            (
+                "17.976931348623157e307",
+                format!("17976931348623157{}", "0".repeat(292)),
+            ),
+            ("1.0e308", format!("1{}", "0".repeat(308))),
+            ("1.25e307", format!("125{}", "0".repeat(305))),
+            ("5e-324", format!("0.{}5", "0".repeat(323))),
+            (
+                "1.7976931348623157e-308",
+                format!("0.{}17976931348623157", "0".repeat(307)),
+            ),
+        ] {
+            if given.contains("e-") {
+                assert!(check(given).is_ok(), "{given}");
+                continue;
+            }
+            let exponent: i64 = given.split('e').nth(1).unwrap().parse().unwrap();
+            let (mantissa, negative) = match given.split('e').next().unwrap() {
+                m if m.starts_with('-') => (&m[1..], true),
+                m => (m, false),
+            };
+            let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+            let form = stored_form(negative, int.as_bytes(), frac.as_bytes(), exponent);
+            assert_eq!(form, stored, "{given}");
+            let expected = reads_back(given) && reads_back(&stored);
+            assert_eq!(check(&format!("[{given}]")).is_ok(), expected, "{given}");
+        }
+        // serde_json's reading of f64::MAX's 309 digits is what decides.
+        let max = format!("17976931348623157{}", "0".repeat(292));
+        assert_eq!(check(&max).is_ok(), reads_back(&max));
+        assert!(check("1e309").is_err() && check("-1e309").is_err());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Generated events and queries with the edge inputs where memory and SQL could
-//! disagree: JSON that `serde_json::Value` cannot hold (numbers beyond f64, deep
-//! nesting), duplicate and escaped keys, non-object data, unicode, timestamps with
+//! disagree: JSON at the edges of what the store accepts (numbers at f64's ends and
+//! below its precision, nesting at serde_json's limit), duplicate and escaped keys,
+//! non-object data, unicode, timestamps with
 //! nanoseconds (also before 1970), and every query shape.
 //!
 //! Seeded: a failure prints its seed, and `DCB_SEED=<n>` runs that seed again.
@@ -75,13 +76,15 @@ impl Gen {
         self.base + TimeDelta::nanoseconds(anchor + jitter)
     }
 
-    /// A JSON value as text, sometimes one `serde_json::Value` cannot parse.
+    /// A JSON value as text, at times at the edges of what the store accepts (within
+    /// the two levels `data` may wrap it in).
     fn json_value(&mut self) -> String {
-        match self.rng.gen_range(0..9) {
-            0 => "1e400".to_owned(),
+        match self.rng.gen_range(0..10) {
+            0 => ["1e308", "-1e308", "5e-324", "1e-400"][self.rng.gen_range(0..4)].to_owned(),
             1 => "-0".to_owned(),
             2 => "123456789012345678901234567890.000000000000000000001".to_owned(),
-            3 => format!("{}\"deep\"{}", "[".repeat(200), "]".repeat(200)),
+            3 => format!("{}\"deep\"{}", "[".repeat(125), "]".repeat(125)),
+            9 => "-1.7976931348623157e307".to_owned(),
             4 => format!("{{\"k\":{}}}", serde_json::json!(self.pick(VALUES))),
             5 => "null".to_owned(),
             6 => "1".to_owned(),

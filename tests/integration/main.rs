@@ -18,6 +18,7 @@ mod ordering;
 mod outcomes;
 mod partitioning;
 mod properties;
+mod readback;
 mod reads;
 mod replicas;
 mod restarts;
