@@ -2,6 +2,7 @@
 //! what it is for. Nothing public is defined elsewhere without appearing here.
 
 // The store and its configuration.
+pub use crate::base::connect::PoolerMode;
 pub use crate::base::tls::TlsMode;
 pub use crate::config::Config;
 pub use crate::store::EventStore;

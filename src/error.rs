@@ -108,6 +108,17 @@ pub enum Error {
         supported: i32,
     },
 
+    /// What was asked needs a server session of its own (`LISTEN` for subscriptions, a
+    /// session lock for a durable consumer's lease), which a transaction-mode pooler
+    /// does not give; nothing was started. Configure `direct_url`
+    /// ([`Config::with_direct_url`](crate::Config::with_direct_url)): a URL that reaches
+    /// PostgreSQL directly or through a session-mode pool.
+    #[error("{what} needs a session of its own, which pooler_mode = \"transaction\" does not give: set direct_url to a URL that reaches PostgreSQL directly (or through a session-mode pool)")]
+    NeedsSession {
+        /// What needed it: `subscriptions (LISTEN)` or `durable consumers (leases)`.
+        what: &'static str,
+    },
+
     /// No connection to the database could be made.
     #[error("cannot connect to the database: {0}")]
     Connect(String),
@@ -175,6 +186,7 @@ impl Error {
             Error::Database { .. } => "database",
             Error::PermissionDenied { .. } => "permission_denied",
             Error::SchemaTooNew { .. } => "schema_too_new",
+            Error::NeedsSession { .. } => "needs_session",
             Error::Connect(_) => "connect",
             Error::Config(_) => "config",
             Error::Embedded(_) => "embedded",

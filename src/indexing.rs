@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, IsolationLevel};
 
 use crate::base::connect::Connector;
@@ -67,7 +68,10 @@ impl IndexedKey {
 
 /// The store's declared keys.
 pub(crate) async fn list(client: &Client, sql: &KeyStatements) -> Result<Vec<IndexedKey>> {
-    let rows = client.query(&sql.list, &[]).await.map_err(Error::db)?;
+    let rows = client
+        .query_typed(&sql.list, &[])
+        .await
+        .map_err(Error::db)?;
     rows.iter()
         .map(|row| {
             let row = KeyRow::decode(row)?;
@@ -131,29 +135,47 @@ pub(crate) async fn sync(
             }
         };
         let tx = read_committed(client).await?;
-        tx.execute(WRITE_LOCK, &[&write_lock_key])
+        tx.execute_typed(WRITE_LOCK, &[(&write_lock_key, Type::INT8)])
             .await
             .map_err(Error::db)?;
         for (source, key) in &missing {
-            tx.execute(&sql.declare, &[source, key])
+            tx.execute_typed(&sql.declare, &[(source, Type::TEXT), (key, Type::TEXT)])
                 .await
                 .map_err(refused)?;
         }
         // Under the write lock, so that no batch writes entries of a dropped key and
         // no declaration of it again can interleave; appends wait meanwhile.
         for (source, key) in &unwanted {
-            tx.execute(&sql.undeclare, &[source, key])
+            tx.execute_typed(&sql.undeclare, &[(source, Type::TEXT), (key, Type::TEXT)])
                 .await
                 .map_err(Error::db)?;
-            tx.execute(&sql.drop_entries, &[source, key])
-                .await
-                .map_err(Error::db)?;
+            tx.execute_typed(
+                &sql.drop_entries,
+                &[(source, Type::TEXT), (key, Type::TEXT)],
+            )
+            .await
+            .map_err(Error::db)?;
         }
         tx.commit().await.map_err(Error::db)?;
         tracing::info!(declared = ?missing, dropped = ?unwanted, "indexed keys changed");
     }
     let pending = !missing.is_empty() || declared.iter().any(|d| !d.is_ready());
     Ok(pending)
+}
+
+/// The parameters of the statements on key `(source, key)`'s positions in `(from, to]`.
+fn range<'a>(
+    source: &'a &str,
+    key: &'a String,
+    from: &'a i64,
+    to: &'a i64,
+) -> [(&'a (dyn ToSql + Sync), Type); 4] {
+    [
+        (source, Type::TEXT),
+        (key, Type::TEXT),
+        (from, Type::INT8),
+        (to, Type::INT8),
+    ]
 }
 
 async fn read_committed(client: &mut Client) -> Result<tokio_postgres::Transaction<'_>> {
@@ -182,7 +204,7 @@ pub(crate) async fn backfill(client: &mut Client, sql: &KeyStatements) -> Result
             let end = (done + BACKFILL_CHUNK).min(to);
             let tx = read_committed(client).await?;
             let advanced = tx
-                .execute(&sql.advance, &[&source, &key.key, &done, &end])
+                .execute_typed(&sql.advance, &range(&source, &key.key, &done, &end))
                 .await
                 .map_err(Error::db)?;
             if advanced == 0 {
@@ -192,7 +214,7 @@ pub(crate) async fn backfill(client: &mut Client, sql: &KeyStatements) -> Result
                 );
                 break;
             }
-            tx.execute(&sql.backfill, &[&source, &key.key, &done, &end])
+            tx.execute_typed(&sql.backfill, &range(&source, &key.key, &done, &end))
                 .await
                 .map_err(Error::db)?;
             tx.commit().await.map_err(Error::db)?;

@@ -3,12 +3,18 @@
 //! The writer and the readers each hold one long-lived connection (their prepared
 //! statements live on it), taken from the pool's manager as a dedicated connection
 //! and replaced when it breaks; short tasks (migrations) borrow from the pool.
+//!
+//! Behind a transaction-mode pooler ([`PoolerMode::Transaction`]) a connection is a
+//! different server session at every transaction, so nothing may live on it between
+//! transactions: the connector says so ([`Connector::keeps_sessions`]) and what
+//! needs a session (`LISTEN`, leases) takes a connector of its own (`direct_url`).
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use bb8::Pool;
 use bb8_postgres::PostgresConnectionManager;
+use serde::Deserialize;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::{CancelToken, Client};
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -19,6 +25,50 @@ use crate::error::{with_causes, Error, Result};
 
 type Manager = PostgresConnectionManager<MakeRustlsConnect>;
 
+/// What stands between the store and PostgreSQL (`pooler_mode` in `config.toml`).
+///
+/// ```
+/// use dcb_store::{Config, PoolerMode};
+/// let config = Config::default()
+///     .with_database_url("postgres://app@127.0.0.1:6432/shop")
+///     .with_pooler_mode(PoolerMode::Transaction)
+///     .with_direct_url("postgres://app@127.0.0.1:5432/shop");
+/// assert_eq!(config.pooler_mode(), PoolerMode::Transaction);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum PoolerMode {
+    /// Direct connections to PostgreSQL. The default.
+    #[default]
+    None,
+    /// A pooler that gives each client connection one server session for as long as
+    /// it lasts (PgBouncer's `pool_mode = session`): everything works as with `None`.
+    /// The pooler's `server_reset_query` (PgBouncer's default, `DISCARD ALL`) releases
+    /// a departed client's consumer leases.
+    Session,
+    /// A pooler that gives each transaction whichever server session is free
+    /// (PgBouncer's `pool_mode = transaction`, up to 1.20 without prepared statements):
+    /// the store keeps nothing on a session between transactions. No named prepared
+    /// statements (each statement travels unnamed: parsed and planned every time), no
+    /// session settings, no temporary append functions (every batch is an explicit
+    /// `BEGIN ISOLATION LEVEL READ COMMITTED` transaction). Subscriptions (`LISTEN`)
+    /// and durable consumers (session advisory locks) need a session: they use
+    /// `direct_url` and are refused with [`Error::NeedsSession`] without one.
+    Transaction,
+}
+
+impl PoolerMode {
+    /// The name `config.toml` uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolerMode::None => "none",
+            PoolerMode::Session => "session",
+            PoolerMode::Transaction => "transaction",
+        }
+    }
+}
+
 /// Makes connections to the store's database.
 #[derive(Clone)]
 pub(crate) struct Connector {
@@ -26,10 +76,17 @@ pub(crate) struct Connector {
     tls: MakeRustlsConnect,
     /// For connections whose messages the store reads itself (`LISTEN`).
     config: tokio_postgres::Config,
+    pooler: PoolerMode,
 }
 
 impl Connector {
-    pub(crate) async fn new(settings: &Config, url: &str, pool_size: u32) -> Result<Self> {
+    /// A connector for `url`, which is reached through `pooler`.
+    pub(crate) async fn new(
+        settings: &Config,
+        url: &str,
+        pool_size: u32,
+        pooler: PoolerMode,
+    ) -> Result<Self> {
         let connect_timeout: Duration = settings.connect_timeout();
         let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
             Error::Config(format!(
@@ -67,7 +124,19 @@ impl Connector {
             .build(PostgresConnectionManager::new(config.clone(), tls.clone()))
             .await
             .map_err(|e| Error::Connect(with_causes(&e)))?;
-        Ok(Connector { pool, tls, config })
+        Ok(Connector {
+            pool,
+            tls,
+            config,
+            pooler,
+        })
+    }
+
+    /// Whether what a connection's session holds (prepared statements, settings,
+    /// temporary functions) lasts beyond the transaction that made it: not behind a
+    /// transaction-mode pooler, where the next transaction is another session.
+    pub(crate) fn keeps_sessions(&self) -> bool {
+        self.pooler != PoolerMode::Transaction
     }
 
     /// A connection of its own for an actor; it is closed when the client is dropped.
@@ -129,7 +198,10 @@ impl Connector {
             }
         });
         client
-            .execute(announce.0, &[&announce.1])
+            .execute_typed(
+                announce.0,
+                &[(&announce.1, tokio_postgres::types::Type::INT8)],
+            )
             .await
             .map_err(Error::db)?;
         client.batch_execute(listen).await.map_err(Error::db)?;

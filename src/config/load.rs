@@ -65,3 +65,34 @@ impl Config {
         }
     }
 }
+
+#[cfg(all(test, feature = "toml"))]
+mod tests {
+    use super::*;
+    use crate::base::connect::PoolerMode;
+
+    #[test]
+    fn pooler_modes_are_read_by_name_and_an_unknown_one_is_refused_naming_the_key() {
+        let path = Path::new("config.toml");
+        for (name, mode) in [
+            ("none", PoolerMode::None),
+            ("session", PoolerMode::Session),
+            ("transaction", PoolerMode::Transaction),
+        ] {
+            let config = Config::from_toml(&format!("pooler_mode = {name:?}"), path).unwrap();
+            assert_eq!(config.pooler_mode(), mode);
+            assert_eq!(mode.as_str(), name);
+        }
+        assert_eq!(Config::default().pooler_mode(), PoolerMode::None);
+        let refused = Config::from_toml("pooler_mode = \"statement\"", path)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(refused.contains("pooler_mode"), "{refused}");
+        let bad_url = Config::from_toml("direct_url = \"postgres://a@h:notaport/x\"", path)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(bad_url.contains("direct_url"), "{bad_url}");
+    }
+}

@@ -16,6 +16,7 @@ mod validate;
 
 pub(crate) use validate::{redact_password, Checked};
 
+use crate::base::connect::PoolerMode;
 use crate::base::tls::TlsMode;
 use crate::model::Limits;
 
@@ -32,6 +33,8 @@ use crate::model::Limits;
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     database_url: Option<String>,
+    pooler_mode: PoolerMode,
+    direct_url: Option<String>,
     tls_mode: TlsMode,
     tls_root_cert: Option<String>,
     schema: String,
@@ -79,6 +82,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             database_url: None,
+            pooler_mode: PoolerMode::None,
+            direct_url: None,
             tls_mode: TlsMode::Disable,
             tls_root_cert: None,
             schema: "dcb".to_owned(),
@@ -141,6 +146,17 @@ impl Config {
     /// The connection string, if one is configured.
     pub fn database_url(&self) -> Option<&str> {
         self.database_url.as_deref()
+    }
+
+    /// What stands between the store and `database_url` (see [`PoolerMode`]).
+    pub fn pooler_mode(&self) -> PoolerMode {
+        self.pooler_mode
+    }
+
+    /// The URL for connections that need a session of their own, if one is configured
+    /// (see [`Config::with_direct_url`]).
+    pub fn direct_url(&self) -> Option<&str> {
+        self.direct_url.as_deref()
     }
 
     /// The schema name.
@@ -273,6 +289,11 @@ impl fmt::Debug for Config {
             .field(
                 "database_url",
                 &self.database_url.as_deref().map(redact_password),
+            )
+            .field("pooler_mode", &self.pooler_mode)
+            .field(
+                "direct_url",
+                &self.direct_url.as_deref().map(redact_password),
             )
             .field("tls_mode", &self.tls_mode)
             .field("tls_root_cert", &self.tls_root_cert)

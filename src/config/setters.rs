@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use super::Config;
+use crate::base::connect::PoolerMode;
 use crate::base::tls::TlsMode;
 
 /// A duration as the whole milliseconds the keys hold (saturating; below 1 ms is 0,
@@ -183,6 +184,26 @@ impl Config {
     #[must_use]
     pub fn with_decide_retries(mut self, retries: u32) -> Self {
         self.decide_retries = retries;
+        self
+    }
+
+    /// What stands between the store and `database_url`: `none` (the default),
+    /// `session` or `transaction` (PgBouncer's pool modes). With `transaction` the store
+    /// keeps nothing on a server session between transactions, and subscriptions and
+    /// durable consumers need [`Config::with_direct_url`]; see [`PoolerMode`].
+    #[must_use]
+    pub fn with_pooler_mode(mut self, mode: PoolerMode) -> Self {
+        self.pooler_mode = mode;
+        self
+    }
+
+    /// A URL that reaches PostgreSQL directly (or through a session-mode pool), for
+    /// the connections that need a session of their own: the subscriptions' `LISTEN`
+    /// and each durable consumer's lease. Used only with
+    /// [`PoolerMode::Transaction`]; otherwise those connections use `database_url`.
+    #[must_use]
+    pub fn with_direct_url(mut self, url: impl Into<String>) -> Self {
+        self.direct_url = Some(url.into());
         self
     }
 

@@ -65,10 +65,11 @@ impl Config {
             )));
         }
         self.check_indexed_keys()?;
-        for url in &self.replica_urls {
+        let urls = self.replica_urls.iter().map(|url| ("replica url", url));
+        for (key, url) in urls.chain(self.direct_url.iter().map(|url| ("direct_url", url))) {
             url.parse::<tokio_postgres::Config>().map_err(|e| {
                 Error::Config(format!(
-                    "replica url {:?} is not valid: {e}",
+                    "{key} {:?} is not valid: {e}",
                     redact_password(url)
                 ))
             })?;

@@ -241,7 +241,7 @@ impl Snapshots {
             let client = self.connector.pooled().await?;
             if check_head {
                 let head: i64 = client
-                    .query_one(&self.sql.head, &[])
+                    .query_typed_one(&self.sql.head, &[])
                     .await
                     .map_err(Error::db)?
                     .get(0);
@@ -252,15 +252,15 @@ impl Snapshots {
                 }
             }
             let stored = client
-                .query_opt(
+                .query_typed_opt(
                     &self.sql.save,
                     &[
-                        &key.name,
-                        &version,
-                        &fingerprint,
-                        &canonical,
-                        &position,
-                        &state,
+                        (&key.name, Type::TEXT),
+                        (&version, Type::INT4),
+                        (&fingerprint, Type::TEXT),
+                        (&canonical, Type::TEXT),
+                        (&position, Type::INT8),
+                        (&state, Type::TEXT),
                     ],
                 )
                 .await

@@ -52,6 +52,10 @@ pub(crate) struct Engine {
     config: Config,
     schema: Identifier,
     connector: Connector,
+    /// For connections that need a server session of their own (`LISTEN`, leases):
+    /// the connector itself, or `direct_url`'s behind a transaction-mode pooler;
+    /// `None` there without `direct_url`.
+    session: Option<Connector>,
     writer: Addr<Writer>,
     /// Permits for appends the writer holds (`writer_mailbox`), taken before sending.
     admission: Arc<tokio::sync::Semaphore>,
@@ -330,6 +334,14 @@ impl Engine {
     /// The pool and dedicated connections.
     pub(crate) fn connector(&self) -> &Connector {
         &self.connector
+    }
+
+    /// Connections with a session of their own, for `what`.
+    ///
+    /// # Errors
+    /// [`Error::NeedsSession`] behind a transaction-mode pooler without `direct_url`.
+    pub(crate) fn session_connector(&self, what: &'static str) -> Result<&Connector> {
+        self.session.as_ref().ok_or(Error::NeedsSession { what })
     }
 
     /// Where the readers, the router, the metrics actor and the services' tasks run.

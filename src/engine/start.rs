@@ -9,7 +9,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use super::Engine;
-use crate::base::connect::Connector;
+use crate::base::connect::{Connector, PoolerMode};
 use crate::base::heads::Heads;
 use crate::config::{Checked, Config};
 #[cfg(feature = "embedded")]
@@ -58,7 +58,17 @@ impl Engine {
             keys,
         } = config.checked()?;
         let (url, throwaway) = database(&config).await?;
-        let connector = Connector::new(&config, &url, config.pool_size()).await?;
+        let pooler = config.pooler_mode();
+        let connector = Connector::new(&config, &url, config.pool_size(), pooler).await?;
+        // What needs a session (LISTEN, leases): behind a transaction-mode pooler only
+        // through `direct_url`, itself reached without one.
+        let session = match (pooler, config.direct_url()) {
+            (PoolerMode::Transaction, Some(direct)) => {
+                Some(Connector::new(&config, direct, 1, PoolerMode::None).await?)
+            }
+            (PoolerMode::Transaction, None) => None,
+            _ => Some(connector.clone()),
+        };
         let mut client = connector.dedicated().await?;
         schema::migrate(&mut client, &schema).await?;
         let key_sql = KeyStatements::new(&schema);
@@ -144,7 +154,7 @@ impl Engine {
             for (url, (_, stats)) in config.replica_urls().iter().zip(replica_list.iter()) {
                 // No connection is made here: a replica that is down at start is only
                 // out of rotation.
-                let replica = Connector::new(&config, url, 1).await?;
+                let replica = Connector::new(&config, url, 1, pooler).await?;
                 replicas.push(Replica::new(start_readers(&replica, true), stats.clone()));
                 probes.push((replica, stats.clone()));
             }
@@ -173,6 +183,7 @@ impl Engine {
             config,
             schema,
             connector,
+            session,
             writer,
             admission,
             readers,
@@ -197,7 +208,7 @@ pub(crate) async fn migrate(config: &Config, options: MigrateOptions) -> Result<
     let url = config
         .database_url()
         .ok_or_else(|| Error::Config(NO_DATABASE_URL.into()))?;
-    let connector = Connector::new(config, url, 1).await?;
+    let connector = Connector::new(config, url, 1, config.pooler_mode()).await?;
     let mut client = connector.dedicated().await?;
     let role = application_role
         .map(|role| Identifier::parse(role, "role"))

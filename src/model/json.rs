@@ -8,6 +8,9 @@
 //! string members, exactly as `jsonb` keeps them (last duplicate key wins, escapes
 //! decoded, any number or depth elsewhere in the document accepted unparsed), so that
 //! memory and SQL agree on every document `validate` accepts.
+//!
+//! Longer than most files because the checks (what `jsonb` refuses, what `serde_json`
+//! could not read back) are one linear scan, kept here with their edge tests.
 
 use std::collections::HashMap;
 use std::fmt;

@@ -7,7 +7,8 @@
 //! unnamed statement (`query_typed`: one round trip, nothing left on the server), so
 //! parsing and planning it never delays the reads pipelined on the main connection.
 //! With the cache turned off (a benchmark baseline) every read prepares anew on the
-//! main connection. A connection that breaks is replaced on the next read; connecting
+//! main connection. Behind a transaction-mode pooler every read is unnamed, on the
+//! main connection, and the session is left as the pooler gives it. A connection that breaks is replaced on the next read; connecting
 //! after a failure waits a growing pause shared by all of the reader's reads.
 
 use std::cell::{Cell, RefCell};
@@ -96,6 +97,10 @@ impl Connections {
     /// Where and how to run a read of `shape`.
     pub(super) async fn runnable(&self, shape: ReadShape) -> Result<Runnable> {
         let main = self.main().await?;
+        if !self.connector.keeps_sessions() {
+            let text = sql::read_statement(&self.schema, &shape);
+            return Ok(Runnable::OneOff(main.client.clone(), text));
+        }
         let mut statements = main.statements.lock().await;
         let Some(cache) = statements.as_mut() else {
             let statement = self.prepare(&main.client, &shape).await?;
@@ -175,11 +180,16 @@ impl Connections {
 
     async fn connect_now(&self) -> Result<Rc<Client>> {
         let client = self.connector.dedicated().await?;
-        // The statement timeout and generic plans (see the statement's comment).
-        client
-            .execute(sql::session::READER_SESSION, &[&self.statement_timeout])
-            .await
-            .map_err(|e| self.db_error(e))?;
+        if self.connector.keeps_sessions() {
+            // The statement timeout and generic plans (see the statement's comment).
+            client
+                .execute_typed(
+                    sql::session::READER_SESSION,
+                    &[(&self.statement_timeout, sql::session::READER_SESSION_TYPE)],
+                )
+                .await
+                .map_err(|e| self.db_error(e))?;
+        }
         Ok(Rc::new(client))
     }
 

@@ -253,7 +253,7 @@ async fn head_of(
         Some(client) if !client.is_closed() => client,
         _ => connector.direct().await?,
     };
-    let row = client.query_one(sql, &[]).await.map_err(Error::db)?;
+    let row = client.query_typed_one(sql, &[]).await.map_err(Error::db)?;
     Ok((client, crate::sql::decode_head(&row)?))
 }
 

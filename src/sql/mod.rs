@@ -33,6 +33,7 @@ mod read;
 pub(crate) mod schema;
 pub(crate) mod session;
 mod snapshots;
+mod statement;
 
 pub(crate) use append::{
     append_call, append_call_types, append_function, append_statement, append_types,
@@ -48,10 +49,14 @@ pub(crate) use keys::{
 };
 pub(crate) use read::{decode_read, read_statement, ReadParams, ReadShape};
 pub(crate) use snapshots::{decode_present, SnapshotRow, SnapshotStatements};
+pub(crate) use statement::Prepared;
 
 /// Takes the store's write lock until the transaction ends. Every writer, in every
 /// process, takes it before it reads the head, so positions become visible in order.
 pub(crate) const WRITE_LOCK: &str = "SELECT pg_advisory_xact_lock($1)";
+
+/// The parameter types of statements that take one lock key (`$1 bigint`).
+pub(crate) const KEY_TYPES: [Type; 1] = [Type::INT8];
 
 /// A plain SQL identifier (ASCII letters, digits and `_`, not starting with a digit, at
 /// most 63 bytes): the only identifiers that reach statement text (schema and role
@@ -115,6 +120,9 @@ fn head_of(s: &str) -> String {
 pub(crate) fn notify_statement(schema: &Identifier) -> String {
     format!("SELECT pg_notify($1, ({})::text)", head_statement(schema))
 }
+
+/// The parameter types of [`notify_statement`].
+pub(crate) const NOTIFY_TYPES: [Type; 1] = [Type::TEXT];
 
 /// Whether any session holds the listeners' shared lock of key `$1` (in this
 /// database): then some process listens for the schema's commits.

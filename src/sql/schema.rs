@@ -5,6 +5,7 @@
 //! neither race on `CREATE SCHEMA` nor apply a step twice. Applied versions are
 //! recorded in `<schema>.schema_migrations`; every step is idempotent as well.
 
+use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
 use super::Identifier;
@@ -119,7 +120,7 @@ pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 /// Unicode) could be refused by the server's conversion, failing whole batches.
 pub(crate) async fn migrate(client: &mut Client, schema: &Identifier) -> Result<Vec<i32>> {
     let encoding: String = client
-        .query_one(super::session::SERVER_ENCODING, &[])
+        .query_typed_one(super::session::SERVER_ENCODING, &[])
         .await
         .map_err(Error::db)?
         .get(0);
@@ -132,7 +133,7 @@ pub(crate) async fn migrate(client: &mut Client, schema: &Identifier) -> Result<
     // Up to date: nothing to lock or create. This is also the path of an application
     // role that may read the schema but not change it.
     let current = client
-        .query_one(
+        .query_typed_one(
             &format!("SELECT coalesce(max(version), 0) FROM {s}.schema_migrations"),
             &[],
         )
@@ -143,7 +144,7 @@ pub(crate) async fn migrate(client: &mut Client, schema: &Identifier) -> Result<
         }
     }
     let tx = client.transaction().await.map_err(Error::db)?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
+    tx.execute_typed(super::WRITE_LOCK, &[(&MIGRATION_LOCK_KEY, Type::INT8)])
         .await
         .map_err(Error::db)?;
     tx.batch_execute(&format!(
@@ -157,7 +158,7 @@ pub(crate) async fn migrate(client: &mut Client, schema: &Identifier) -> Result<
     .await
     .map_err(Error::db)?;
     let applied: Vec<i32> = tx
-        .query(&format!("SELECT version FROM {s}.schema_migrations"), &[])
+        .query_typed(&format!("SELECT version FROM {s}.schema_migrations"), &[])
         .await
         .map_err(Error::db)?
         .iter()
@@ -178,9 +179,9 @@ pub(crate) async fn migrate(client: &mut Client, schema: &Identifier) -> Result<
         tx.batch_execute(&sql.replace("{schema}", &s))
             .await
             .map_err(Error::db)?;
-        tx.execute(
+        tx.execute_typed(
             &format!("INSERT INTO {s}.schema_migrations (version, name) VALUES ($1, $2)"),
-            &[version, name],
+            &[(version, Type::INT4), (name, Type::TEXT)],
         )
         .await
         .map_err(Error::db)?;

@@ -19,6 +19,9 @@ pub(crate) const WRITER_SESSION: &str = "SET plan_cache_mode = force_generic_pla
 pub(crate) const READER_SESSION: &str = "SELECT set_config('statement_timeout', $1, false),
         set_config('plan_cache_mode', 'force_generic_plan', false)";
 
+/// The type of [`READER_SESSION`]'s parameter.
+pub(crate) const READER_SESSION_TYPE: postgres_types::Type = postgres_types::Type::TEXT;
+
 /// A lease's session: the server notices a holder that vanished (a crashed host, a
 /// partition) within about 10 + 3 × 5 s and releases its lock, rather than after the
 /// system's default of two hours; settable by any role.

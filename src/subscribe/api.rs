@@ -17,6 +17,10 @@ use crate::error::{Error, Result};
 use crate::model::{validate_consumer_name, validate_query, Query};
 use crate::sql::{self, consumer_lock_key, ConsumerStatements};
 
+/// What needs a session of its own, as [`Error::NeedsSession`] names it.
+const LISTEN: &str = "subscriptions (LISTEN)";
+const LEASES: &str = "durable consumers (leases)";
+
 /// Bigger batches would only hold more memory per subscriber.
 const MAX_BATCH_SIZE: usize = 100_000;
 
@@ -40,8 +44,13 @@ impl Subscriptions {
 
     /// The live subscribers' shared buffer; the first call starts its follower task
     /// and the `LISTEN` connection on the engine's arbiter.
-    fn tail(&self, engine: &Arc<Engine>) -> Arc<Tail> {
-        self.tail
+    ///
+    /// # Errors
+    /// [`Error::NeedsSession`] when there is no connection with a session to listen on.
+    fn tail(&self, engine: &Arc<Engine>) -> Result<Arc<Tail>> {
+        let listening = engine.session_connector(LISTEN)?;
+        Ok(self
+            .tail
             .get_or_init(|| {
                 let config = engine.config();
                 let (events, bytes) = config.subscription_buffer();
@@ -55,14 +64,14 @@ impl Subscriptions {
                     config.read_page_size() as u64,
                 ));
                 engine.arbiter().spawn(listen(
-                    engine.connector().clone(),
+                    listening.clone(),
                     sql::notify_channel(schema),
                     sql::listener_lock_key(schema),
                     engine.heads().clone(),
                 ));
                 tail
             })
-            .clone()
+            .clone())
     }
 
     pub(crate) async fn subscribe(
@@ -84,7 +93,7 @@ impl Subscriptions {
                 let lease = Lease::new(
                     name.clone(),
                     consumer_lock_key(engine.schema_identifier(), name),
-                    engine.connector().clone(),
+                    engine.session_connector(LEASES)?.clone(),
                     self.consumers.sql.clone(),
                     engine.config().operation_timeout(),
                 );
@@ -94,7 +103,7 @@ impl Subscriptions {
         };
         let follower = Follower::new(
             engine.clone(),
-            self.tail(engine),
+            self.tail(engine)?,
             query,
             options.batch_size,
             options.after,

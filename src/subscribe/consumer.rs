@@ -14,6 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Statement};
 
 use crate::base::connect::Connector;
@@ -398,7 +399,7 @@ impl Consumers {
     pub(crate) async fn checkpoint(&self, name: &str) -> Result<Option<u64>> {
         let client = self.connector.pooled().await?;
         let row = client
-            .query_opt(&self.sql.checkpoint, &[&name])
+            .query_typed_opt(&self.sql.checkpoint, &[(&name, Type::TEXT)])
             .await
             .map_err(Error::db)?;
         match row {
@@ -410,7 +411,7 @@ impl Consumers {
     pub(crate) async fn parked(&self, name: &str) -> Result<Vec<ParkedEvent>> {
         let client = self.connector.pooled().await?;
         let rows = client
-            .query(&self.sql.parked, &[&name])
+            .query_typed(&self.sql.parked, &[(&name, Type::TEXT)])
             .await
             .map_err(Error::db)?;
         rows.iter()
@@ -430,7 +431,10 @@ impl Consumers {
     pub(crate) async fn unpark(&self, name: &str, at: u64) -> Result<bool> {
         let client = self.connector.pooled().await?;
         let removed = client
-            .execute(&self.sql.unpark, &[&name, &position(at)])
+            .execute_typed(
+                &self.sql.unpark,
+                &[(&name, Type::TEXT), (&position(at), Type::INT8)],
+            )
             .await
             .map_err(Error::db)?;
         Ok(removed > 0)
@@ -439,7 +443,14 @@ impl Consumers {
     pub(crate) async fn replay_failed(&self, name: &str, at: u64, error: &str) -> Result<()> {
         let client = self.connector.pooled().await?;
         client
-            .execute(&self.sql.replay_failed, &[&name, &position(at), &error])
+            .execute_typed(
+                &self.sql.replay_failed,
+                &[
+                    (&name, Type::TEXT),
+                    (&position(at), Type::INT8),
+                    (&error, Type::TEXT),
+                ],
+            )
             .await
             .map_err(Error::db)?;
         Ok(())

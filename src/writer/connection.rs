@@ -1,6 +1,9 @@
 //! The writer's connection: connecting with the writer's session, a ping, and the
 //! statements prepared on the connection (the lock, the stored statement, and each
-//! round shape's append statement and append function, made when first met).
+//! round shape's append statement and append function, made when first met). Behind
+//! a transaction-mode pooler nothing is kept on the session: statements travel
+//! unnamed, no session settings, and no append functions (every batch is an explicit
+//! transaction).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -12,17 +15,20 @@ use tokio_postgres::{Client, Statement};
 use super::batch::{BatchFailure, BatchJob};
 use super::notify::NotifyStatements;
 use crate::error::{Error, Result};
-use crate::sql::{self, AppendShape};
+use crate::sql::{self, AppendShape, Prepared};
 
 /// A connection with the writer's statements prepared on it.
 pub(super) struct WriterConnection {
     pub(super) client: Client,
-    pub(super) lock: Statement,
+    pub(super) lock: Prepared,
     /// The append statement of each round shape met on this connection, prepared
     /// when first met.
-    pub(super) appends: RefCell<HashMap<AppendShape, Statement>>,
+    pub(super) appends: RefCell<HashMap<AppendShape, Prepared>>,
     /// Tells retries from duplicates among the appends a batch found stored.
-    pub(super) stored: Statement,
+    pub(super) stored: Prepared,
+    /// Whether statements are prepared and kept on the session (see
+    /// [`Connector::keeps_sessions`](crate::base::connect::Connector::keeps_sessions)).
+    named: bool,
     /// The call of each round shape's append function (`sql::append_function`), made
     /// and prepared when first met; a batch of one round is that one call.
     pub(super) calls: RefCell<HashMap<AppendShape, Statement>>,
@@ -76,23 +82,33 @@ impl BatchJob {
 
     pub(super) async fn connect(&self) -> Result<WriterConnection> {
         let client = self.connector.dedicated().await?;
-        // Generic plans, READ COMMITTED (see the statement's comment).
-        client
-            .batch_execute(sql::session::WRITER_SESSION)
-            .await
-            .map_err(Error::db)?;
-        let lock = client.prepare(sql::WRITE_LOCK).await.map_err(Error::db)?;
-        let stored = client
-            .prepare_typed(
-                &sql::stored_statement(&self.settings.schema),
-                &sql::EVENT_TYPES,
-            )
-            .await
-            .map_err(Error::db)?;
+        let named = self.connector.keeps_sessions();
+        if named {
+            // Generic plans, READ COMMITTED (see the statement's comment); behind a
+            // transaction-mode pooler `BEGIN` pins the isolation of every batch.
+            client
+                .batch_execute(sql::session::WRITER_SESSION)
+                .await
+                .map_err(Error::db)?;
+        }
+        let prepare = |text: &str, types: &[tokio_postgres::types::Type]| {
+            let (client, text, types) = (&client, text.to_owned(), types.to_vec());
+            async move {
+                Prepared::new(client, &text, &types, named)
+                    .await
+                    .map_err(Error::db)
+            }
+        };
+        let lock = prepare(sql::WRITE_LOCK, &sql::KEY_TYPES).await?;
+        let stored = prepare(
+            &sql::stored_statement(&self.settings.schema),
+            &sql::EVENT_TYPES,
+        )
+        .await?;
         let notify = match &self.settings.notify {
             Some(notify) => Some(NotifyStatements {
-                send: client.prepare(&notify.sql).await.map_err(Error::db)?,
-                listeners: client.prepare(sql::LISTENERS).await.map_err(Error::db)?,
+                send: prepare(&notify.sql, &sql::NOTIFY_TYPES).await?,
+                listeners: prepare(sql::LISTENERS, &sql::KEY_TYPES).await?,
             }),
             None => None,
         };
@@ -101,8 +117,9 @@ impl BatchJob {
             lock,
             appends: RefCell::default(),
             stored,
+            named,
             calls: RefCell::default(),
-            functions: Cell::new(true),
+            functions: Cell::new(named),
             notify,
         })
     }
@@ -149,14 +166,13 @@ impl BatchJob {
         &self,
         connection: &WriterConnection,
         shape: AppendShape,
-    ) -> std::result::Result<Statement, BatchFailure> {
+    ) -> std::result::Result<Prepared, BatchFailure> {
         if let Some(statement) = connection.appends.borrow().get(&shape) {
             return Ok(statement.clone());
         }
         let text = sql::append_statement(&self.settings.schema, shape);
         let client = &connection.client;
-        let statement = client
-            .prepare_typed(&text, &sql::append_types())
+        let statement = Prepared::new(client, &text, &sql::append_types(), connection.named)
             .await
             .map_err(|error| BatchFailure::of(error, client, false))?;
         connection

@@ -3,11 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use tokio_postgres::Statement;
+use crate::sql::Prepared;
 
 pub(super) struct NotifyStatements {
-    pub(super) send: Statement,
-    pub(super) listeners: Statement,
+    pub(super) send: Prepared,
+    pub(super) listeners: Prepared,
 }
 
 /// Whether any process listens for this schema's commits, as last checked: batches

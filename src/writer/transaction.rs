@@ -89,7 +89,7 @@ impl BatchJob {
             let key = &settings.listener_key;
             kinds.push(metrics::Statement::Listeners);
             steps.push(Box::pin(async move {
-                client.query(listeners, &[key]).await.map(Some)
+                listeners.query(client, &[key]).await.map(Some)
             }));
         }
         if let Some(call) = &call {
@@ -111,12 +111,12 @@ impl BatchJob {
             let key = &self.lock_key;
             kinds.push(metrics::Statement::Lock);
             steps.push(Box::pin(async move {
-                client.execute(lock, &[key]).await.map(|_| None)
+                lock.execute(client, &[key]).await.map(|_| None)
             }));
             for (array, append) in param_arrays.iter().zip(&statements) {
                 kinds.push(metrics::Statement::Append);
                 steps.push(Box::pin(async move {
-                    client.query(append, array).await.map(Some)
+                    append.query(client, array).await.map(Some)
                 }));
             }
             if let (true, Some(notify), Some(settings)) =
@@ -126,7 +126,7 @@ impl BatchJob {
                 let send = &notify.send;
                 kinds.push(metrics::Statement::Notify);
                 steps.push(Box::pin(async move {
-                    client.execute(send, &[channel]).await.map(|_| None)
+                    send.execute(client, &[channel]).await.map(|_| None)
                 }));
             }
             steps.push(Box::pin(async move {
@@ -293,8 +293,8 @@ impl BatchJob {
             params.push(&batch[i].events, None, &self.settings.keys);
         }
         let rows = connection
-            .client
-            .query(&connection.stored, &params.event_params())
+            .stored
+            .query(&connection.client, &params.event_params())
             .await?;
         self.metrics.record(Record::Statement {
             statement: metrics::Statement::Stored,

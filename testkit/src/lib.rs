@@ -1,5 +1,6 @@
 //! Test harness controls for [`EmbeddedPostgres`]: what a test does to a server to see
-//! how the store behaves (a restart, a crash, a failover). Kept out of the library,
+//! how the store behaves (a restart, a crash, a failover), and the real infrastructure
+//! a test puts around a server ([`PgBouncer`]). Kept out of the library,
 //! whose throwaway server only starts and stops with its owner, so that embedders
 //! compile none of it and never mistake it for API.
 //!
@@ -12,6 +13,11 @@
 //! server.start_again()?;
 //! # Ok::<(), dcb_store::Error>(())
 //! ```
+
+mod pgbouncer;
+mod process;
+
+pub use pgbouncer::{PgBouncer, PoolMode};
 
 use dcb_store::internals::{control_server, ServerAction};
 use dcb_store::{EmbeddedPostgres, Result};

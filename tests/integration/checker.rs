@@ -42,9 +42,15 @@ async fn every_decision_of_several_processes_holds_in_the_serial_order() {
         .and_then(|r| r.parse().ok())
         .unwrap_or(6);
     let schema = support::unique_schema("checker");
+    serial_order(&schema, vec![support::config(&schema); 3], rounds).await;
+}
+
+/// Runs the checker on stores made from `configs` (all on `schema`, which the checker
+/// locks from outside through the test server's own URL).
+pub async fn serial_order(schema: &str, configs: Vec<dcb_store::Config>, rounds: usize) {
     let mut stores = Vec::new();
-    for _ in 0..3 {
-        stores.push(EventStore::connect(support::config(&schema)).await.unwrap());
+    for config in configs {
+        stores.push(EventStore::connect(config).await.unwrap());
     }
     let mut gen = Gen::new();
     let seed = gen.seed();
@@ -70,7 +76,7 @@ async fn every_decision_of_several_processes_holds_in_the_serial_order() {
             };
             planned.push((store, events, condition));
         }
-        let blocker = support::lock_events(&schema, "EXCLUSIVE").await;
+        let blocker = support::lock_events(schema, "EXCLUSIVE").await;
         let calls = planned.into_iter().map(|(store, events, condition)| {
             actix::spawn(async move {
                 let result = store.append(events.clone(), condition.clone()).await;

@@ -570,17 +570,20 @@ async fn subscribe(
 #[actix::test]
 async fn decide_keeps_every_invariant_under_32_deciders_in_two_stores() {
     let schema = support::unique_schema("decide_enrol");
+    enrolment_invariants(support::config(&schema)).await;
+}
+
+/// 32 deciders in two stores made from `config` (one snapshotting after every two
+/// events) enrol students; afterwards every invariant holds and every acknowledged
+/// decision is stored once.
+pub async fn enrolment_invariants(config: dcb_store::Config) {
     let stores = [
-        EventStore::connect(support::config(&schema).with_decide_retries(1000))
+        EventStore::connect(config.clone().with_decide_retries(1000))
             .await
             .unwrap(),
-        EventStore::connect(
-            support::config(&schema)
-                .with_decide_retries(1000)
-                .with_snapshot_after(2),
-        )
-        .await
-        .unwrap(),
+        EventStore::connect(config.with_decide_retries(1000).with_snapshot_after(2))
+            .await
+            .unwrap(),
     ];
     let courses = 6u32;
     for c in 0..courses - 1 {

@@ -17,6 +17,7 @@ mod metrics;
 mod ordering;
 mod outcomes;
 mod partitioning;
+mod pooler;
 mod properties;
 mod readback;
 mod reads;
