@@ -1,6 +1,6 @@
 //! Test harness controls for [`EmbeddedPostgres`]: what a test does to a server to see
 //! how the store behaves (a restart, a crash, a failover), and the real infrastructure
-//! a test puts around a server ([`PgBouncer`]). Kept out of the library,
+//! a test puts around a server ([`PgBouncer`], a `pg_auto_failover` [`Formation`]). Kept out of the library,
 //! whose throwaway server only starts and stops with its owner, so that embedders
 //! compile none of it and never mistake it for API.
 //!
@@ -14,9 +14,11 @@
 //! # Ok::<(), dcb_store::Error>(())
 //! ```
 
+mod autofailover;
 mod pgbouncer;
 mod process;
 
+pub use autofailover::Formation;
 pub use pgbouncer::{PgBouncer, PoolMode};
 
 use dcb_store::internals::{control_server, ServerAction};

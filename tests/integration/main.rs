@@ -11,6 +11,7 @@ mod embedding;
 mod exactness;
 mod faults;
 mod generate;
+mod ha;
 mod indexed;
 mod matching;
 mod metrics;

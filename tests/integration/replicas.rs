@@ -500,49 +500,20 @@ async fn a_decision_on_a_stale_replica_is_never_wrong() {
 /// What one appender saw: the ids of its acknowledged appends (and when), and of
 /// those whose outcome it never learnt.
 #[derive(Default)]
-struct Ledger {
-    acked: Vec<(uuid::Uuid, Instant)>,
-    unknown: Vec<uuid::Uuid>,
+pub struct Ledger {
+    pub acked: Vec<(uuid::Uuid, Instant)>,
+    pub unknown: Vec<uuid::Uuid>,
     /// Appends sent more than once (their first attempt failed).
-    retried: usize,
+    pub retried: usize,
 }
 
-#[actix::test]
-async fn failover_to_a_synchronous_standby_loses_and_duplicates_nothing() {
-    let Some((primary, replicas)) = cluster(1).await else {
-        return;
-    };
-    let standby = replicas[0].clone();
-    // Synchronous from now on (set after the copy, so the promoted standby does not
-    // wait for a standby of its own).
-    sql(&primary, "ALTER SYSTEM SET synchronous_standby_names = '*'").await;
-    sql(&primary, "SELECT pg_reload_conf()").await;
-    let watcher = &support::client_for(&primary.url()).await;
-    eventually("a synchronous standby", || async move {
-        let sync = "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'";
-        watcher.query_one(sync, &[]).await.unwrap().get::<_, i64>(0) == 1
-    })
-    .await;
-
-    let url = format!(
-        "postgresql://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?target_session_attrs=read-write",
-        primary.port(),
-        standby.port()
-    );
-    let store = EventStore::connect(
-        Config::default()
-            .with_database_url(url)
-            .with_schema("failover")
-            .with_connect_timeout(Duration::from_secs(1))
-            // Shorter than the outage: callers see appends of unknown outcome and send
-            // them again, besides the batches the writer itself writes again.
-            .with_operation_timeout(Duration::from_secs(1)),
-    )
-    .await
-    .unwrap();
-
-    let stop = Rc::new(std::cell::Cell::new(false));
-    let appenders: Vec<_> = (0..4)
+/// Four tasks appending two events at a time until `stop`, each sending an append again
+/// (same ids) until its outcome is known (a minute at most); their ledgers.
+pub fn appenders(
+    store: &EventStore,
+    stop: &Rc<std::cell::Cell<bool>>,
+) -> Vec<tokio::task::JoinHandle<Ledger>> {
+    (0..4)
         .map(|task| {
             let (store, stop) = (store.clone(), stop.clone());
             actix::spawn(async move {
@@ -585,7 +556,45 @@ async fn failover_to_a_synchronous_standby_loses_and_duplicates_nothing() {
                 ledger
             })
         })
-        .collect();
+        .collect()
+}
+
+#[actix::test]
+async fn failover_to_a_synchronous_standby_loses_and_duplicates_nothing() {
+    let Some((primary, replicas)) = cluster(1).await else {
+        return;
+    };
+    let standby = replicas[0].clone();
+    // Synchronous from now on (set after the copy, so the promoted standby does not
+    // wait for a standby of its own).
+    sql(&primary, "ALTER SYSTEM SET synchronous_standby_names = '*'").await;
+    sql(&primary, "SELECT pg_reload_conf()").await;
+    let watcher = &support::client_for(&primary.url()).await;
+    eventually("a synchronous standby", || async move {
+        let sync = "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'";
+        watcher.query_one(sync, &[]).await.unwrap().get::<_, i64>(0) == 1
+    })
+    .await;
+
+    let url = format!(
+        "postgresql://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?target_session_attrs=read-write",
+        primary.port(),
+        standby.port()
+    );
+    let store = EventStore::connect(
+        Config::default()
+            .with_database_url(url)
+            .with_schema("failover")
+            .with_connect_timeout(Duration::from_secs(1))
+            // Shorter than the outage: callers see appends of unknown outcome and send
+            // them again, besides the batches the writer itself writes again.
+            .with_operation_timeout(Duration::from_secs(1)),
+    )
+    .await
+    .unwrap();
+
+    let stop = Rc::new(std::cell::Cell::new(false));
+    let appenders = appenders(&store, &stop);
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
     control(&primary, EmbeddedPostgres::kill).await;
