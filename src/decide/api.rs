@@ -128,6 +128,18 @@ impl Decisions {
         Ok(all)
     }
 
+    /// Deletes the stored snapshots (see
+    /// [`EventStore::delete_snapshot`](crate::EventStore::delete_snapshot)).
+    pub(crate) async fn delete_snapshot<P: Projection>(&self, projection: &P) -> Result<u64> {
+        let keys: Vec<Key> = Members::of(projection)
+            .into_iter()
+            .map(|leaf| Key::of(leaf))
+            .collect();
+        self.snapshots
+            .delete(&keys.iter().collect::<Vec<_>>())
+            .await
+    }
+
     /// The latest usable snapshot (see
     /// [`EventStore::load_snapshot`](crate::EventStore::load_snapshot)).
     pub(crate) async fn load_snapshot<P: Projection>(

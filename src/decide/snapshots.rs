@@ -270,6 +270,31 @@ impl Snapshots {
         .await
     }
 
+    /// Deletes every stored snapshot (all versions) of each key; how many.
+    pub(crate) async fn delete(&self, keys: &[&Key]) -> Result<u64> {
+        let names: Vec<&str> = keys.iter().map(|key| key.name).collect();
+        let fingerprints: Vec<String> = keys
+            .iter()
+            .map(|key| Query::fingerprint(&key.canonical))
+            .collect();
+        let deleted = self
+            .bounded(true, async {
+                let client = self.connector.pooled().await?;
+                client
+                    .execute_typed(
+                        &self.sql.delete,
+                        &[
+                            (&names, Type::TEXT_ARRAY),
+                            (&fingerprints, Type::TEXT_ARRAY),
+                        ],
+                    )
+                    .await
+                    .map_err(Error::db)
+            })
+            .await?;
+        Ok(deleted)
+    }
+
     /// `work`, within the operation timeout.
     async fn bounded<T>(
         &self,

@@ -93,7 +93,7 @@ pub const APPLICATION_GRANTS: &[(&str, &str)] = &[
     ("schema_migrations", "SELECT"),
     ("consumers", "SELECT, INSERT, UPDATE, DELETE"),
     ("parked", "SELECT, INSERT, UPDATE, DELETE"),
-    ("snapshots", "SELECT, INSERT, UPDATE"),
+    ("snapshots", "SELECT, INSERT, UPDATE, DELETE"),
 ];
 
 /// Revokes everything `role` had on the schema's tables, then grants it

@@ -18,8 +18,13 @@ pub(crate) struct SnapshotStatements {
     /// types (one round trip): loads happen on cache misses only.
     pub load: String,
     /// `$1` name, `$2` version, `$3` fingerprint, `$4` canonical query, `$5` position,
-    /// `$6` state (JSON text): returns a row only when it stored the snapshot.
+    /// `$6` state (JSON text): returns a row only when it stored the snapshot, and then
+    /// deletes the rows of older versions of the same name and query (never read again
+    /// by a process of this version or newer).
     pub save: String,
+    /// `$1` names, `$2` fingerprints (parallel arrays): deletes every version's row of
+    /// each key; one row per deleted snapshot.
+    pub delete: String,
     /// The store's head (0 when empty): a snapshot may not claim more than exists.
     pub head: String,
     /// `$1` names: those that have any snapshot (sent unprepared, like `load`).
@@ -38,15 +43,27 @@ impl SnapshotStatements {
                  JOIN {s}.snapshots s ON s.name = k.name AND s.fingerprint = k.fingerprint"
             ),
             save: format!(
-                "INSERT INTO {s}.snapshots AS old
-                     (name, version, fingerprint, query, position, event_id, state)
-                 VALUES ($1, $2, $3, $4, $5,
-                         (SELECT e.event_id FROM {s}.events e WHERE e.position = $5), $6)
-                 ON CONFLICT (name, fingerprint, version) DO UPDATE
-                 SET query = EXCLUDED.query, position = EXCLUDED.position,
-                     event_id = EXCLUDED.event_id, state = EXCLUDED.state, saved_at = now()
-                 WHERE old.position < EXCLUDED.position
-                 RETURNING position"
+                "WITH saved AS (
+                     INSERT INTO {s}.snapshots AS old
+                         (name, version, fingerprint, query, position, event_id, state)
+                     VALUES ($1, $2, $3, $4, $5,
+                             (SELECT e.event_id FROM {s}.events e WHERE e.position = $5), $6)
+                     ON CONFLICT (name, fingerprint, version) DO UPDATE
+                     SET query = EXCLUDED.query, position = EXCLUDED.position,
+                         event_id = EXCLUDED.event_id, state = EXCLUDED.state, saved_at = now()
+                     WHERE old.position < EXCLUDED.position
+                     RETURNING position),
+                 older AS (
+                     DELETE FROM {s}.snapshots
+                     WHERE name = $1 AND fingerprint = $3 AND version < $2
+                       AND EXISTS (SELECT 1 FROM saved))
+                 SELECT position FROM saved"
+            ),
+            delete: format!(
+                "DELETE FROM {s}.snapshots s
+                 USING unnest($1::text[], $2::text[]) AS k(name, fingerprint)
+                 WHERE s.name = k.name AND s.fingerprint = k.fingerprint
+                 RETURNING s.version"
             ),
             head: super::head_statement(schema),
             present: format!(

@@ -183,4 +183,19 @@ impl EventStore {
     ) -> Result<Option<(u64, P::State)>> {
         self.inner.decisions.load_snapshot(projection).await
     }
+
+    /// Deletes every stored snapshot of `projection` (of every version, for its query;
+    /// for a tuple, each member's) and returns how many there were. Decisions stay
+    /// exact: the next one on a cold process folds from the start (or from a newer
+    /// snapshot, once one is saved). States cached in this process are not snapshots
+    /// and stay. Saving a new version of a projection deletes its older versions'
+    /// snapshots by itself.
+    ///
+    /// # Errors
+    /// [`Error::Database`](crate::Error::Database), [`Error::Connect`](crate::Error::Connect)
+    /// or [`Error::Timeout`](crate::Error::Timeout) when they cannot be deleted (the
+    /// application role needs `DELETE` on `snapshots`, which `migrate --app-role` grants).
+    pub async fn delete_snapshot<P: Projection>(&self, projection: &P) -> Result<u64> {
+        self.inner.decisions.delete_snapshot(projection).await
+    }
 }

@@ -736,3 +736,90 @@ async fn decide_reads_again_after_a_conflict_and_gives_up_after_its_retries() {
         .head;
     assert_eq!(head, after);
 }
+
+/// `Seats` with a chosen course and version, for other modules' tests.
+pub struct SeatsOf(Seats);
+
+impl SeatsOf {
+    pub fn new(course: &str, version: u32) -> Self {
+        SeatsOf(Seats {
+            course: course.to_owned(),
+            version,
+        })
+    }
+}
+
+impl Projection for SeatsOf {
+    type State = u32;
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn version(&self) -> u32 {
+        self.0.version()
+    }
+    fn query(&self) -> Query {
+        self.0.query()
+    }
+    fn initial(&self) -> u32 {
+        0
+    }
+    fn apply(&self, seats: &mut u32, event: &SequencedEvent) {
+        self.0.apply(seats, event)
+    }
+}
+
+/// The snapshot rows of `schema`: (name, version, fingerprint prefix).
+async fn snapshot_rows(schema: &str) -> Vec<(String, i32)> {
+    support::client()
+        .await
+        .query(
+            &format!("SELECT name, version FROM \"{schema}\".snapshots ORDER BY version"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+#[actix::test]
+async fn a_newer_versions_snapshot_deletes_the_older_ones_and_delete_snapshot_removes_them() {
+    let schema = support::unique_schema("snap_versions");
+    let store = EventStore::connect(support::config(&schema).with_snapshot_after(0))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let seat = Event::new("S", json!({})).with_tags(["course:c1"]);
+        store.append(vec![seat], None).await.unwrap();
+    }
+    let (v1, v2) = (SeatsOf::new("c1", 1), SeatsOf::new("c1", 2));
+    let other_course = SeatsOf::new("c2", 1);
+    assert!(store.save_snapshot(&v1, &2, 2).await.unwrap());
+    assert!(store.save_snapshot(&other_course, &0, 3).await.unwrap());
+    assert_eq!(snapshot_rows(&schema).await.len(), 2);
+    // A newer version's save deletes the older version of the same query only.
+    assert!(store.save_snapshot(&v2, &3, 3).await.unwrap());
+    let rows = snapshot_rows(&schema).await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows.contains(&("seats".to_owned(), 2)), "{rows:?}");
+    assert_eq!(store.load_snapshot(&v1).await.unwrap(), None);
+    // An older version saving again (a process not yet upgraded) deletes nothing newer.
+    assert!(store.save_snapshot(&v1, &3, 3).await.unwrap());
+    assert_eq!(store.load_snapshot(&v2).await.unwrap(), Some((3, 3)));
+    // Deleting removes every version of that query, and only of that query.
+    assert_eq!(store.delete_snapshot(&v2).await.unwrap(), 2);
+    assert_eq!(store.delete_snapshot(&v2).await.unwrap(), 0);
+    assert_eq!(store.load_snapshot(&v1).await.unwrap(), None);
+    assert_eq!(
+        store.load_snapshot(&other_course).await.unwrap(),
+        Some((3, 0))
+    );
+    // Decisions stay exact without a snapshot (a fresh process folds from the start).
+    let fresh = EventStore::connect(support::config(&schema)).await.unwrap();
+    let seen = fresh
+        .decide(&v2, |seats| Err::<Vec<Event>, u32>(*seats))
+        .await
+        .unwrap();
+    assert!(matches!(seen, Decided::Rejected(3)));
+}

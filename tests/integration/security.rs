@@ -75,6 +75,20 @@ async fn an_application_role_can_read_and_append_but_not_change_anything() {
     sub.ack(batch.scanned_to).await.unwrap();
     assert_eq!(store.checkpoint("app-consumer").await.unwrap(), Some(1));
     drop(sub);
+    // Snapshots are the role's to save, replace and delete.
+    let seats = crate::decisions::SeatsOf::new("c1", 1);
+    assert!(store.save_snapshot(&seats, &1, 1).await.unwrap());
+    assert!(store
+        .save_snapshot(&crate::decisions::SeatsOf::new("c1", 2), &1, 1)
+        .await
+        .unwrap());
+    assert_eq!(
+        store
+            .delete_snapshot(&crate::decisions::SeatsOf::new("c1", 2))
+            .await
+            .unwrap(),
+        1
+    );
 
     let app = support::client_for(&app_url).await;
     for sql in [
