@@ -1,7 +1,9 @@
 //! Subscriptions and durable consumers against the real server: no gaps, no
 //! duplicates, in order (history to live, many writers in two stores, generated
 //! queries against `read`), wake-ups in and across processes, bounded memory with a
-//! slow subscriber, shared tail reads, leases, checkpoints, standbys, poison events.
+//! slow subscriber, shared tail reads, leases, checkpoints, standbys, poison events, a
+//! database error in the middle of a delivery and an ack that fails after the handler's
+//! `Ok` (delivered again, nothing skipped).
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -1051,4 +1053,172 @@ async fn reaching_the_head_again_is_reported_at_once() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// Records every batch it is given and answers `Ok`, but holds its first batch until
+/// the test says go (so the test can break something while a delivery is in progress).
+struct Gated {
+    seen: Arc<Mutex<Vec<u64>>>,
+    holding: Arc<tokio::sync::Notify>,
+    go: Arc<tokio::sync::Notify>,
+    first: bool,
+}
+
+impl Actor for Gated {
+    type Context = Context<Self>;
+}
+
+impl actix::Handler<Deliver> for Gated {
+    type Result = ResponseFuture<Result<(), DeliveryError>>;
+
+    fn handle(&mut self, deliver: Deliver, _: &mut Context<Self>) -> Self::Result {
+        self.seen
+            .lock()
+            .unwrap()
+            .extend(deliver.batch.events.iter().map(|e| e.position));
+        let hold = std::mem::take(&mut self.first);
+        let (holding, go) = (self.holding.clone(), self.go.clone());
+        Box::pin(async move {
+            if hold {
+                holding.notify_one();
+                go.notified().await;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A store on a fresh schema whose connections carry `application_name`, ten events,
+/// and a gated consumer delivering them (batches of 4): the consumer's name, the
+/// handler's record, and the gate.
+async fn gated_delivery(
+    prefix: &str,
+    application_name: &str,
+    timeout: Duration,
+) -> (
+    EventStore,
+    dcb_store::SubscriptionHandle,
+    Arc<Mutex<Vec<u64>>>,
+    Arc<tokio::sync::Notify>,
+    Arc<tokio::sync::Notify>,
+) {
+    let schema = support::unique_schema(prefix);
+    let url = support::url_with_application_name(support::database_url(), application_name);
+    let store = EventStore::connect(
+        support::config(&schema)
+            .with_database_url(url)
+            .with_operation_timeout(timeout),
+    )
+    .await
+    .unwrap();
+    let events: Vec<Event> = (0..10).map(|_| support::event("E", &[])).collect();
+    store.append(events, None).await.unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (holding, go) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let gated = Gated {
+        seen: seen.clone(),
+        holding: holding.clone(),
+        go: go.clone(),
+        first: true,
+    }
+    .start();
+    let options = SubscribeOptions::default()
+        .consumer("gated")
+        .batch_size(4)
+        .standby_poll(Duration::from_millis(50))
+        .retry_backoff(Duration::from_millis(20));
+    let handle = store
+        .subscribe_recipient(
+            Query::new([QueryItem::new().types(["E"])]),
+            options,
+            gated.recipient(),
+        )
+        .await
+        .unwrap();
+    (store, handle, seen, holding, go)
+}
+
+/// Every position delivered, none skipped, the first batch (1..=4) delivered again
+/// when `again`, and the checkpoint at the end.
+async fn delivered_and_nothing_skipped(
+    store: &EventStore,
+    seen: &Arc<Mutex<Vec<u64>>>,
+    again: bool,
+) {
+    let wanted = if again { 2 } else { 1 };
+    eventually(Duration::from_secs(20), || {
+        let seen = seen.lock().unwrap();
+        (1..=10).all(|p| seen.contains(&p)) && seen.iter().filter(|p| **p == 1).count() >= wanted
+    })
+    .await;
+    let mut checkpoint = None;
+    for _ in 0..200 {
+        checkpoint = store.checkpoint("gated").await.unwrap();
+        if checkpoint == Some(10) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(checkpoint, Some(10));
+    let seen = seen.lock().unwrap().clone();
+    let mut distinct = seen.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(
+        distinct,
+        (1..=10).collect::<Vec<u64>>(),
+        "nothing skipped: {seen:?}"
+    );
+    // At least once, and only what was not acknowledged comes again: 5..=10 once each.
+    for p in 5..=10 {
+        assert_eq!(seen.iter().filter(|s| **s == p).count(), 1, "{seen:?}");
+    }
+}
+
+#[actix::test]
+async fn a_database_error_during_a_delivery_delivers_the_same_batch_again() {
+    let name = format!("dcb_deliver_err_{}", std::process::id());
+    let (store, handle, seen, holding, go) =
+        gated_delivery("sub_db_error", &name, Duration::from_secs(5)).await;
+    holding.notified().await;
+    // The lease's connection dies while the handler works on batch 1..=4: its ack
+    // cannot be written, the lease is lost with the session.
+    terminate_lock_holders(&name).await;
+    go.notify_one();
+    delivered_and_nothing_skipped(&store, &seen, true).await;
+    handle.stop().await;
+}
+
+#[actix::test]
+async fn an_ack_that_fails_after_the_handlers_ok_loses_and_skips_nothing() {
+    let name = format!("dcb_ack_fails_{}", std::process::id());
+    let (store, handle, seen, holding, go) =
+        gated_delivery("sub_ack_fails", &name, Duration::from_millis(400)).await;
+    holding.notified().await;
+    // The consumer's row is locked from outside while the handler works: its `Ok`
+    // comes, and the ack waits past the operation timeout and fails.
+    let schema_of = |store: &EventStore| store.config().schema().to_owned();
+    let blocker = support::client().await;
+    blocker
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM \"{}\".consumers WHERE name = 'gated' FOR UPDATE",
+            schema_of(&store)
+        ))
+        .await
+        .unwrap();
+    go.notify_one();
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(
+        store.checkpoint("gated").await.unwrap(),
+        None,
+        "the ack has not been written"
+    );
+    // The ack that timed out may still commit once the row is free (its statement was
+    // sent): then 1..=4 are acknowledged and not delivered again; otherwise they are.
+    blocker.batch_execute("COMMIT").await.unwrap();
+    delivered_and_nothing_skipped(&store, &seen, false).await;
+    handle.stop().await;
 }
