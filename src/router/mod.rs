@@ -2,7 +2,9 @@
 //! routing of a read by its [`Consistency`].
 //!
 //! The router polls every replica (and the primary) for its head each
-//! `replica_poll_interval`, on a connection of its own per server, and keeps each
+//! `replica_poll_interval`, on a connection of its own per server, each server on its
+//! own (a server that hangs delays only its own figures, and is not asked again until
+//! it answers or its bound passes), and keeps each
 //! replica's figures in atomics ([`ReplicaStats`]) that the read path and the metrics
 //! read without messages. A replica is *in rotation* for eventual reads while it
 //! answers and lacks no event the primary had longer ago than `replica_max_lag`. Lag in
@@ -21,7 +23,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use futures_util::future::join_all;
 use tokio_postgres::Client;
 
 use crate::base::connect::Connector;
@@ -32,6 +33,7 @@ use crate::metrics::{MetricsSink, ReplicaGauge, ReplicaList};
 mod stats;
 
 use crate::reader::Reader;
+use stats::PollTicket;
 pub(crate) use stats::ReplicaStats;
 
 mod route;
@@ -106,6 +108,8 @@ struct Probe {
     connector: Connector,
     /// Kept between polls; `None` after a failure (the next poll connects again).
     client: Option<Client>,
+    /// A poll of this server is under way (it is not asked again meanwhile).
+    polling: bool,
 }
 
 /// The actor that polls the replicas' heads and decides which are in rotation.
@@ -119,7 +123,6 @@ pub(crate) struct Router {
     /// The primary's head at each poll that saw it grow, oldest first: a replica's lag
     /// in time is the age of the oldest entry beyond its head.
     history: VecDeque<(u64, Instant)>,
-    polling: bool,
 }
 
 /// Heads the primary's history keeps; at 10 polls a second, over 15 minutes of
@@ -143,6 +146,7 @@ impl Router {
         let probe = |connector| Probe {
             connector,
             client: None,
+            polling: false,
         };
         Router {
             primary: probe(primary),
@@ -155,28 +159,31 @@ impl Router {
             interval: settings.interval,
             max_lag: settings.max_lag,
             history: VecDeque::new(),
-            polling: false,
         }
     }
 
-    /// Asks every server for its head, all at once; each answer within a bound so that
-    /// a server that hangs counts as down.
+    /// Asks each server that is not still answering the previous poll for its head,
+    /// each within a bound (a server that hangs counts as down when it passes), each
+    /// answer taken as it comes.
     fn poll(&mut self, ctx: &mut Context<Self>) {
-        if self.polling {
-            return;
-        }
-        self.polling = true;
         let bound = (self.interval * 10).max(Duration::from_secs(1));
-        let sql = self.head_sql.clone();
-        let probes: Vec<_> = std::iter::once(&mut self.primary)
-            .chain(self.replicas.iter_mut().map(|(probe, _)| probe))
-            .map(|p| (p.connector.clone(), p.client.take()))
-            .collect();
-        let asked = join_all(probes.into_iter().map(move |(connector, client)| {
-            let sql = sql.clone();
-            async move {
-                let asked = tokio::time::timeout(bound, head_of(&connector, client, &sql));
-                match asked.await {
+        let targets = std::iter::once(None).chain((0..self.replicas.len()).map(Some));
+        for target in targets {
+            let (probe, ticket) = match target {
+                None => (&mut self.primary, None),
+                Some(i) => {
+                    let (probe, stats) = &mut self.replicas[i];
+                    (probe, Some(stats.poll_started()))
+                }
+            };
+            if probe.polling {
+                continue;
+            }
+            probe.polling = true;
+            let (connector, client) = (probe.connector.clone(), probe.client.take());
+            let sql = self.head_sql.clone();
+            let asked = async move {
+                match tokio::time::timeout(bound, head_of(&connector, client, &sql)).await {
                     Ok(Ok((client, head))) => (Some(client), Some(head)),
                     Ok(Err(error)) => {
                         tracing::debug!(error = %crate::error::Chain(&error), "router: a server did not answer");
@@ -184,23 +191,30 @@ impl Router {
                     }
                     Err(_) => (None, None),
                 }
-            }
-        }));
-        ctx.spawn(asked.into_actor(self).map(|answers, router, _| {
-            router.polling = false;
-            router.update(answers);
-        }));
+            };
+            ctx.spawn(
+                asked
+                    .into_actor(self)
+                    .map(move |(client, head), router, _| match (target, ticket) {
+                        (Some(i), Some(ticket)) => router.replica_polled(i, ticket, client, head),
+                        _ => router.primary_polled(client, head),
+                    }),
+            );
+        }
     }
 
-    /// Takes the poll's answers (the primary's first) into the replicas' figures.
-    fn update(&mut self, answers: Vec<(Option<Client>, Option<u64>)>) {
-        let now = Instant::now();
-        let mut answers = answers.into_iter();
-        let (client, polled) = answers.next().unwrap_or_default();
+    fn primary_polled(&mut self, client: Option<Client>, head: Option<u64>) {
+        self.primary.polling = false;
         self.primary.client = client;
+        self.saw_primary_head(head.unwrap_or(0), Instant::now());
+    }
+
+    /// Records `head` (or the head this process knows, if newer) in the primary's
+    /// history when it grew; returns the newest head the history holds.
+    fn saw_primary_head(&mut self, head: u64, now: Instant) -> u64 {
         let newest = self.history.back().map_or(0, |(head, _)| *head);
-        let primary_head = polled.unwrap_or(0).max(self.heads.current());
-        if primary_head > newest {
+        let head = head.max(self.heads.current());
+        if head > newest {
             // The first head seen counts as old: a replica that lacks it at start may be
             // far behind, and stays out of rotation until it has it.
             let seen = if self.history.is_empty() {
@@ -209,32 +223,49 @@ impl Router {
             } else {
                 now
             };
-            self.history.push_back((primary_head, seen));
+            self.history.push_back((head, seen));
             if self.history.len() > HISTORY {
                 self.history.pop_front();
             }
         }
-        let primary_head = primary_head.max(newest);
-        for ((probe, stats), (client, head)) in self.replicas.iter_mut().zip(answers) {
-            probe.client = client;
-            let Some(head) = head else {
-                stats.failed();
-                continue;
-            };
-            // Heads in the history grow: the first one beyond the replica's is the oldest
-            // event it lacks.
-            let lacking = self.history.partition_point(|(h, _)| *h <= head);
-            let lag = self
-                .history
-                .get(lacking)
-                .map_or(Duration::ZERO, |(_, at)| now.saturating_duration_since(*at));
-            stats.polled(
-                head,
-                primary_head.saturating_sub(head),
-                lag,
-                lag <= self.max_lag,
-            );
-        }
+        head.max(newest)
+    }
+
+    /// Takes replica `i`'s answer into its figures.
+    fn replica_polled(
+        &mut self,
+        i: usize,
+        ticket: PollTicket,
+        client: Option<Client>,
+        head: Option<u64>,
+    ) {
+        let now = Instant::now();
+        // What this process knows the primary has counts even before the primary's
+        // own poll answers.
+        let primary_head = self.saw_primary_head(0, now);
+        let Some((probe, stats)) = self.replicas.get_mut(i) else {
+            return;
+        };
+        probe.polling = false;
+        probe.client = client;
+        let Some(head) = head else {
+            stats.failed();
+            return;
+        };
+        // Heads in the history grow: the first one beyond the replica's is the oldest
+        // event it lacks.
+        let lacking = self.history.partition_point(|(h, _)| *h <= head);
+        let lag = self
+            .history
+            .get(lacking)
+            .map_or(Duration::ZERO, |(_, at)| now.saturating_duration_since(*at));
+        stats.polled(
+            ticket,
+            head,
+            primary_head.saturating_sub(head),
+            lag,
+            lag <= self.max_lag,
+        );
         // Heads every replica has are no longer needed to measure anyone's lag.
         let slowest = self.replicas.iter().map(|(_, stats)| stats.head()).min();
         while self.history.len() > 1 && self.history.front().map(|(h, _)| *h) <= slowest {

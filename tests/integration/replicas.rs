@@ -276,6 +276,60 @@ async fn proxy(target: Arc<AtomicU16>) -> u16 {
 }
 
 #[actix::test]
+async fn a_replica_that_hangs_delays_no_other_replicas_figures() {
+    let Some((primary, replicas)) = cluster(1).await else {
+        return;
+    };
+    let replica = &replicas[0];
+    // Accepts connections and never answers: a server that hangs.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hung_url = format!(
+        "postgresql://postgres@127.0.0.1:{}/postgres",
+        hung.local_addr().unwrap().port()
+    );
+    // Polls every 400 ms; a poll waits for an answer up to 10 × that (4 s).
+    let store = EventStore::connect(
+        config(&primary, &replicas)
+            .with_replica_urls([replica.url(), hung_url])
+            .with_replica_poll_interval(Duration::from_millis(400)),
+    )
+    .await
+    .unwrap();
+    let name = name(replica);
+    for round in 0..3 {
+        let at = store
+            .append(vec![support::event("E", &["h"])], None)
+            .await
+            .unwrap();
+        holds(replica, at.last_position).await;
+        // The replica has it; its figures follow at its next poll, not after the hung
+        // server's 4 s bound.
+        let seen = Instant::now();
+        loop {
+            let metrics = store.metrics().await.unwrap();
+            if metrics.replicas[&name].head >= at.last_position {
+                break;
+            }
+            assert!(
+                seen.elapsed() < Duration::from_millis(2_500),
+                "round {round}: the replica's figures waited for the hung server"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let metrics = store.metrics().await.unwrap();
+    assert!(metrics.replicas[&name].in_rotation);
+    let hung_name = metrics
+        .replicas
+        .keys()
+        .find(|k| **k != name)
+        .cloned()
+        .unwrap();
+    assert!(!metrics.replicas[&hung_name].reachable);
+    drop(hung);
+}
+
+#[actix::test]
 async fn a_replica_behind_what_the_router_saw_is_never_trusted() {
     // Replica `behind` stops replaying before the events exist; replica `ahead` has them.
     // The store reaches its one replica through a proxy that the router sees pointing at
