@@ -133,7 +133,7 @@ impl Decisions {
     pub(crate) async fn delete_snapshot<P: Projection>(&self, projection: &P) -> Result<u64> {
         let keys: Vec<Key> = Members::of(projection)
             .into_iter()
-            .map(|leaf| Key::of(leaf))
+            .map(Key::of)
             .collect();
         self.snapshots
             .delete(&keys.iter().collect::<Vec<_>>())

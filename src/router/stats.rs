@@ -59,7 +59,7 @@ impl ReplicaStats {
         let _ = self
             .health
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |health| {
-                (health / FAILURE == ticket.0).then_some(ticket.0 * FAILURE | flags)
+                (health / FAILURE == ticket.0).then_some((ticket.0 * FAILURE) | flags)
             });
     }
 
