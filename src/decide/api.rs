@@ -131,10 +131,7 @@ impl Decisions {
     /// Deletes the stored snapshots (see
     /// [`EventStore::delete_snapshot`](crate::EventStore::delete_snapshot)).
     pub(crate) async fn delete_snapshot<P: Projection>(&self, projection: &P) -> Result<u64> {
-        let keys: Vec<Key> = Members::of(projection)
-            .into_iter()
-            .map(Key::of)
-            .collect();
+        let keys: Vec<Key> = Members::of(projection).into_iter().map(Key::of).collect();
         self.snapshots
             .delete(&keys.iter().collect::<Vec<_>>())
             .await

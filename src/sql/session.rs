@@ -22,6 +22,12 @@ pub(crate) const READER_SESSION: &str = "SELECT set_config('statement_timeout', 
 /// The type of [`READER_SESSION`]'s parameter.
 pub(crate) const READER_SESSION_TYPE: postgres_types::Type = postgres_types::Type::TEXT;
 
+/// The writer's `statement_timeout`, `$1` (as `READER_SESSION` sets the readers').
+pub(crate) const STATEMENT_TIMEOUT: &str = "SELECT set_config('statement_timeout', $1, false)";
+
+/// The type of [`STATEMENT_TIMEOUT`]'s parameter.
+pub(crate) const STATEMENT_TIMEOUT_TYPE: postgres_types::Type = postgres_types::Type::TEXT;
+
 /// A lease's session: the server notices a holder that vanished (a crashed host, a
 /// partition) within about 10 + 3 × 5 s and releases its lock, rather than after the
 /// system's default of two hours; settable by any role.

@@ -127,7 +127,10 @@ impl BatchJob {
                 let remaining = deadline.saturating_duration_since(Instant::now());
                 let written =
                     tokio::time::timeout(remaining, self.write(&current, &batch, &rounds));
-                match written.await {
+                // Bound by `let`, so the write (and its count on the connection) is gone
+                // before `timed_out` looks.
+                let outcome = written.await;
+                match outcome {
                     Ok(Ok(results)) => {
                         self.reply(batch, results);
                         return Some(current);
@@ -200,7 +203,8 @@ impl BatchJob {
         };
         let remaining = deadline.saturating_duration_since(Instant::now());
         let one_round = [vec![0]];
-        match tokio::time::timeout(remaining, self.write(&current, one, &one_round)).await {
+        let outcome = tokio::time::timeout(remaining, self.write(&current, one, &one_round)).await;
+        match outcome {
             Ok(Ok(results)) => {
                 *connection = Some(current);
                 Ok(results)
@@ -221,10 +225,19 @@ impl BatchJob {
         }
     }
 
-    /// A statement of this connection ran past the deadline: cancel it (so it does not
-    /// keep the write lock) and let the connection go.
+    /// A batch on this connection ran past its deadline: cancel what the server runs
+    /// for it (so it does not keep the write lock) and let the connection go. A cancel
+    /// request cancels whatever statement the connection runs *then*: while another
+    /// batch pipelined behind is still being written, that may be the other batch's,
+    /// so none is sent; the server's `statement_timeout` (the operation timeout, set
+    /// at connect) bounds the timed-out batch's statements instead, and the last batch
+    /// to time out on the connection sends the cancel.
     pub(super) fn timed_out(&self, connection: &WriterConnection) {
         self.metrics.record(Record::Timeout);
+        if connection.busy() {
+            tracing::warn!(timeout = ?self.settings.timeout, "batch timed out; another batch is in flight on its connection, so no cancel is sent");
+            return;
+        }
         tracing::warn!(timeout = ?self.settings.timeout, "batch timed out; dropping the connection");
         self.connector
             .cancel_in_background(connection.client.cancel_token());

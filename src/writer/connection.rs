@@ -37,11 +37,35 @@ pub(super) struct WriterConnection {
     pub(super) functions: Cell<bool>,
     /// The `NOTIFY` sent before `COMMIT` (none with `notify_commits` off).
     pub(super) notify: Option<NotifyStatements>,
+    /// Batches being written on this connection (at most two with pipelining): what a
+    /// cancel request, which cancels whatever the server runs for this connection,
+    /// could hit.
+    in_flight: Cell<usize>,
 }
 
 impl WriterConnection {
     pub(super) fn is_closed(&self) -> bool {
         self.client.is_closed()
+    }
+
+    /// Counts a batch as being written here until the guard drops.
+    pub(super) fn enter(&self) -> InFlight<'_> {
+        self.in_flight.set(self.in_flight.get() + 1);
+        InFlight(&self.in_flight)
+    }
+
+    /// Whether any batch is being written here.
+    pub(super) fn busy(&self) -> bool {
+        self.in_flight.get() > 0
+    }
+}
+
+/// A batch being written on a connection; see [`WriterConnection::enter`].
+pub(super) struct InFlight<'a>(&'a Cell<usize>);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
     }
 }
 
@@ -90,6 +114,17 @@ impl BatchJob {
                 .batch_execute(sql::session::WRITER_SESSION)
                 .await
                 .map_err(Error::db)?;
+            // The server's own bound on each statement: no statement of a batch may
+            // outlive the batch's deadline, whether or not a cancel request is sent
+            // (`BatchJob::timed_out`).
+            let timeout = format!("{}ms", self.settings.timeout.as_millis());
+            client
+                .execute_typed(
+                    sql::session::STATEMENT_TIMEOUT,
+                    &[(&timeout, sql::session::STATEMENT_TIMEOUT_TYPE)],
+                )
+                .await
+                .map_err(Error::db)?;
         }
         let prepare = |text: &str, types: &[tokio_postgres::types::Type]| {
             let (client, text, types) = (&client, text.to_owned(), types.to_vec());
@@ -121,6 +156,7 @@ impl BatchJob {
             calls: RefCell::default(),
             functions: Cell::new(named),
             notify,
+            in_flight: Cell::new(0),
         })
     }
 

@@ -28,6 +28,8 @@ impl BatchJob {
         batch: &[Pending],
         rounds: &[Vec<usize>],
     ) -> std::result::Result<Vec<Result<AppendResult>>, BatchFailure> {
+        // Counted until this future ends, answered or dropped by its deadline.
+        let _flight = connection.enter();
         let built = Instant::now();
         let params: Vec<AppendParams> = rounds
             .iter()

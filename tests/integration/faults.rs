@@ -313,6 +313,84 @@ async fn a_stuck_statement_times_out_and_the_store_recovers() {
 }
 
 #[actix::test]
+async fn batches_that_time_out_pipelined_leave_no_statement_waiting_on_the_server() {
+    let schema = support::unique_schema("stuck_pipelined");
+    let name = format!("dcb_stuck_pipelined_{}", std::process::id());
+    let timeout = Duration::from_millis(1_000);
+    let store = EventStore::connect(
+        support::config(&schema)
+            .with_database_url(support::url_with_application_name(
+                support::database_url(),
+                &name,
+            ))
+            .with_operation_timeout(timeout),
+    )
+    .await
+    .unwrap();
+    store
+        .append(vec![support::event("E", &["t"])], None)
+        .await
+        .unwrap();
+    let admin = support::lock_events(&schema, "EXCLUSIVE").await;
+    let started = std::time::Instant::now();
+    // A, then B pipelined behind it on the writer's connection, both stuck on the lock.
+    let (a, b) = (support::event("A", &[]), support::event("B", &[]));
+    let first = actix::spawn({
+        let (store, a) = (store.clone(), a.clone());
+        async move { store.append(vec![a], None).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = actix::spawn({
+        let (store, b) = (store.clone(), b.clone());
+        async move { store.append(vec![b], None).await }
+    });
+    for outcome in support::results(vec![first, second]).await {
+        assert!(
+            matches!(
+                outcome,
+                Err(Error::Timeout {
+                    may_have_been_written: true,
+                    ..
+                })
+            ),
+            "{outcome:?}"
+        );
+    }
+    // A cancel request hits whatever the connection runs; the one sent at A's deadline
+    // could hit B, so none is. B's cancel at its deadline ends A's wait, and the
+    // server's statement_timeout ends B's: nothing of the store still waits.
+    tokio::time::sleep(
+        (timeout * 3 + Duration::from_millis(300)).saturating_sub(started.elapsed()),
+    )
+    .await;
+    let waiting: i64 = support::client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE application_name = $1 AND wait_event_type = 'Lock'",
+            &[&name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        waiting, 0,
+        "a timed-out statement still waits on the server"
+    );
+    admin.batch_execute("ROLLBACK").await.unwrap();
+    // The outcomes were unknown; the same events again settle them, stored once.
+    store.append(vec![a.clone()], None).await.unwrap();
+    store.append(vec![b.clone()], None).await.unwrap();
+    let all = store
+        .read(&Query::all(), ReadOptions::default())
+        .await
+        .unwrap();
+    for id in [a.id(), b.id()] {
+        assert_eq!(all.events.iter().filter(|e| e.event.id() == id).count(), 1);
+    }
+}
+
+#[actix::test]
 async fn overload_pushes_back_and_throughput_recovers() {
     let schema = support::unique_schema("overload");
     let store = EventStore::connect(support::config(&schema).with_writer_mailbox(8))
