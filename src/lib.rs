@@ -40,7 +40,8 @@
 //! every public item is re-exported here from one list, `src/api.rs`.
 //!
 //! # Features
-//! - `tls-ring` (default) or `tls-aws-lc-rs`: rustls's crypto provider for TLS.
+//! - `tls-aws-lc-rs` (default) or `tls-ring`: rustls's crypto provider for TLS
+//!   (aws-lc-rs has post-quantum key exchange; rustls deprecates ring's provider).
 //! - `toml` (default): [`Config::load`] and [`Config::load_or_default`].
 //! - `embedded`: `EmbeddedPostgres` and `Config::with_throwaway_server`, a throwaway
 //!   server for demos and tests.

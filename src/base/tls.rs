@@ -35,7 +35,11 @@ fn crypto_provider() -> rustls::crypto::CryptoProvider {
     rustls::crypto::aws_lc_rs::default_provider()
 }
 
+/// ring's provider, for targets where aws-lc does not build. rustls deprecates it (no
+/// post-quantum key exchange); what replaces it is the aws-lc-rs provider, the default
+/// feature.
 #[cfg(all(feature = "tls-ring", not(feature = "tls-aws-lc-rs")))]
+#[allow(deprecated)]
 fn crypto_provider() -> rustls::crypto::CryptoProvider {
     rustls::crypto::ring::default_provider()
 }
