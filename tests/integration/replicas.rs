@@ -668,54 +668,115 @@ async fn failover_to_a_synchronous_standby_loses_and_duplicates_nothing() {
         )
         .await
         .unwrap();
-    let mut stored: HashMap<uuid::Uuid, u32> = HashMap::new();
-    for row in &rows {
-        *stored.entry(row.get(0)).or_default() += 1;
-    }
-    let positions: Vec<i64> = rows.iter().map(|r| r.get(1)).collect();
-    let acked: Vec<_> = ledgers.iter().flat_map(|l| l.acked.iter()).collect();
-    let unknown: Vec<_> = ledgers.iter().flat_map(|l| l.unknown.iter()).collect();
-    let lost = acked
+    let stored: Vec<(uuid::Uuid, u64)> = rows
         .iter()
-        .filter(|(id, _)| !stored.contains_key(id))
+        .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
+        .collect();
+    let accounting = Accounting::of(&ledgers, &stored);
+    let after_promotion = ledgers
+        .iter()
+        .flat_map(|l| l.acked.iter())
+        .filter(|(_, at)| *at > promoted)
         .count();
-    let duplicated = stored.values().filter(|n| **n > 1).count();
-    let after_promotion = acked.iter().filter(|(_, at)| *at > promoted).count();
-    let unknown_stored = unknown.iter().filter(|id| stored.contains_key(id)).count();
     let retried: usize = ledgers.iter().map(|l| l.retried).sum();
-    let resumed = acked
-        .iter()
-        .map(|(_, at)| *at)
-        .filter(|at| *at > promoted)
-        .min()
-        .map_or(f64::NAN, |at| (at - promoted).as_secs_f64());
     println!(
-        "failover accounting: acked {} events ({} after the promotion), stored {}, lost {lost}, \
-         duplicated {duplicated}, outcome unknown {} (of which stored {unknown_stored}); \
-         appends sent again {retried}; promoted {:.2} s after the kill, first ack \
-         {resumed:.2} s after the promotion",
-        acked.len(),
-        after_promotion,
-        rows.len(),
-        unknown.len(),
+        "failover accounting: {accounting}, {after_promotion} acked after the promotion; \
+         appends sent again {retried}; promoted {:.2} s after the kill, first ack {:.2} s \
+         after the promotion",
         (promoted - killed).as_secs_f64(),
+        accounting.first_ack_after(promoted).unwrap_or(f64::NAN),
     );
-    assert_eq!(lost, 0, "every acknowledged append is on the new primary");
-    assert_eq!(duplicated, 0, "no event is stored twice");
+    accounting.assert_exact();
     assert!(
         after_promotion > 0,
         "the store goes on writing after the failover"
     );
-    assert!(
-        positions
+}
+
+/// What a failover did to the appenders' events, from their ledgers and what is stored
+/// (ids and positions, in position order).
+pub struct Accounting {
+    acked: Vec<(uuid::Uuid, Instant)>,
+    stored: usize,
+    lost: usize,
+    duplicated: usize,
+    unknown: usize,
+    unknown_stored: usize,
+    dense: bool,
+}
+
+impl Accounting {
+    pub fn of(ledgers: &[Ledger], stored: &[(uuid::Uuid, u64)]) -> Self {
+        let mut count: HashMap<uuid::Uuid, u32> = HashMap::new();
+        for (id, _) in stored {
+            *count.entry(*id).or_default() += 1;
+        }
+        let acked: Vec<(uuid::Uuid, Instant)> = ledgers
             .iter()
-            .zip(1..)
-            .all(|(p, expected)| *p == expected),
-        "positions stay dense and in order across the failover"
-    );
-    assert_eq!(
-        rows.len(),
-        acked.len() + unknown_stored,
-        "nothing stored that nobody appended"
-    );
+            .flat_map(|l| l.acked.iter().copied())
+            .collect();
+        let unknown: Vec<uuid::Uuid> = ledgers
+            .iter()
+            .flat_map(|l| l.unknown.iter().copied())
+            .collect();
+        Accounting {
+            lost: acked
+                .iter()
+                .filter(|(id, _)| !count.contains_key(id))
+                .count(),
+            duplicated: count.values().filter(|n| **n > 1).count(),
+            unknown_stored: unknown.iter().filter(|id| count.contains_key(id)).count(),
+            unknown: unknown.len(),
+            stored: stored.len(),
+            dense: stored
+                .iter()
+                .zip(1..)
+                .all(|((_, p), expected)| *p == expected),
+            acked,
+        }
+    }
+
+    /// Seconds from `since` to the first acknowledgement after it.
+    pub fn first_ack_after(&self, since: Instant) -> Option<f64> {
+        self.acked
+            .iter()
+            .map(|(_, at)| *at)
+            .filter(|at| *at > since)
+            .min()
+            .map(|at| (at - since).as_secs_f64())
+    }
+
+    /// Nothing acknowledged lost, nothing stored twice or unasked, positions dense.
+    pub fn assert_exact(&self) {
+        assert_eq!(
+            self.lost, 0,
+            "every acknowledged append survives the failover"
+        );
+        assert_eq!(self.duplicated, 0, "no event is stored twice");
+        assert!(
+            self.dense,
+            "positions stay dense and in order across the failover"
+        );
+        assert_eq!(
+            self.stored,
+            self.acked.len() + self.unknown_stored,
+            "nothing stored that nobody appended"
+        );
+    }
+}
+
+impl std::fmt::Display for Accounting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "acked {} events, stored {}, lost {}, duplicated {}, outcome unknown {} (of which \
+             stored {})",
+            self.acked.len(),
+            self.stored,
+            self.lost,
+            self.duplicated,
+            self.unknown,
+            self.unknown_stored
+        )
+    }
 }
