@@ -123,6 +123,12 @@ async fn an_append_whose_answers_are_lost_may_have_been_written_and_a_retry_find
     )
     .await
     .unwrap();
+    // Connected and prepared first (connecting sends Binds of its own: the session's
+    // settings), so the armed proxy catches a batch.
+    proxied
+        .append(vec![support::event("Warm", &["warm"])], None)
+        .await
+        .unwrap();
     armed.store(true, Ordering::SeqCst);
     let events = vec![
         support::event("E", &["lost"]),
