@@ -229,9 +229,9 @@ impl BatchJob {
     /// for it (so it does not keep the write lock) and let the connection go. A cancel
     /// request cancels whatever statement the connection runs *then*: while another
     /// batch pipelined behind is still being written, that may be the other batch's,
-    /// so none is sent; the server's `statement_timeout` (the operation timeout, set
-    /// at connect) bounds the timed-out batch's statements instead, and the last batch
-    /// to time out on the connection sends the cancel.
+    /// so none is sent; the server's `statement_timeout` (1.5 × the operation timeout,
+    /// set at connect) bounds the timed-out batch's statements instead, and the last
+    /// batch to time out on the connection sends the cancel.
     pub(super) fn timed_out(&self, connection: &WriterConnection) {
         self.metrics.record(Record::Timeout);
         if connection.busy() {

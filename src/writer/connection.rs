@@ -114,10 +114,10 @@ impl BatchJob {
                 .batch_execute(sql::session::WRITER_SESSION)
                 .await
                 .map_err(Error::db)?;
-            // The server's own bound on each statement: no statement of a batch may
-            // outlive the batch's deadline, whether or not a cancel request is sent
-            // (`BatchJob::timed_out`).
-            let timeout = format!("{}ms", self.settings.timeout.as_millis());
+            // The server's own bound on each statement, for when no cancel request is
+            // sent (`BatchJob::timed_out`): half the operation timeout beyond it, so the
+            // caller's deadline always passes first and its answer is `Timeout`.
+            let timeout = format!("{}ms", self.settings.timeout.as_millis() * 3 / 2);
             client
                 .execute_typed(
                     sql::session::STATEMENT_TIMEOUT,

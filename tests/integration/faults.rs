@@ -358,11 +358,9 @@ async fn batches_that_time_out_pipelined_leave_no_statement_waiting_on_the_serve
     }
     // A cancel request hits whatever the connection runs; the one sent at A's deadline
     // could hit B, so none is. B's cancel at its deadline ends A's wait, and the
-    // server's statement_timeout ends B's: nothing of the store still waits.
-    tokio::time::sleep(
-        (timeout * 3 + Duration::from_millis(300)).saturating_sub(started.elapsed()),
-    )
-    .await;
+    // server's statement_timeout (1.5 × the timeout) ends B's, which began about then:
+    // nothing of the store still waits.
+    tokio::time::sleep((timeout * 7 / 2).saturating_sub(started.elapsed())).await;
     let waiting: i64 = support::client()
         .await
         .query_one(
