@@ -317,7 +317,7 @@ fn find_binaries() -> Result<PathBuf> {
 }
 
 /// The newest `/usr/lib/postgresql/<version>/bin` that holds `program`.
-fn versioned_binaries(program: &str) -> Option<PathBuf> {
+pub fn versioned_binaries(program: &str) -> Option<PathBuf> {
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
         .flatten()
@@ -332,8 +332,9 @@ fn versioned_binaries(program: &str) -> Option<PathBuf> {
     versions.pop().map(|(_, bin)| bin)
 }
 
-/// As root, the user to run the server as (PostgreSQL refuses root).
-fn unprivileged_user() -> Result<Option<(u32, u32)>> {
+/// As root, `(uid, gid)` of the user to run the server as (PostgreSQL refuses root):
+/// `postgres`, else `nobody`; `None` when not root.
+pub fn unprivileged_user() -> Result<Option<(u32, u32)>> {
     if !nix::unistd::geteuid().is_root() {
         return Ok(None);
     }
@@ -348,7 +349,8 @@ fn unprivileged_user() -> Result<Option<(u32, u32)>> {
     ))
 }
 
-fn free_port() -> Result<u16> {
+/// A free loopback port (free when asked; the server binds it soon after).
+pub fn free_port() -> Result<u16> {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

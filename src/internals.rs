@@ -137,6 +137,12 @@ pub fn probe_access(
     parts.access(key_ready) as usize
 }
 
+/// What the test harness's other servers (PgBouncer, pg_auto_failover) need as the
+/// throwaway server does: the newest versioned PostgreSQL binaries, a user to run them
+/// as when root, a free port.
+#[cfg(feature = "embedded")]
+pub use crate::embedded::{free_port, unprivileged_user, versioned_binaries};
+
 /// What a test harness (`dcb-store-testkit`) does to a throwaway server.
 #[cfg(feature = "embedded")]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

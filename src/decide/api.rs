@@ -132,9 +132,7 @@ impl Decisions {
     /// [`EventStore::delete_snapshot`](crate::EventStore::delete_snapshot)).
     pub(crate) async fn delete_snapshot<P: Projection>(&self, projection: &P) -> Result<u64> {
         let keys: Vec<Key> = Members::of(projection).into_iter().map(Key::of).collect();
-        self.snapshots
-            .delete(&keys.iter().collect::<Vec<_>>())
-            .await
+        self.snapshots.delete(&keys).await
     }
 
     /// The latest usable snapshot (see

@@ -111,6 +111,13 @@ impl Presence {
     }
 }
 
+/// The `(names, fingerprints)` parallel arrays that identify `keys`' snapshot rows.
+fn key_arrays<'a>(keys: impl IntoIterator<Item = &'a Key>) -> (Vec<&'static str>, Vec<String>) {
+    keys.into_iter()
+        .map(|key| (key.name, Query::fingerprint(&key.canonical)))
+        .unzip()
+}
+
 /// A state to save: copied by the model builder, serialised by the saver.
 pub(crate) struct SaveJob {
     pub key: Key,
@@ -167,11 +174,7 @@ impl Snapshots {
         &self,
         leaves: &[(&dyn Leaf, &Key)],
     ) -> Result<Vec<Option<(u64, AnyState)>>> {
-        let names: Vec<&str> = leaves.iter().map(|(_, key)| key.name).collect();
-        let fingerprints: Vec<String> = leaves
-            .iter()
-            .map(|(_, key)| Query::fingerprint(&key.canonical))
-            .collect();
+        let (names, fingerprints) = key_arrays(leaves.iter().map(|(_, key)| *key));
         let rows = self
             .query_typed(
                 &self.sql.load,
@@ -271,12 +274,8 @@ impl Snapshots {
     }
 
     /// Deletes every stored snapshot (all versions) of each key; how many.
-    pub(crate) async fn delete(&self, keys: &[&Key]) -> Result<u64> {
-        let names: Vec<&str> = keys.iter().map(|key| key.name).collect();
-        let fingerprints: Vec<String> = keys
-            .iter()
-            .map(|key| Query::fingerprint(&key.canonical))
-            .collect();
+    pub(crate) async fn delete(&self, keys: &[Key]) -> Result<u64> {
+        let (names, fingerprints) = key_arrays(keys);
         let deleted = self
             .bounded(true, async {
                 let client = self.connector.pooled().await?;

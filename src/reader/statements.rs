@@ -184,8 +184,8 @@ impl Connections {
             // The statement timeout and generic plans (see the statement's comment).
             client
                 .execute_typed(
-                    sql::session::READER_SESSION,
-                    &[(&self.statement_timeout, sql::session::READER_SESSION_TYPE)],
+                    sql::session::SESSION_SETTINGS,
+                    &[(&self.statement_timeout, sql::session::SESSION_SETTINGS_TYPE)],
                 )
                 .await
                 .map_err(|e| self.db_error(e))?;

@@ -1,32 +1,26 @@
 //! Statements about a connection rather than the events: session settings, the
 //! transaction bounds the writer sends itself, a ping and `LISTEN`.
 
-/// The writer's session. Plans are made once, not per batch: the append statement is
-/// written to do well under a generic plan (probes per event, not joins sized by
-/// guesses), and planning it anew cost about 0.1-0.2 ms of every batch. A batch of one
-/// round runs as an implicit transaction (the append function's call): pinned to
-/// READ COMMITTED, as [`BEGIN`] pins the others, so that the check's snapshot is taken
-/// after the lock whatever the server's default.
-pub(crate) const WRITER_SESSION: &str = "SET plan_cache_mode = force_generic_plan;
-     SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED";
-
-/// A reader's session, with `$1` its `statement_timeout` (the server's bound on a
-/// statement nobody waits for any more). Generic plans from the first execution: read
-/// statements are built so that one plan serves every value (ordered index probes),
-/// and the statement for many items would otherwise be planned anew on every
-/// execution (its arrays' sizes make each custom plan look cheaper than the generic
-/// one).
-pub(crate) const READER_SESSION: &str = "SELECT set_config('statement_timeout', $1, false),
+/// An actor's session settings (the writer's and each reader's), with `$1` its
+/// `statement_timeout`: the server's bound on a statement nobody waits for any more.
+/// Generic plans from the first execution, so plans are made once, not per batch or
+/// read: the append statement is written to do well under a generic plan (probes per
+/// event, not joins sized by guesses), and planning it anew cost about 0.1-0.2 ms of
+/// every batch; read statements are built so that one plan serves every value (ordered
+/// index probes), and the statement for many items would otherwise be planned anew on
+/// every execution (its arrays' sizes make each custom plan look cheaper than the
+/// generic one).
+pub(crate) const SESSION_SETTINGS: &str = "SELECT set_config('statement_timeout', $1, false),
         set_config('plan_cache_mode', 'force_generic_plan', false)";
 
-/// The type of [`READER_SESSION`]'s parameter.
-pub(crate) const READER_SESSION_TYPE: postgres_types::Type = postgres_types::Type::TEXT;
+/// The type of [`SESSION_SETTINGS`]'s parameter.
+pub(crate) const SESSION_SETTINGS_TYPE: postgres_types::Type = postgres_types::Type::TEXT;
 
-/// The writer's `statement_timeout`, `$1` (as `READER_SESSION` sets the readers').
-pub(crate) const STATEMENT_TIMEOUT: &str = "SELECT set_config('statement_timeout', $1, false)";
-
-/// The type of [`STATEMENT_TIMEOUT`]'s parameter.
-pub(crate) const STATEMENT_TIMEOUT_TYPE: postgres_types::Type = postgres_types::Type::TEXT;
+/// The writer's isolation. A batch of one round runs as an implicit transaction (the
+/// append function's call): pinned to READ COMMITTED, as [`BEGIN`] pins the others, so
+/// that the check's snapshot is taken after the lock whatever the server's default.
+pub(crate) const WRITER_ISOLATION: &str =
+    "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED";
 
 /// A lease's session: the server notices a holder that vanished (a crashed host, a
 /// partition) within about 10 + 3 × 5 s and releases its lock, rather than after the

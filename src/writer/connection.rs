@@ -108,10 +108,10 @@ impl BatchJob {
         let client = self.connector.dedicated().await?;
         let named = self.connector.keeps_sessions();
         if named {
-            // Generic plans, READ COMMITTED (see the statement's comment); behind a
+            // READ COMMITTED and generic plans (see the statements' comments); behind a
             // transaction-mode pooler `BEGIN` pins the isolation of every batch.
             client
-                .batch_execute(sql::session::WRITER_SESSION)
+                .batch_execute(sql::session::WRITER_ISOLATION)
                 .await
                 .map_err(Error::db)?;
             // The server's own bound on each statement, for when no cancel request is
@@ -120,38 +120,35 @@ impl BatchJob {
             let timeout = format!("{}ms", self.settings.timeout.as_millis() * 3 / 2);
             client
                 .execute_typed(
-                    sql::session::STATEMENT_TIMEOUT,
-                    &[(&timeout, sql::session::STATEMENT_TIMEOUT_TYPE)],
+                    sql::session::SESSION_SETTINGS,
+                    &[(&timeout, sql::session::SESSION_SETTINGS_TYPE)],
                 )
                 .await
                 .map_err(Error::db)?;
         }
-        let prepare = |text: &str, types: &[tokio_postgres::types::Type]| {
-            let (client, text, types) = (&client, text.to_owned(), types.to_vec());
-            async move {
-                Prepared::new(client, &text, &types, named)
-                    .await
-                    .map_err(Error::db)
-            }
-        };
-        let lock = prepare(sql::WRITE_LOCK, &sql::KEY_TYPES).await?;
-        let stored = prepare(
-            &sql::stored_statement(&self.settings.schema),
-            &sql::EVENT_TYPES,
-        )
-        .await?;
+        let lock = Prepared::new(&client, sql::WRITE_LOCK, &sql::KEY_TYPES, named)
+            .await
+            .map_err(Error::db)?;
+        let stored = sql::stored_statement(&self.settings.schema);
+        let stored = Prepared::new(&client, &stored, &sql::EVENT_TYPES, named)
+            .await
+            .map_err(Error::db)?;
         let notify = match &self.settings.notify {
             Some(notify) => Some(NotifyStatements {
-                send: prepare(&notify.sql, &sql::NOTIFY_TYPES).await?,
-                listeners: prepare(sql::LISTENERS, &sql::KEY_TYPES).await?,
+                send: Prepared::new(&client, &notify.sql, &sql::NOTIFY_TYPES, named)
+                    .await
+                    .map_err(Error::db)?,
+                listeners: Prepared::new(&client, sql::LISTENERS, &sql::KEY_TYPES, named)
+                    .await
+                    .map_err(Error::db)?,
             }),
             None => None,
         };
         Ok(WriterConnection {
             client,
             lock,
-            appends: RefCell::default(),
             stored,
+            appends: RefCell::default(),
             named,
             calls: RefCell::default(),
             functions: Cell::new(named),

@@ -36,20 +36,13 @@ pub struct Formation {
 }
 
 impl Formation {
-    /// The PostgreSQL binaries' directory when `pg_autoctl` and the extension for that
-    /// major version are installed.
+    /// The newest PostgreSQL version's binaries, when `pg_autoctl` and that version's
+    /// `pgautofailover` extension are installed.
     pub fn binaries() -> Option<PathBuf> {
         find_program("pg_autoctl", &["/usr/bin"])?;
-        let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-            .ok()?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
-        dirs.sort();
-        dirs.into_iter().rev().find_map(|version| {
-            let extension = version.join("lib/pgautofailover.so");
-            let bin = version.join("bin");
-            (extension.is_file() && bin.join("pg_ctl").is_file()).then_some(bin)
-        })
+        let bin = dcb_store::internals::versioned_binaries("pg_ctl")?;
+        let extension = bin.parent()?.join("lib/pgautofailover.so");
+        extension.is_file().then_some(bin)
     }
 
     /// Starts the monitor, then the primary, then the secondary, and waits until they

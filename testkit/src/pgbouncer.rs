@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::{Error, ErrorKind, Result};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -55,7 +55,7 @@ impl PgBouncer {
             PoolMode::Transaction => "transaction",
         };
         let users: String = users.iter().map(|u| format!("\"{u}\" \"\"\n")).collect();
-        write(&dir.path().join("users.txt"), &users)?;
+        std::fs::write(dir.path().join("users.txt"), &users)?;
         let ini = format!(
             "[databases]\n* = host={host} port={port}\n\
              [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {listen}\n\
@@ -65,7 +65,7 @@ impl PgBouncer {
             users_file = dir.path().join("users.txt").display(),
         );
         let ini_path = dir.path().join("pgbouncer.ini");
-        write(&ini_path, &ini)?;
+        std::fs::write(&ini_path, &ini)?;
         let log = File::create(dir.path().join("pgbouncer.log"))?;
         let mut command = Command::new(binary);
         if let Some((uid, _)) = unprivileged_user()? {
@@ -121,10 +121,6 @@ impl Drop for PgBouncer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn write(path: &Path, contents: &str) -> Result<()> {
-    std::fs::write(path, contents)
 }
 
 fn user_name(uid: u32) -> String {

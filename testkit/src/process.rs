@@ -1,5 +1,6 @@
 //! What starting a server program from a test needs: the program, a free port, and
-//! a user to run it as (PostgreSQL and PgBouncer refuse to run as root).
+//! a user to run it as (PostgreSQL and PgBouncer refuse to run as root); the last two
+//! as the library's throwaway server finds them.
 
 use std::io::Result;
 use std::path::{Path, PathBuf};
@@ -13,27 +14,15 @@ pub(crate) fn find_program(name: &str, dirs: &[&str]) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// A free loopback port (free when asked; the program binds it soon after).
+/// A free loopback port, as the throwaway server finds one.
 pub(crate) fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    dcb_store::internals::free_port().map_err(std::io::Error::other)
 }
 
-/// `(uid, gid)` to run servers as when this process is root: `postgres`, else
-/// `nobody`; `None` when not root.
+/// `(uid, gid)` to run servers as when this process is root (as the throwaway server
+/// runs); `None` when not root.
 pub(crate) fn unprivileged_user() -> Result<Option<(u32, u32)>> {
-    if !nix::unistd::geteuid().is_root() {
-        return Ok(None);
-    }
-    for name in ["postgres", "nobody"] {
-        if let Ok(Some(user)) = nix::unistd::User::from_name(name) {
-            return Ok(Some((user.uid.as_raw(), user.gid.as_raw())));
-        }
-    }
-    Err(std::io::Error::other(
-        "running as root and neither a postgres nor a nobody user exists",
-    ))
+    dcb_store::internals::unprivileged_user().map_err(std::io::Error::other)
 }
 
 /// Makes `dir` and everything in it owned by `uid`.

@@ -12,7 +12,8 @@
 use std::time::Duration;
 
 use dcb_store::{
-    Config, Error, EventStore, PoolerMode, Query, QueryItem, ReadOptions, SubscribeOptions,
+    Config, Error, EventBatch, EventStore, PoolerMode, Query, QueryItem, ReadOptions,
+    SubscribeOptions, Subscription,
 };
 use dcb_store_testkit::{PgBouncer, PoolMode};
 
@@ -40,6 +41,15 @@ fn through(bouncer: &PgBouncer, schema: &str, mode: PoolerMode) -> Config {
     support::config(schema)
         .with_database_url(support::url_via(bouncer.port()))
         .with_pooler_mode(mode)
+}
+
+/// The next batch of `sub`, within 10 s; `what` is what its arrival proves.
+async fn next_batch(sub: &mut Subscription, what: &str) -> EventBatch {
+    tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect(what)
+        .expect("subscriptions do not end")
+        .expect("a batch")
 }
 
 fn tagged(tag: &str) -> Query {
@@ -80,11 +90,11 @@ async fn in_session_mode_everything_works_and_a_departed_holders_lease_is_releas
         .append(vec![support::event("E", &["k:2"])], None)
         .await
         .unwrap();
-    let woken = tokio::time::timeout(Duration::from_secs(10), live.next())
-        .await
-        .expect("NOTIFY reached the LISTEN connection through the pooler")
-        .unwrap()
-        .unwrap();
+    let woken = next_batch(
+        &mut live,
+        "NOTIFY reached the LISTEN connection through the pooler",
+    )
+    .await;
     assert_eq!(woken.events.len(), 1);
 
     // A durable consumer: the holder's lease lives on a pooled session; when the
@@ -114,11 +124,11 @@ async fn in_session_mode_everything_works_and_a_departed_holders_lease_is_releas
         .append(vec![support::event("E", &["k:1"])], None)
         .await
         .unwrap();
-    let taken = tokio::time::timeout(Duration::from_secs(10), second.next())
-        .await
-        .expect("the standby takes over once the pooler reset the holder's session")
-        .unwrap()
-        .unwrap();
+    let taken = next_batch(
+        &mut second,
+        "the standby takes over once the pooler reset the holder's session",
+    )
+    .await;
     let positions: Vec<u64> = taken.events.iter().map(|e| e.position).collect();
     assert_eq!(
         positions,
@@ -199,11 +209,7 @@ async fn in_transaction_mode_what_needs_a_session_is_refused_or_goes_to_the_dire
         .append(vec![support::event("E", &["k:1"])], None)
         .await
         .unwrap();
-    let woken = tokio::time::timeout(Duration::from_secs(10), consumer.next())
-        .await
-        .expect("woken through the direct LISTEN connection")
-        .unwrap()
-        .unwrap();
+    let woken = next_batch(&mut consumer, "woken through the direct LISTEN connection").await;
     assert_eq!(woken.events[0].position, 2);
 }
 
