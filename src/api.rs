@@ -6,11 +6,15 @@ pub use crate::base::connect::PoolerMode;
 pub use crate::base::tls::TlsMode;
 pub use crate::config::Config;
 pub use crate::store::EventStore;
+/// The PostgreSQL driver the store uses: [`ReadModel`] handlers write their tables
+/// through its [`Transaction`](tokio_postgres::Transaction).
+pub use tokio_postgres;
 
 // Events, queries, conditions and per-call options.
 pub use crate::model::{
     AppendCondition, AppendOptions, AppendResult, Consistency, DataFilter, DecideOptions, Event,
-    MigrateOptions, Query, QueryItem, ReadOptions, ReadResult, SequencedEvent, MAX_NAME_BYTES,
+    MigrateOptions, Query, QueryItem, ReadOptions, ReadResult, SequencedEvent, Tracking,
+    MAX_NAME_BYTES,
 };
 
 // Errors.
@@ -28,6 +32,10 @@ pub use crate::subscribe::{
     Deliver, DeliveryError, EventBatch, OnFailure, ParkedEvent, ReplayOutcome, SubscribeOptions,
     Subscription, SubscriptionHandle,
 };
+
+// Exactly once: read models in the consumer's transaction, process managers.
+pub use crate::store::{ProcessManager, Reaction};
+pub use crate::subscribe::{ReadModel, ReadModelHandle};
 
 // Messages for actor callers.
 pub use crate::reader::Read;

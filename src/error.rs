@@ -40,6 +40,20 @@ pub enum Error {
         id: Uuid,
     },
 
+    /// A tracked append ([`AppendOptions::tracking`](crate::AppendOptions::tracking))
+    /// found its consumer's checkpoint at or beyond the position it tracks: that
+    /// position was handled already, so nothing of this append was written (and the
+    /// checkpoint did not move). `checkpoint` is the stored one, as
+    /// [`EventStore::checkpoint`](crate::EventStore::checkpoint) reads it (0 when
+    /// the consumer has none), read under the row's lock by the deciding statement.
+    #[error("consumer {consumer:?} already tracked position {checkpoint}: nothing appended")]
+    AlreadyTracked {
+        /// The consumer's name.
+        consumer: String,
+        /// Its checkpoint when the append was decided.
+        checkpoint: u64,
+    },
+
     /// The operation did not finish in time.
     ///
     /// For an append, `may_have_been_written` is true when the batch had already been
@@ -180,6 +194,7 @@ impl Error {
             Error::InvalidInput { .. } => "invalid_input",
             Error::ConditionFailed { .. } => "condition_failed",
             Error::DuplicateEventId { .. } => "duplicate_event_id",
+            Error::AlreadyTracked { .. } => "already_tracked",
             Error::Timeout { .. } => "timeout",
             Error::Overloaded => "overloaded",
             Error::Closed { .. } => "closed",

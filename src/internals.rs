@@ -15,7 +15,7 @@ use crate::sql::{self, AppendParams, DeclaredKeys, ReadParams, ReadShape};
 pub fn encode_append_round(appends: &[(Vec<Event>, Option<AppendCondition>)]) -> usize {
     let mut params = AppendParams::default();
     for (events, condition) in appends {
-        params.push(events, condition.as_ref(), &DeclaredKeys::default());
+        params.push(events, condition.as_ref(), None, &DeclaredKeys::default());
     }
     params.as_params().len()
 }
@@ -25,7 +25,7 @@ pub fn encode_append_round(appends: &[(Vec<Event>, Option<AppendCondition>)]) ->
 pub fn plan_rounds(appends: &[(Vec<Event>, Option<AppendCondition>)]) -> (usize, usize) {
     let appends: Vec<_> = appends
         .iter()
-        .map(|(events, condition)| (events.as_slice(), condition.as_ref()))
+        .map(|(events, condition)| crate::writer::PlannedAppend::new(events, condition.as_ref()))
         .collect();
     let plan = crate::writer::plan_rounds(&appends);
     (plan.rounds.len(), plan.planned)
@@ -103,7 +103,7 @@ pub fn decode_rows(rows: &[Row], options: &ReadOptions) -> Result<ReadResult> {
 
 /// Validates an append as the writer does, with the default limits.
 pub fn validate_append(events: Vec<Event>, condition: Option<AppendCondition>) -> Result<()> {
-    let mut append = crate::writer::Append { events, condition };
+    let mut append = crate::writer::Append::new(events, condition);
     crate::writer::validate_append(&mut append, &crate::Config::default().limits())
 }
 

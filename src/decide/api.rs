@@ -49,7 +49,7 @@ impl Decisions {
     {
         let started = Instant::now();
         let result = self
-            .decide_inner(engine, projection, options.consistency, &mut decide)
+            .decide_inner(engine, projection, options, &mut decide)
             .await;
         engine.record(Record::Method {
             method: Method::Decide,
@@ -63,13 +63,18 @@ impl Decisions {
         &self,
         engine: &Engine,
         projection: &P,
-        mut consistency: Consistency,
+        options: DecideOptions,
         decide: &mut F,
     ) -> Result<Decided<R>>
     where
         P: Projection,
         F: FnMut(&P::State) -> std::result::Result<Vec<Event>, R>,
     {
+        let mut consistency = options.consistency;
+        let append_options = match options.tracking {
+            Some(t) => AppendOptions::default().tracking(t.consumer, t.position),
+            None => AppendOptions::default(),
+        };
         let mut conflicts = 0;
         loop {
             let model = self
@@ -87,7 +92,7 @@ impl Decisions {
                 Ok(events) if events.is_empty() => return Ok(Decided::Unchanged),
                 Ok(events) => events,
             };
-            match append_until_known(engine, events, model.condition()).await {
+            match append_until_known(engine, events, model.condition(), &append_options).await {
                 Ok(at) => return Ok(Decided::Appended(at)),
                 Err(Error::ConditionFailed { .. }) if conflicts < self.retries => {
                     conflicts += 1;
@@ -168,14 +173,11 @@ async fn append_until_known(
     engine: &Engine,
     events: Vec<Event>,
     condition: AppendCondition,
+    options: &AppendOptions,
 ) -> Result<AppendResult> {
     let mut attempt = 0;
     loop {
-        let sent = engine.append_with(
-            events.clone(),
-            Some(condition.clone()),
-            AppendOptions::default(),
-        );
+        let sent = engine.append_with(events.clone(), Some(condition.clone()), options.clone());
         match sent.await {
             Err(e) if e.may_have_been_written() && attempt < UNKNOWN_OUTCOME_RETRIES => {
                 attempt += 1;

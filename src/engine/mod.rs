@@ -131,7 +131,7 @@ impl Engine {
         };
         let (reply, answer) = tokio::sync::oneshot::channel();
         let append = QueueAppend {
-            append: Append::new(events, condition),
+            append: Append::with_tracking(events, condition, options.tracking),
             reply,
             // The batch that writes this append links back to this span.
             caller: span.clone(),

@@ -11,7 +11,9 @@ mod validate;
 
 pub use event::{Event, SequencedEvent};
 pub(crate) use json::JsonText;
-pub use options::{AppendOptions, Consistency, DecideOptions, MigrateOptions, ReadOptions};
+pub use options::{
+    AppendOptions, Consistency, DecideOptions, MigrateOptions, ReadOptions, Tracking,
+};
 pub(crate) use query::MatchView;
 pub use query::{AppendCondition, AppendResult, DataFilter, Query, QueryItem, ReadResult};
 pub use validate::MAX_NAME_BYTES;

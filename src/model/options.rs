@@ -120,11 +120,33 @@ impl ReadOptions {
 /// let quick = AppendOptions::default().timeout(Duration::from_millis(200)).fail_when_busy();
 /// # let _ = quick;
 /// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct AppendOptions {
     pub(crate) timeout: Option<Duration>,
     pub(crate) fail_when_busy: bool,
+    pub(crate) tracking: Option<Tracking>,
+}
+
+/// A tracked append's consumer and the position it handled: see
+/// [`AppendOptions::tracking`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct Tracking {
+    /// The durable consumer whose checkpoint the append moves.
+    pub consumer: String,
+    /// The position handled: the checkpoint moves here.
+    pub position: u64,
+}
+
+impl Tracking {
+    /// Consumer `consumer` handled `position`.
+    pub fn new(consumer: impl Into<String>, position: u64) -> Self {
+        Tracking {
+            consumer: consumer.into(),
+            position,
+        }
+    }
 }
 
 impl AppendOptions {
@@ -144,6 +166,46 @@ impl AppendOptions {
     pub fn fail_when_busy(mut self) -> Self {
         self.fail_when_busy = true;
         self
+    }
+
+    /// Makes this a *tracked* append: it commits only if durable consumer
+    /// `consumer`'s checkpoint is below `position` (no checkpoint counts as 0), and
+    /// moves the checkpoint to `position` in the same transaction as its events.
+    /// Otherwise nothing is written and the append fails with
+    /// [`Error::AlreadyTracked`](crate::Error::AlreadyTracked), carrying the checkpoint
+    /// (the one [`EventStore::checkpoint`](crate::EventStore::checkpoint) reads).
+    ///
+    /// This is how a reaction happens once: a handler reacting to the event at
+    /// position `p` appends its events with `tracking(name, p)`; a second attempt
+    /// (after a crash, a takeover, a redelivery) finds the checkpoint at `p` and is
+    /// refused. It composes with the rest of an append:
+    /// - with a condition, both must hold; when both fail the condition is reported;
+    /// - a retry of the same event ids returns the original positions, not
+    ///   `AlreadyTracked` (ids are checked first);
+    /// - several tracked appends of one consumer in one batch are decided one after
+    ///   the other, in arrival order;
+    /// - with the consumer's own acks: one checkpoint per name, an ack never moves
+    ///   it back;
+    /// - the append may carry no events: it then only moves the checkpoint, and its
+    ///   result is the empty range after the head (`first_position = last_position + 1`,
+    ///   `last_position` the head). Such an append has no ids, so after a connection
+    ///   loss its retry by the store answers `AlreadyTracked` if the first attempt
+    ///   committed (the checkpoint is then where it was asked to be).
+    ///
+    /// ```
+    /// use dcb_store::AppendOptions;
+    /// let once = AppendOptions::default().tracking("welcome-mailer", 42);
+    /// # let _ = once;
+    /// ```
+    #[must_use]
+    pub fn tracking(mut self, consumer: impl Into<String>, position: u64) -> Self {
+        self.tracking = Some(Tracking::new(consumer, position));
+        self
+    }
+
+    /// The tracking this append carries, if any.
+    pub fn tracked(&self) -> Option<&Tracking> {
+        self.tracking.as_ref()
     }
 }
 
@@ -178,10 +240,11 @@ mod tests {
 /// let from_a_replica = DecideOptions::default().consistency(Consistency::Eventual);
 /// assert_eq!(from_a_replica, DecideOptions::from(Consistency::Eventual));
 /// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DecideOptions {
     pub(crate) consistency: Consistency,
+    pub(crate) tracking: Option<Tracking>,
 }
 
 impl DecideOptions {
@@ -191,11 +254,32 @@ impl DecideOptions {
         self.consistency = consistency;
         self
     }
+
+    /// Appends the decided events as a tracked append (see
+    /// [`AppendOptions::tracking`]): the decision happens once per `position` of
+    /// consumer `consumer`. When the checkpoint is already there, `decide` returns
+    /// [`Error::AlreadyTracked`](crate::Error::AlreadyTracked) and appends nothing;
+    /// a decision that appends nothing (a refusal, no change) leaves the checkpoint
+    /// alone.
+    ///
+    /// ```
+    /// use dcb_store::DecideOptions;
+    /// let once = DecideOptions::default().tracking("welcome-mailer", 42);
+    /// # let _ = once;
+    /// ```
+    #[must_use]
+    pub fn tracking(mut self, consumer: impl Into<String>, position: u64) -> Self {
+        self.tracking = Some(Tracking::new(consumer, position));
+        self
+    }
 }
 
 impl From<Consistency> for DecideOptions {
     fn from(consistency: Consistency) -> Self {
-        DecideOptions { consistency }
+        DecideOptions {
+            consistency,
+            tracking: None,
+        }
     }
 }
 

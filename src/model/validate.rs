@@ -7,7 +7,7 @@
 use chrono::{DateTime, Utc};
 
 use super::timestamp;
-use super::{AppendCondition, Event, Query, QueryItem};
+use super::{AppendCondition, Event, Query, QueryItem, Tracking};
 use crate::error::{Error, Result};
 
 /// The longest type or tag any store accepts (`max_name_bytes` may not exceed it):
@@ -38,10 +38,21 @@ pub(crate) struct Limits {
 pub(crate) fn prepare_append(
     events: &mut [Event],
     condition: Option<&AppendCondition>,
+    tracking: Option<&Tracking>,
     limits: &Limits,
 ) -> Result<()> {
-    if events.is_empty() {
-        return Err(Error::invalid("an append needs at least one event"));
+    if let Some(tracking) = tracking {
+        validate_consumer_name(&tracking.consumer)?;
+        if tracking.position == 0 || i64::try_from(tracking.position).is_err() {
+            return Err(Error::invalid(format!(
+                "tracked position {} is not a position (1 to 2^63 - 1)",
+                tracking.position
+            )));
+        }
+    } else if events.is_empty() {
+        return Err(Error::invalid(
+            "an append needs at least one event (or tracking, to move a checkpoint only)",
+        ));
     }
     // Every append fits in one batch, so the caps hold for every batch.
     if events.len() > limits.max_batch_events {

@@ -13,7 +13,7 @@ use super::{
     item_probes, item_rows, keys, probe, Access, DeclaredKeys, Identifier, ItemArrays, Probes,
     ITEM_FILTERS,
 };
-use crate::model::{AppendCondition, Event, JsonText};
+use crate::model::{AppendCondition, Event, JsonText, Tracking};
 
 /// What the append statement of one round must be able to check: the probes its
 /// conditions' items may run and whether any has a data, metadata or time filter.
@@ -26,15 +26,18 @@ use crate::model::{AppendCondition, Event, JsonText};
 pub(crate) struct AppendShape {
     probes: Probes,
     filtered: bool,
+    /// Whether any append of the round is tracked (moves a consumer's checkpoint).
+    tracked: bool,
 }
 
 impl AppendShape {
     /// The name of this shape's [`append_function`].
     fn function_name(self) -> String {
         format!(
-            "dcb_append_{}_{}",
+            "dcb_append_{}_{}{}",
             self.probes.bits(),
-            u8::from(self.filtered)
+            u8::from(self.filtered),
+            if self.tracked { "_t" } else { "" }
         )
     }
 }
@@ -56,10 +59,12 @@ pub(crate) const EVENT_TYPES: [Type; 10] = [
 
 /// The types of the append statement's parameters (see [`AppendParams::as_params`]),
 /// given when it is prepared, since a shape's text may leave some unused: the events',
-/// the condition items' appends and positions, then [`ItemArrays::TYPES`].
+/// the condition items' appends and positions, then [`ItemArrays::TYPES`], then the
+/// tracked appends' indexes, consumers and positions (`$26`..`$28`).
 pub(crate) fn append_types() -> Vec<Type> {
     let conditions = [Type::INT4_ARRAY, Type::INT8_ARRAY];
-    [&EVENT_TYPES[..], &conditions, &ItemArrays::TYPES].concat()
+    let tracking = [Type::INT4_ARRAY, Type::TEXT_ARRAY, Type::INT8_ARRAY];
+    [&EVENT_TYPES[..], &conditions, &ItemArrays::TYPES, &tracking].concat()
 }
 
 /// The events of a round as rows `ev`: `$1`..`$9` unnested, in order (`n`); an
@@ -131,6 +136,56 @@ failed AS (
             violations.join("\n       OR ")
         )
     };
+    // Tracked appends (only in tracked shapes, so other rounds pay nothing): each
+    // consumer's row is locked and read as last committed (at READ COMMITTED a row
+    // locked FOR UPDATE is re-read if it changed after the snapshot: acks and leases
+    // do not take the write lock, tracked appends do), an append is refused when the
+    // checkpoint is not below its position, and the accepted ones move it. The
+    // planner puts two tracked appends of one consumer in different rounds.
+    let (tracking, not_refused, tracked_rows) = if shape.tracked {
+        (
+            format!(
+                "tracking_in AS (
+    SELECT * FROM unnest($26::int4[], $27::text[], $28::int8[])
+        AS t(append_idx, consumer, position)
+),
+tracking_locked AS (
+    SELECT c.name, c.checkpoint FROM {s}.consumers c
+    WHERE c.name = ANY($27::text[])
+    FOR UPDATE
+),
+tracking_refused AS (
+    SELECT t.append_idx, coalesce(l.checkpoint, 0) AS checkpoint
+    FROM tracking_in t LEFT JOIN tracking_locked l ON l.name = t.consumer
+    WHERE coalesce(l.checkpoint, 0) >= t.position
+),
+tracking_accepted AS (
+    SELECT t.* FROM tracking_in t
+    WHERE t.append_idx NOT IN (SELECT append_idx FROM failed)
+      AND t.append_idx NOT IN (SELECT append_idx FROM stored)
+      AND t.append_idx NOT IN (SELECT append_idx FROM tracking_refused)
+),
+tracked AS (
+    INSERT INTO {s}.consumers (name, checkpoint)
+    SELECT consumer, position FROM tracking_accepted
+    ON CONFLICT (name) DO UPDATE SET checkpoint = EXCLUDED.checkpoint
+),"
+            ),
+            "\n      AND ev.append_idx NOT IN (SELECT append_idx FROM tracking_refused)",
+            "
+UNION ALL
+SELECT r.append_idx::int4, 3::int2, r.checkpoint FROM tracking_refused r
+WHERE r.append_idx NOT IN (SELECT append_idx FROM failed)
+  AND r.append_idx NOT IN (SELECT append_idx FROM stored)
+UNION ALL
+-- A tracked append without events: written, as the empty range after the head.
+SELECT t.append_idx::int4, 0::int2, head.p + (SELECT count(*) FROM accepted) + 1
+FROM tracking_accepted t CROSS JOIN head
+WHERE NOT EXISTS (SELECT 1 FROM ev WHERE ev.append_idx = t.append_idx)",
+        )
+    } else {
+        (String::new(), "", "")
+    };
     format!(
         "WITH
 head(p) AS (
@@ -149,10 +204,11 @@ stored AS (
     CROSS JOIN LATERAL (
         SELECT 1 FROM {s}.events e WHERE e.event_id = ev.event_id LIMIT 1) s
 ),
+{tracking}
 accepted AS (
     SELECT ev.*, row_number() OVER (ORDER BY ev.n) AS rn FROM ev
     WHERE ev.append_idx NOT IN (SELECT append_idx FROM failed)
-      AND ev.append_idx NOT IN (SELECT append_idx FROM stored)
+      AND ev.append_idx NOT IN (SELECT append_idx FROM stored){not_refused}
 ),
 inserted AS (
     INSERT INTO {s}.events (position, event_id, event_type, tags, data, metadata, occurred_at, starts_append)
@@ -175,7 +231,7 @@ UNION ALL
 SELECT st.append_idx::int4, 2::int2, NULL::int8 FROM stored st
 UNION ALL
 SELECT f.append_idx::int4, 1::int2, NULL::int8 FROM failed f
-WHERE f.append_idx NOT IN (SELECT append_idx FROM stored)"
+WHERE f.append_idx NOT IN (SELECT append_idx FROM stored){tracked_rows}"
     )
 }
 
@@ -185,7 +241,7 @@ WHERE f.append_idx NOT IN (SELECT append_idx FROM stored)"
 /// fresh snapshot at READ COMMITTED, so the check sees every commit before the lock,
 /// as in the explicit transaction; called on its own ([`append_call`]), the function
 /// is the whole transaction (commit at its `Sync`), so a batch of one round is one
-/// statement and one answer. Parameters: the append statement's, then `$26`, the
+/// statement and one answer. Parameters: the append statement's, then the last, the
 /// `NOTIFY` channel (`NULL`: none), notified with the head after the inserts.
 pub(crate) fn append_function(schema: &Identifier, shape: AppendShape) -> String {
     let parameters: Vec<String> = append_types()
@@ -202,12 +258,13 @@ pub(crate) fn append_function(schema: &Identifier, shape: AppendShape) -> String
 BEGIN
     PERFORM pg_advisory_xact_lock({key});
     RETURN QUERY {statement};
-    IF $26 IS NOT NULL THEN
-        PERFORM pg_notify($26, ({head})::text);
+    IF ${channel} IS NOT NULL THEN
+        PERFORM pg_notify(${channel}, ({head})::text);
     END IF;
 END
 $dcb_append$",
         name = shape.function_name(),
+        channel = parameters.len() + 1,
         parameters = parameters.join(", "),
         key = super::write_lock_key(schema),
         statement = append_statement(schema, shape),
@@ -215,7 +272,7 @@ $dcb_append$",
     )
 }
 
-/// Calls the append function of `shape` with its 26 parameters; rows as
+/// Calls the append function of `shape` with all its parameters; rows as
 /// [`append_statement`]'s.
 pub(crate) fn append_call(shape: AppendShape) -> String {
     let arguments: Vec<String> = (1..=append_types().len() + 1)
@@ -297,6 +354,9 @@ pub(crate) enum AppendStatus {
     /// An event id is stored: a retry or a duplicate ([`stored_statement`] tells);
     /// nothing written.
     Stored,
+    /// Tracked, and the consumer's checkpoint (this one) was not below the tracked
+    /// position; nothing written.
+    AlreadyTracked { checkpoint: u64 },
 }
 
 /// One row of the append statement.
@@ -307,8 +367,9 @@ pub(crate) struct AppendRow {
 }
 
 impl AppendRow {
-    /// Decodes `(append index, status code, first position)`; the codes are the
-    /// statement's: 0 written, 1 condition failed, 2 an event id stored.
+    /// Decodes `(append index, status code, position)`; the codes are the
+    /// statement's: 0 written (from the position), 1 condition failed, 2 an event id
+    /// stored, 3 already tracked (the position is the checkpoint).
     pub(crate) fn decode(row: &tokio_postgres::Row) -> Result<Self, tokio_postgres::Error> {
         let index: i32 = row.try_get(0)?;
         let code: i16 = row.try_get(1)?;
@@ -317,6 +378,9 @@ impl AppendRow {
                 first: row.try_get::<_, i64>(2)? as u64,
             },
             1 => AppendStatus::ConditionFailed,
+            3 => AppendStatus::AlreadyTracked {
+                checkpoint: row.try_get::<_, i64>(2)?.max(0) as u64,
+            },
             _ => AppendStatus::Stored,
         };
         Ok(AppendRow {
@@ -382,6 +446,9 @@ pub(crate) struct AppendParams<'a> {
     ci_append: Vec<i32>,
     ci_after: Vec<i64>,
     items: ItemArrays<'a>,
+    tr_append: Vec<i32>,
+    tr_consumer: Vec<&'a str>,
+    tr_position: Vec<i64>,
     appends: i32,
 }
 
@@ -391,6 +458,7 @@ impl<'a> AppendParams<'a> {
         AppendShape {
             probes: self.items.probes(),
             filtered: self.items.filtered(),
+            tracked: !self.tr_append.is_empty(),
         }
     }
 
@@ -399,10 +467,18 @@ impl<'a> AppendParams<'a> {
         &mut self,
         events: &'a [Event],
         condition: Option<&'a AppendCondition>,
+        tracking: Option<&'a Tracking>,
         keys: &DeclaredKeys,
     ) {
         let idx = self.appends;
         self.appends += 1;
+        if let Some(tracking) = tracking {
+            self.tr_append.push(idx);
+            self.tr_consumer.push(&tracking.consumer);
+            // Validation keeps tracked positions within 1..=i64::MAX.
+            self.tr_position
+                .push(i64::try_from(tracking.position).unwrap_or(i64::MAX));
+        }
         for (k, event) in events.iter().enumerate() {
             self.ev_append.push(idx);
             self.ev_id.push(event.id());
@@ -432,7 +508,7 @@ impl<'a> AppendParams<'a> {
     }
 
     /// The parameters of the append statement.
-    pub(crate) fn as_params(&self) -> [&(dyn ToSql + Sync); 25] {
+    pub(crate) fn as_params(&self) -> [&(dyn ToSql + Sync); 28] {
         let [data_all, data_any, metadata_all, metadata_any, from, until, probe_source, probe_key, probe_value, type_item, type_value, tag_item, tag_value] =
             self.items.params();
         let [e1, e2, e3, e4, e5, e6, e7, e8, e9, e10] = self.event_params();
@@ -462,6 +538,9 @@ impl<'a> AppendParams<'a> {
             type_value,
             tag_item,
             tag_value,
+            &self.tr_append,
+            &self.tr_consumer,
+            &self.tr_position,
         ]
     }
 

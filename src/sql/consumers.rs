@@ -40,6 +40,13 @@ pub(crate) struct ConsumerStatements {
     pub unpark: String,
     /// `$1` name, `$2` position, `$3` error.
     pub replay_failed: String,
+    /// `$1` name, `$2` generation: the checkpoint, when the generation still holds.
+    pub held_checkpoint: String,
+    /// `$1` name, `$2` generation, `$3` where to start again: a rebuild's reset of
+    /// the checkpoint and the attempts (the parked events go with `unpark_all`).
+    pub rebuild: String,
+    /// `$1` name: forgets every parked event (a rebuild replays them).
+    pub unpark_all: String,
 }
 
 impl ConsumerStatements {
@@ -107,6 +114,17 @@ impl ConsumerStatements {
                 "UPDATE {s}.parked SET attempts = attempts + 1, error = $3, parked_at = now()
                  WHERE consumer = $1 AND position = $2"
             ),
+            held_checkpoint: format!(
+                "SELECT checkpoint FROM {s}.consumers WHERE name = $1 AND generation = $2"
+            ),
+            rebuild: format!(
+                "UPDATE {s}.consumers
+                 SET checkpoint = $3, acked_at = now(), attempts = 0, attempt_position = NULL,
+                     isolate_until = NULL, last_error = NULL
+                 WHERE name = $1 AND generation = $2
+                 RETURNING name"
+            ),
+            unpark_all: format!("DELETE FROM {s}.parked WHERE consumer = $1"),
         }
     }
 }
@@ -174,6 +192,11 @@ impl ParkedRow {
             parked_at: row.try_get(3).map_err(Error::db)?,
         })
     }
+}
+
+/// A position as a bind parameter (`bigint`; no position is beyond `i64::MAX`).
+pub(crate) fn position_param(p: u64) -> i64 {
+    i64::try_from(p).unwrap_or(i64::MAX)
 }
 
 /// The position (a checkpoint) in column `column`, or none.

@@ -27,7 +27,10 @@ use crate::subscribe::Subscriptions;
 use crate::writer::Append;
 
 mod decide;
+mod effects;
 mod subscribe;
+
+pub use effects::{ProcessManager, Reaction};
 
 /// A DCB event store on PostgreSQL. Cheap to clone; all clones share the actors,
 /// which stop when the last clone is dropped.

@@ -5,9 +5,10 @@
 use std::sync::{Arc, OnceLock};
 
 use actix::prelude::*;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
-use super::deliver::DeliverySettings;
+use super::deliver::{DeliverySettings, Handler, ToActor};
+use super::read_model::{InTransaction, ReadModel, ReadModelHandle};
 use super::{
     follow_tail, listen, run_delivery, Consumers, Deliver, Follower, Lease, Shared,
     SubscribeOptions, Subscription, SubscriptionHandle, Tail,
@@ -38,6 +39,7 @@ impl Subscriptions {
             consumers: Consumers {
                 connector: engine.connector().clone(),
                 sql: Arc::new(ConsumerStatements::new(engine.schema_identifier())),
+                moved: Arc::new(tokio::sync::Notify::new()),
             },
         }
     }
@@ -129,10 +131,30 @@ impl Subscriptions {
         options: SubscribeOptions,
         recipient: Recipient<Deliver>,
     ) -> Result<SubscriptionHandle> {
+        self.run(
+            engine,
+            query,
+            options,
+            "subscribe_recipient",
+            ToActor(recipient),
+        )
+        .await
+    }
+
+    /// Runs `handler` as durable consumer `options.consumer` (required; `what` names
+    /// the caller in the error) on the caller's arbiter.
+    pub(crate) async fn run<H: Handler + 'static>(
+        &self,
+        engine: &Arc<Engine>,
+        query: Query,
+        options: SubscribeOptions,
+        what: &str,
+        handler: H,
+    ) -> Result<SubscriptionHandle> {
         if options.consumer.is_none() {
-            return Err(Error::invalid(
-                "subscribe_recipient needs a durable consumer (SubscribeOptions::consumer)",
-            ));
+            return Err(Error::invalid(format!(
+                "{what} needs a durable consumer (SubscribeOptions::consumer)"
+            )));
         }
         if options.max_attempts == 0 {
             return Err(Error::invalid("max_attempts must be at least 1"));
@@ -144,7 +166,35 @@ impl Subscriptions {
         };
         let subscription = self.subscribe(engine, query, options).await?;
         let (stop, stopped) = oneshot::channel();
-        let done = actix::spawn(run_delivery(subscription, recipient, settings, stopped));
+        let done = actix::spawn(run_delivery(subscription, handler, settings, stopped));
         Ok(SubscriptionHandle::new(stop, done))
+    }
+
+    /// Runs `model` as durable consumer `options.consumer`, each batch in a
+    /// transaction with its checkpoint.
+    pub(crate) async fn run_read_model<M: ReadModel>(
+        &self,
+        engine: &Arc<Engine>,
+        query: Query,
+        options: SubscribeOptions,
+        model: M,
+    ) -> Result<ReadModelHandle> {
+        let name = options.consumer.clone().unwrap_or_default();
+        let (requests, rebuilds) = mpsc::channel(4);
+        let handler = InTransaction {
+            model,
+            name,
+            connector: engine.session_connector(LEASES)?.clone(),
+            sql: self.consumers.sql.clone(),
+            start: options.after.unwrap_or(0),
+            moved: self.consumers.moved.clone(),
+            rebuilds,
+            rebuild: None,
+            connection: None,
+        };
+        let delivery = self
+            .run(engine, query, options, "run_read_model", handler)
+            .await?;
+        Ok(ReadModelHandle::new(delivery, requests))
     }
 }

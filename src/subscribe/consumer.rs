@@ -49,6 +49,9 @@ pub(crate) struct Lease {
     /// `scanned_to` of the last batch handed out under the current generation (reset
     /// to the checkpoint on taking over, under the lock): acks may not go beyond it.
     pub delivered: std::sync::atomic::AtomicU64,
+    /// Told whenever this subscriber stops holding the consumer (lost, timed out, or
+    /// given up for a rebuild), so a subscription waiting for events notices at once.
+    released: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -67,9 +70,7 @@ struct LeaseConnection {
     guarded: Vec<Statement>,
 }
 
-fn position(p: u64) -> i64 {
-    i64::try_from(p).unwrap_or(i64::MAX)
-}
+use crate::sql::position_param as position;
 
 impl Lease {
     pub(crate) fn new(
@@ -89,6 +90,43 @@ impl Lease {
             timeout,
             state: std::sync::Mutex::new(Held::default()),
             delivered: std::sync::atomic::AtomicU64::new(0),
+            released: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// The generation this subscriber holds the consumer under, if it does.
+    pub(crate) fn generation(&self) -> Option<i64> {
+        let held = self.state();
+        held.generation.filter(|_| {
+            held.connection
+                .as_ref()
+                .is_some_and(|c| !c.client.is_closed())
+        })
+    }
+
+    /// Stops holding under `generation` (a guarded write elsewhere matched no row, or
+    /// the holder gave the generation up after a rebuild): the next step takes the
+    /// consumer over again, or stands by, and resumes from the stored checkpoint.
+    /// The session lock stays with the connection.
+    pub(crate) fn release(&self, generation: i64) {
+        let mut held = self.state();
+        if held.generation == Some(generation) {
+            held.generation = None;
+        }
+        drop(held);
+        self.released.notify_waiters();
+    }
+
+    /// Returns once this subscriber no longer holds the consumer.
+    pub(crate) async fn released(&self) {
+        loop {
+            // Registered before the check, so a release in between is not missed.
+            let notified = self.released.notified();
+            if !self.held() {
+                return;
+            }
+            // A connection that closes tells no one: look again now and then.
+            let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
         }
     }
 
@@ -128,6 +166,8 @@ impl Lease {
                     held.connection = None;
                     held.generation = None;
                 }
+                drop(held);
+                self.released.notify_waiters();
                 Err(self.timed_out())
             }
         }
@@ -260,10 +300,7 @@ impl Lease {
             .bounded(&connection, connection.client.query(statement, &params))
             .await?;
         if rows.is_empty() {
-            let mut held = self.state();
-            if held.generation == Some(generation) {
-                held.generation = None;
-            }
+            self.release(generation);
             return Err(lost());
         }
         Ok(rows)
@@ -393,9 +430,43 @@ pub struct ParkedEvent {
 pub(crate) struct Consumers {
     pub connector: Connector,
     pub sql: Arc<ConsumerStatements>,
+    /// Told when a read model of this process commits, so waiting for a checkpoint
+    /// here does not wait for its next look.
+    pub moved: Arc<tokio::sync::Notify>,
 }
 
+/// How often `wait_for_checkpoint` looks at most, and at least.
+const CHECKPOINT_AGAIN: crate::base::retry::Backoff =
+    crate::base::retry::Backoff::doubling(Duration::from_millis(2), Duration::from_millis(50));
+
 impl Consumers {
+    /// Waits until consumer `name`'s checkpoint is at least `position`, for at most
+    /// `limit`; the checkpoint then.
+    pub(crate) async fn wait_for(&self, name: &str, position: u64, limit: Duration) -> Result<u64> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut looks = 0;
+        loop {
+            let moved = self.moved.notified();
+            let bounded = tokio::time::timeout_at(deadline, self.checkpoint(name));
+            let Ok(checkpoint) = bounded.await else { break };
+            let checkpoint = checkpoint?.unwrap_or(0);
+            if checkpoint >= position {
+                return Ok(checkpoint);
+            }
+            looks += 1;
+            let pause = tokio::time::sleep(CHECKPOINT_AGAIN.after(looks));
+            tokio::select! {
+                () = moved => {}
+                () = pause => {}
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        Err(Error::Timeout {
+            after: limit,
+            may_have_been_written: false,
+        })
+    }
+
     pub(crate) async fn checkpoint(&self, name: &str) -> Result<Option<u64>> {
         let client = self.connector.pooled().await?;
         let row = client

@@ -5,6 +5,12 @@
 //! `max_attempts`, a batch of several events is delivered again one event at a time;
 //! a single event that fails `max_attempts` times is parked (stored with its error,
 //! the checkpoint moving past it) or stops the consumer, as configured.
+//!
+//! The same runner serves every kind of durable handler (`Handler`): an actor here, a
+//! read model's transaction (`read_model.rs`), a process manager's reactions.
+//!
+//! Longer than most files because the runner (attempts, isolation, parking, acks) and
+//! the public types of delivery to an actor are written together.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -12,7 +18,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use super::{EventBatch, OnFailure, Subscription};
+use super::{EventBatch, Lease, OnFailure, Subscription};
 use crate::base::retry::Backoff;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -64,6 +70,75 @@ impl DeliveryError {
     /// What the handler said.
     pub fn message(&self) -> &str {
         &self.message
+    }
+}
+
+/// A store error inside a handler (an append, a decision) fails the batch, which is
+/// delivered again: `?` works in handlers.
+impl From<Error> for DeliveryError {
+    fn from(error: Error) -> Self {
+        DeliveryError::new(error.report())
+    }
+}
+
+/// A read model's statement failing fails the batch (rolled back, delivered again).
+impl From<tokio_postgres::Error> for DeliveryError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        DeliveryError::new(crate::error::Chain(&error))
+    }
+}
+
+/// What runs a durable consumer's batches: delivery to an actor, a read model's
+/// transaction, a process manager's reactions. The runner around it is the same:
+/// attempts counted before each call, retries with a growing pause, one event at a
+/// time after `max_attempts`, then parking or stopping.
+pub(crate) trait Handler {
+    /// Handles `chunk` (a batch, or one event of it when isolating).
+    async fn handle(&mut self, chunk: EventBatch, lease: &Lease) -> Handled;
+
+    /// Whether whatever handles is gone for good (delivery then ends quietly).
+    fn gone(&self) -> bool {
+        false
+    }
+
+    /// Resolves when the handler has work to do between batches (a rebuild asked
+    /// for); never, by default.
+    async fn wanted(&mut self) {
+        std::future::pending::<()>().await;
+    }
+
+    /// Does that work, between batches, while `lease` is held.
+    async fn between_batches(&mut self, _lease: &Lease) {}
+}
+
+/// What a handler made of a chunk.
+pub(crate) enum Handled {
+    /// Handled; the checkpoint is still to be moved (an ack).
+    NeedsAck,
+    /// Handled, and the checkpoint moved with it (in the handler's own transaction)
+    /// to this stored value.
+    Committed(u64),
+    /// The handler refused the chunk: retried, then isolated and parked.
+    Refused(DeliveryError),
+    /// The chunk could not be handled to the end (database, connection, lease, the
+    /// recipient gone); delivered again unless the error ends delivery.
+    Failed(Error),
+}
+
+/// Delivery to an actor: each chunk as a [`Deliver`] message.
+pub(crate) struct ToActor(pub Recipient<Deliver>);
+
+impl Handler for ToActor {
+    async fn handle(&mut self, batch: EventBatch, _: &Lease) -> Handled {
+        match self.0.send(Deliver { batch }).await {
+            Ok(Ok(())) => Handled::NeedsAck,
+            Ok(Err(error)) => Handled::Refused(error),
+            Err(_mailbox) => Handled::Failed(Error::CLOSED),
+        }
+    }
+
+    fn gone(&self) -> bool {
+        !self.0.connected()
     }
 }
 
@@ -122,25 +197,36 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// the batch was being delivered).
 const UNFINISHED: &str = "delivery did not finish (the process stopped while delivering)";
 
-/// Runs until `stop` fires, the recipient goes away, or a failure stops the consumer.
-pub(crate) async fn run_delivery(
+/// Runs until `stop` fires, the handler goes away, or a failure stops the consumer.
+pub(crate) async fn run_delivery<H: Handler>(
     mut subscription: Subscription,
-    recipient: Recipient<Deliver>,
+    mut handler: H,
     settings: DeliverySettings,
     mut stop: oneshot::Receiver<()>,
 ) -> Result<()> {
     let mut failures = 0u32;
+    let mut wanted = false;
     let outcome = loop {
+        if wanted {
+            if let Some(lease) = subscription.shared().lease.as_ref().filter(|l| l.held()) {
+                handler.between_batches(lease).await;
+                wanted = false;
+            }
+        }
         let next = tokio::select! {
             biased;
             _ = &mut stop => break Ok(()),
+            () = handler.wanted(), if !wanted => {
+                wanted = true;
+                continue;
+            }
             next = subscription.next() => next,
         };
         match next {
             Some(Ok(batch)) => {
                 failures = 0;
                 let delivered =
-                    deliver_until_done(&subscription, &recipient, &settings, &batch, &mut stop);
+                    deliver_until_done(&subscription, &mut handler, &settings, &batch, &mut stop);
                 if let Some(outcome) = delivered.await {
                     break outcome;
                 }
@@ -164,23 +250,23 @@ pub(crate) async fn run_delivery(
 
 /// Delivers `batch`, again after a transient failure (the subscription has moved past
 /// it, so dropping it would skip its events); `Some` when delivery is over.
-async fn deliver_until_done(
+async fn deliver_until_done<H: Handler>(
     subscription: &Subscription,
-    recipient: &Recipient<Deliver>,
+    handler: &mut H,
     settings: &DeliverySettings,
     batch: &EventBatch,
     stop: &mut oneshot::Receiver<()>,
 ) -> Option<Result<()>> {
     let mut failures = 0u32;
     loop {
-        match deliver(subscription, recipient, settings, batch, stop).await {
+        match deliver(subscription, handler, settings, batch, stop).await {
             Ok(Delivered::All) => return None,
             Ok(Delivered::Stopped) => return Some(Ok(())),
             // Another subscriber took over: this one stands by again, and resumes from
             // the stored checkpoint (the batch comes again if it must).
             Err(Error::LeaseLost { .. }) => return None,
             Err(error @ Error::DeliveryFailed { .. }) => return Some(Err(error)),
-            Err(Error::Closed { .. }) if !recipient.connected() => return Some(Ok(())),
+            Err(Error::Closed { .. }) if handler.gone() => return Some(Ok(())),
             Err(error) => {
                 failures += 1;
                 tracing::warn!(error = %crate::error::Chain(&error), "consumer: delivery failed; delivering the batch again");
@@ -213,9 +299,9 @@ enum Delivered {
 }
 
 /// Delivers one batch from the subscription, with retries, isolation and parking.
-async fn deliver(
+async fn deliver<H: Handler>(
     subscription: &Subscription,
-    recipient: &Recipient<Deliver>,
+    handler: &mut H,
     settings: &DeliverySettings,
     batch: &EventBatch,
     stop: &mut oneshot::Receiver<()>,
@@ -282,8 +368,8 @@ async fn deliver(
             scanned_to,
             caught_up: batch.caught_up && end == events.len(),
         };
-        match recipient.send(Deliver { batch: chunk }).await {
-            Ok(Ok(())) => {
+        match handler.handle(chunk, lease).await {
+            Handled::NeedsAck => {
                 // Handled: only the ack is retried now, never the delivery (which would
                 // count as another attempt).
                 if let Some(stopped) =
@@ -293,7 +379,13 @@ async fn deliver(
                 }
                 next = end;
             }
-            Ok(Err(error)) => {
+            Handled::Committed(checkpoint) => {
+                if let Some(stats) = &shared.stats {
+                    stats.checkpoint.store(checkpoint, Ordering::Relaxed);
+                }
+                next = end;
+            }
+            Handled::Refused(error) => {
                 lease.failed(error.message()).await?;
                 // A handler that failed is given twice the time at each attempt.
                 let pause = Backoff::doubling(settings.retry_backoff, MAX_BACKOFF)
@@ -302,7 +394,7 @@ async fn deliver(
                     return Ok(Delivered::Stopped);
                 }
             }
-            Err(_mailbox) => return Err(Error::CLOSED),
+            Handled::Failed(error) => return Err(error),
         }
     }
     Ok(Delivered::All)

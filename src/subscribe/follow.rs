@@ -219,7 +219,14 @@ pub(crate) async fn step(
                 }
             }
         }
-        let result = follower.next_batch().await;
+        let result = match &shared.lease {
+            // A holder that stops holding while it waits for events starts over.
+            Some(lease) => tokio::select! {
+                result = follower.next_batch() => result,
+                () = lease.released() => continue,
+            },
+            None => follower.next_batch().await,
+        };
         if let Ok(batch) = &result {
             if let Some(lease) = &shared.lease {
                 if !lease.held() {

@@ -31,6 +31,7 @@ mod consumer;
 mod deliver;
 mod follow;
 mod listener;
+mod read_model;
 mod tail;
 
 pub(crate) use api::Subscriptions;
@@ -38,8 +39,10 @@ pub use consumer::ParkedEvent;
 pub(crate) use consumer::{Consumers, Lease};
 pub(crate) use deliver::{replay_parked, run_delivery};
 pub use deliver::{Deliver, DeliveryError, ReplayOutcome, SubscriptionHandle};
+pub(crate) use deliver::{Handled, Handler};
 pub(crate) use follow::Follower;
 pub(crate) use listener::listen;
+pub use read_model::{ReadModel, ReadModelHandle};
 pub(crate) use tail::{follow as follow_tail, Tail};
 
 /// What subscriptions count, in the metrics' snapshot.

@@ -259,7 +259,8 @@ impl BatchJob {
         for (pending, result) in batch.into_iter().zip(results) {
             match &result {
                 Ok(r) => {
-                    events += (r.last_position - r.first_position + 1) as u32;
+                    // A tracking-only append is the empty range `first = last + 1`.
+                    events += (r.last_position + 1).saturating_sub(r.first_position) as u32;
                     head = head.max(r.last_position);
                 }
                 Err(Error::ConditionFailed { .. }) => conditions_failed += 1,

@@ -4,7 +4,7 @@ use actix::prelude::*;
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use crate::error::Result;
-use crate::model::{AppendCondition, AppendResult, Event};
+use crate::model::{AppendCondition, AppendResult, Event, Tracking};
 
 /// Appends `events` atomically, unless `condition` fails. Send it to
 /// [`EventStore::appender`](crate::EventStore::appender) or use
@@ -21,12 +21,39 @@ pub struct Append {
     pub events: Vec<Event>,
     /// The condition that must hold for the append to happen.
     pub condition: Option<AppendCondition>,
+    /// The consumer checkpoint the append moves, if it is tracked (see
+    /// [`AppendOptions::tracking`](crate::AppendOptions::tracking)).
+    pub tracking: Option<Tracking>,
 }
 
 impl Append {
     /// An append of `events` under `condition`.
     pub fn new(events: Vec<Event>, condition: Option<AppendCondition>) -> Self {
-        Append { events, condition }
+        Append {
+            events,
+            condition,
+            tracking: None,
+        }
+    }
+
+    /// An append of `events` under `condition`, tracked when `tracking` says so.
+    pub(crate) fn with_tracking(
+        events: Vec<Event>,
+        condition: Option<AppendCondition>,
+        tracking: Option<Tracking>,
+    ) -> Self {
+        Append {
+            events,
+            condition,
+            tracking,
+        }
+    }
+
+    /// This append, tracked: see [`AppendOptions::tracking`](crate::AppendOptions::tracking).
+    #[must_use]
+    pub fn tracking(mut self, consumer: impl Into<String>, position: u64) -> Self {
+        self.tracking = Some(Tracking::new(consumer, position));
+        self
     }
 }
 

@@ -56,7 +56,7 @@ use pending::Pending;
 /// Batches written at once: one, and the next pipelined behind it on its connection.
 const MAX_IN_FLIGHT: usize = 2;
 #[cfg(feature = "internals")]
-pub(crate) use rounds::plan as plan_rounds;
+pub(crate) use rounds::{plan as plan_rounds, PlannedAppend};
 
 /// Settings the writer needs, fixed at start.
 pub(crate) struct WriterSettings {
@@ -174,7 +174,10 @@ impl Writer {
         }
         let appends: Vec<_> = batch
             .iter()
-            .map(|p| (p.events.as_slice(), p.condition.as_ref()))
+            .map(|p| rounds::PlannedAppend {
+                tracking: p.tracking.as_ref().map(|t| t.consumer.as_str()),
+                ..rounds::PlannedAppend::new(&p.events, p.condition.as_ref())
+            })
             .collect();
         let plan = rounds::plan(&appends);
         // Appends the planner could not place cheaply lead the next batch.
@@ -263,7 +266,12 @@ impl Writer {
 
 /// Refuses what cannot be stored, before it reaches a batch; fixes `occurred_at`.
 pub(crate) fn validate_append(append: &mut Append, limits: &Limits) -> Result<()> {
-    crate::model::prepare_append(&mut append.events, append.condition.as_ref(), limits)
+    crate::model::prepare_append(
+        &mut append.events,
+        append.condition.as_ref(),
+        append.tracking.as_ref(),
+        limits,
+    )
 }
 
 impl Actor for Writer {

@@ -6,12 +6,13 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use super::Append;
 use crate::error::{Error, Result};
-use crate::model::{AppendCondition, AppendResult, Event};
+use crate::model::{AppendCondition, AppendResult, Event, Tracking};
 
 /// An append waiting for its batch, and what is known of its outcome so far.
 pub(super) struct Pending {
     pub(super) events: Vec<Event>,
     pub(super) condition: Option<AppendCondition>,
+    pub(super) tracking: Option<Tracking>,
     /// Taken by the one answer; an append dropped unanswered (the actor stopped)
     /// answers [`Error::Closed`], saying whether it may have been written.
     pub(super) reply: Option<oneshot::Sender<Result<AppendResult>>>,
@@ -36,6 +37,7 @@ impl Pending {
         Pending {
             events: append.events,
             condition: append.condition,
+            tracking: append.tracking,
             reply: Some(reply),
             in_flight: std::cell::Cell::new(false),
             unknown_outcome: None,
@@ -60,6 +62,7 @@ impl Pending {
             Err(error) if self.may_have_been_written() && !error.may_have_been_written() => {
                 Err(match error {
                     Error::ConditionFailed { .. }
+                    | Error::AlreadyTracked { .. }
                     | Error::DuplicateEventId { .. }
                     | Error::InvalidInput { .. } => error,
                     other => other
@@ -105,10 +108,7 @@ mod tests {
 
     fn pending() -> (Pending, oneshot::Receiver<Result<AppendResult>>) {
         let (reply, answer) = oneshot::channel();
-        let append = Append {
-            events: vec![Event::new("E", serde_json::json!({}))],
-            condition: None,
-        };
+        let append = Append::new(vec![Event::new("E", serde_json::json!({}))], None);
         (
             Pending::new(append, reply, tracing::Span::none(), permit()),
             answer,

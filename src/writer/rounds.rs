@@ -32,7 +32,25 @@ pub(crate) const MAX_VISITS_PER_APPEND: usize = 256;
 pub(crate) const MAX_ROUNDS: usize = 64;
 
 /// One append as the planner sees it.
-pub(crate) type PlannedAppend<'a> = (&'a [Event], Option<&'a AppendCondition>);
+pub(crate) struct PlannedAppend<'a> {
+    pub events: &'a [Event],
+    pub condition: Option<&'a AppendCondition>,
+    /// The consumer a tracked append moves: two of one consumer never share a round
+    /// (each must see the checkpoint the other leaves, and one statement can move a
+    /// row only once).
+    pub tracking: Option<&'a str>,
+}
+
+impl<'a> PlannedAppend<'a> {
+    /// An untracked append.
+    pub(crate) fn new(events: &'a [Event], condition: Option<&'a AppendCondition>) -> Self {
+        PlannedAppend {
+            events,
+            condition,
+            tracking: None,
+        }
+    }
+}
 
 /// The rounds of the first `planned` appends of a batch; the rest wait for the next.
 #[derive(Debug, PartialEq)]
@@ -48,7 +66,10 @@ pub(crate) fn plan(batch: &[PlannedAppend<'_>]) -> Plan {
     let mut index = EventIndex::default();
     let mut round_of = Vec::with_capacity(batch.len());
     let mut rounds: Vec<Vec<usize>> = Vec::new();
-    for (i, (events, condition)) in batch.iter().enumerate() {
+    // The round of each consumer's latest tracked append.
+    let mut tracked: HashMap<&str, usize> = HashMap::new();
+    for (i, append) in batch.iter().enumerate() {
+        let (events, condition) = (append.events, append.condition);
         let conflicts = match condition {
             Some(condition) => {
                 index.round_after_conflicts(&condition.fail_if_events_match, &round_of)
@@ -63,8 +84,14 @@ pub(crate) fn plan(batch: &[PlannedAppend<'_>]) -> Plan {
                 round = round.max(round_of[earlier] + 1);
             }
         }
+        if let Some(&earlier) = append.tracking.and_then(|c| tracked.get(c)) {
+            round = round.max(earlier + 1);
+        }
         if round >= MAX_ROUNDS {
             return Plan { rounds, planned: i };
+        }
+        if let Some(consumer) = append.tracking {
+            tracked.insert(consumer, round);
         }
         round_of.push(round);
         index.add(i, round, events);
@@ -173,9 +200,33 @@ mod tests {
     fn plan_of(batch: &[(Vec<Event>, Option<AppendCondition>)]) -> Plan {
         let appends: Vec<PlannedAppend<'_>> = batch
             .iter()
-            .map(|(e, c)| (e.as_slice(), c.as_ref()))
+            .map(|(e, c)| PlannedAppend::new(e, c.as_ref()))
             .collect();
         plan(&appends)
+    }
+
+    #[test]
+    fn tracked_appends_of_one_consumer_are_decided_one_round_after_another() {
+        let events: Vec<Vec<Event>> = (0..5)
+            .map(|i| vec![event("E", &[&format!("t{i}")], serde_json::json!({}))])
+            .collect();
+        let consumers = [Some("a"), Some("b"), Some("a"), None, Some("a")];
+        let appends: Vec<PlannedAppend<'_>> = events
+            .iter()
+            .zip(consumers)
+            .map(|(e, tracking)| PlannedAppend {
+                tracking,
+                ..PlannedAppend::new(e, None)
+            })
+            .collect();
+        let expected = vec![vec![0, 1, 3], vec![2], vec![4]];
+        assert_eq!(
+            plan(&appends),
+            Plan {
+                rounds: expected,
+                planned: 5
+            }
+        );
     }
 
     #[test]

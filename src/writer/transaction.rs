@@ -39,6 +39,7 @@ impl BatchJob {
                     params.push(
                         &batch[i].events,
                         batch[i].condition.as_ref(),
+                        batch[i].tracking.as_ref(),
                         &self.settings.keys,
                     );
                 }
@@ -232,12 +233,21 @@ impl BatchJob {
                 };
                 let pending = &batch[append];
                 results[append] = match row.status {
+                    // An empty (tracking-only) append: the empty range after the head.
                     AppendStatus::Written { first } => Ok(AppendResult {
                         first_position: first,
-                        last_position: first + pending.events.len() as u64 - 1,
+                        last_position: (first + pending.events.len() as u64).saturating_sub(1),
                     }),
                     AppendStatus::ConditionFailed => Err(Error::ConditionFailed {
                         after: pending.condition.as_ref().and_then(|c| c.after),
+                    }),
+                    AppendStatus::AlreadyTracked { checkpoint } => Err(Error::AlreadyTracked {
+                        consumer: pending
+                            .tracking
+                            .as_ref()
+                            .map(|t| t.consumer.clone())
+                            .unwrap_or_default(),
+                        checkpoint,
                     }),
                     AppendStatus::Stored => {
                         if !stored.contains(&append) {
@@ -292,7 +302,7 @@ impl BatchJob {
         let started = Instant::now();
         let mut params = AppendParams::default();
         for &i in stored {
-            params.push(&batch[i].events, None, &self.settings.keys);
+            params.push(&batch[i].events, None, None, &self.settings.keys);
         }
         let rows = connection
             .stored

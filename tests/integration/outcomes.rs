@@ -110,25 +110,31 @@ async fn answer_losing_proxy(armed: Arc<AtomicBool>) -> u16 {
     port
 }
 
-#[actix::test]
-async fn an_append_whose_answers_are_lost_may_have_been_written_and_a_retry_finds_it() {
-    let schema = support::unique_schema("lost_answers");
-    let direct = EventStore::connect(support::config(&schema)).await.unwrap();
-    let armed = Arc::new(AtomicBool::new(false));
-    let port = answer_losing_proxy(armed.clone()).await;
+/// A store on `schema` behind an [`answer_losing_proxy`] that `armed` arms, connected
+/// and warmed first (connecting sends Binds of its own: the session's settings), so
+/// that the armed proxy catches a batch.
+pub(crate) async fn warm_store_behind(schema: &str, armed: Arc<AtomicBool>) -> EventStore {
+    let port = answer_losing_proxy(armed).await;
     let proxied = EventStore::connect(
-        support::config(&schema)
+        support::config(schema)
             .with_database_url(support::url_via(port))
             .with_operation_timeout(Duration::from_secs(2)),
     )
     .await
     .unwrap();
-    // Connected and prepared first (connecting sends Binds of its own: the session's
-    // settings), so the armed proxy catches a batch.
     proxied
         .append(vec![support::event("Warm", &["warm"])], None)
         .await
         .unwrap();
+    proxied
+}
+
+#[actix::test]
+async fn an_append_whose_answers_are_lost_may_have_been_written_and_a_retry_finds_it() {
+    let schema = support::unique_schema("lost_answers");
+    let direct = EventStore::connect(support::config(&schema)).await.unwrap();
+    let armed = Arc::new(AtomicBool::new(false));
+    let proxied = warm_store_behind(&schema, armed.clone()).await;
     armed.store(true, Ordering::SeqCst);
     let events = vec![
         support::event("E", &["lost"]),
