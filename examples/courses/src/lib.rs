@@ -1,15 +1,18 @@
 //! Course subscriptions over HTTP, on one shared [`EventStore`].
 //!
-//! Every decision is the DCB loop: read what the rule depends on (the course's events
-//! and the student's), decide, append with the condition "nothing of this changed since
-//! my read", and on `ConditionFailed` read again and decide anew (a few times). So two
-//! requests for the last seat can never both get it, in one process or in many.
+//! Every decision is the DCB loop, through `EventStore::decide`: a projection of what
+//! the rule depends on (the course's events and the student's, `enrolment.rs`), the
+//! rule, and an append under the condition "nothing of this changed since the model's
+//! head", decided again on conflict. So two requests for the last seat can never both
+//! get it, in one process or in many. Beside the requests (`views.rs`), a read model
+//! keeps `course_seats` exactly once per event, and a process manager appends one
+//! `WelcomeSent` per subscription.
 //!
 //! | method and path | does |
 //! |---|---|
 //! | `POST /courses` `{"id", "capacity"}` | defines a course (201; 409 if it exists) |
-//! | `POST /courses/{course}/students/{student}` | subscribes (201; 404 no course; 409 full, already in, or the student has 5 courses) |
-//! | `GET /courses/{course}` | the course with its students (404 if not defined) |
+//! | `POST /courses/{course}/students/{student}` | subscribes (201 with the event's `position`; 404 no course; 409 full, already in, or the student has 5 courses) |
+//! | `GET /courses/{course}` | the course from the read model, with the `position` it reflects (404 if not defined); `?at_least=P` first waits (up to 5 s, else 504) until the read model has applied position `P` |
 //! | `GET /students/{student}/courses` | the student's courses |
 //! | `GET /courses/{course}/events` | the course's events, live, as Server-Sent Events (`id` = position; resumes after `Last-Event-ID` or `?after=N`) |
 //! | `GET /metrics` | the store's metrics, Prometheus text |
@@ -17,16 +20,24 @@
 //!
 //! Store errors map to HTTP as [`error_response`] says.
 
+mod enrolment;
 mod feed;
+mod views;
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse, Responder};
-use dcb_store::{AppendCondition, Error, Event, EventStore, Query, QueryItem, ReadOptions};
+use dcb_store::{
+    AppendCondition, Decided, Error, Event, EventStore, Query, QueryItem, ReadOptions,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+
+pub use views::{Views, SEATS, WELCOME, WELCOME_SENT};
+
+use enrolment::{Enrolment, Refusal};
+use views::ViewError;
 
 /// The most courses one student may take.
 pub const MAX_COURSES_PER_STUDENT: usize = 5;
@@ -36,9 +47,13 @@ pub const MAX_COURSES_PER_STUDENT: usize = 5;
 const DECISION_TIME: Duration = Duration::from_secs(5);
 
 const COURSE_DEFINED: &str = "CourseDefined";
-const SUBSCRIBED: &str = "StudentSubscribed";
+/// The event of a subscription.
+pub const SUBSCRIBED: &str = "StudentSubscribed";
+/// How long `?at_least=P` waits for the read model.
+const READ_YOUR_WRITES: Duration = Duration::from_secs(5);
 
-/// The routes, for `App::new().configure(routes)`, with the store as `web::Data`.
+/// The routes, for `App::new().configure(routes)`, with the store and the
+/// [`Views`] as `web::Data`.
 pub fn routes(config: &mut web::ServiceConfig) {
     config
         .route("/courses", web::post().to(define_course))
@@ -72,6 +87,8 @@ pub struct CourseView {
     pub id: String,
     pub capacity: u32,
     pub students: Vec<String>,
+    /// The read model has applied every event up to here (at least).
+    pub position: u64,
 }
 
 fn course_tag(course: &str) -> String {
@@ -104,132 +121,82 @@ async fn define_course(store: web::Data<EventStore>, body: web::Json<NewCourse>)
     }
 }
 
-/// What a subscription decision reads: the course (definition and subscriptions) and
-/// the student's subscriptions.
-fn decision_query(course: &str, student: &str) -> Query {
-    Query::new([
-        QueryItem::new()
-            .types([COURSE_DEFINED, SUBSCRIBED])
-            .tags([course_tag(course)]),
-        QueryItem::new()
-            .types([SUBSCRIBED])
-            .tags([student_tag(student)]),
-    ])
-}
-
 async fn subscribe(
     store: web::Data<EventStore>,
     path: web::Path<(String, String)>,
 ) -> HttpResponse {
     let (course, student) = path.into_inner();
-    let query = decision_query(&course, &student);
+    let enrolment = Enrolment { course, student };
     let give_up = std::time::Instant::now() + DECISION_TIME;
-    for attempt in 0u32.. {
-        if attempt > 0 {
-            if std::time::Instant::now() >= give_up {
-                break;
-            }
-            // A short pause, staggered per request so rivals do not collide again in
-            // lockstep.
-            let mut hasher = std::hash::DefaultHasher::new();
-            std::hash::Hash::hash(&(&student, attempt), &mut hasher);
-            let stagger = std::hash::Hasher::finish(&hasher) % 5;
-            actix_web::rt::time::sleep(Duration::from_millis(1 + stagger)).await;
-        }
-        let seen = match store.read(&query, ReadOptions::default()).await {
-            Ok(seen) => seen,
-            Err(e) => return error_response(&e),
+    loop {
+        // `decide` retries conflicts itself (`decide_retries`); under heavy contention
+        // for one course this keeps deciding until the request's time is up.
+        let decided = store
+            .decide(&enrolment, |state| enrolment::decide(&enrolment, state))
+            .await;
+        return match decided {
+            Ok(Decided::Appended(at)) => HttpResponse::Created().json(json!({
+                "course": enrolment.course,
+                "student": enrolment.student,
+                "position": at.first_position,
+            })),
+            Ok(Decided::Rejected(refusal)) => refused(&refusal),
+            Ok(_unchanged) => message(StatusCode::CONFLICT, "nothing to do"),
+            Err(Error::ConditionFailed { .. }) if std::time::Instant::now() < give_up => continue,
+            Err(e) => error_response(&e),
         };
-        let state = CourseState::from_events(&course, &student, &seen.events);
-        let Some(capacity) = state.capacity else {
-            return message(StatusCode::NOT_FOUND, "no such course");
-        };
-        if state.students.contains(&student) {
-            return message(StatusCode::CONFLICT, "the student is already subscribed");
-        }
-        if state.students.len() >= capacity as usize {
-            return message(StatusCode::CONFLICT, "the course is full");
-        }
-        if state.student_courses >= MAX_COURSES_PER_STUDENT {
-            return message(
-                StatusCode::CONFLICT,
-                "the student has the most courses allowed",
-            );
-        }
-        let event = Event::new(
-            SUBSCRIBED,
-            json!({"courseId": course, "studentId": student}),
-        )
-        .with_tags([course_tag(&course), student_tag(&student)]);
-        let condition = AppendCondition::new(query.clone(), seen.head);
-        match store.append(vec![event], Some(condition)).await {
-            Ok(at) => {
-                return HttpResponse::Created().json(
-                    json!({"course": course, "student": student, "position": at.first_position}),
-                )
-            }
-            // Someone decided first: read again and decide anew.
-            Err(Error::ConditionFailed { .. }) => continue,
-            Err(e) => return error_response(&e),
-        }
-    }
-    error_response(&Error::ConditionFailed { after: None })
-}
-
-/// The state one decision needs, folded from the events of [`decision_query`].
-#[derive(Default)]
-struct CourseState {
-    capacity: Option<u32>,
-    students: BTreeSet<String>,
-    student_courses: usize,
-}
-
-impl CourseState {
-    fn from_events(course: &str, student: &str, events: &[dcb_store::SequencedEvent]) -> Self {
-        let (course_tag, student_tag) = (course_tag(course), student_tag(student));
-        let mut state = CourseState::default();
-        for e in events {
-            let data: serde_json::Value = e.event.data().unwrap_or_default();
-            let tags = e.event.tags();
-            match e.event.event_type() {
-                COURSE_DEFINED if tags.contains(&course_tag) => {
-                    state.capacity = data["capacity"].as_u64().map(|c| c as u32);
-                }
-                SUBSCRIBED => {
-                    if tags.contains(&course_tag) {
-                        if let Some(s) = data["studentId"].as_str() {
-                            state.students.insert(s.to_owned());
-                        }
-                    }
-                    if tags.contains(&student_tag) {
-                        state.student_courses += 1;
-                    }
-                }
-                _ => {}
-            }
-        }
-        state
     }
 }
 
-async fn show_course(store: web::Data<EventStore>, path: web::Path<String>) -> HttpResponse {
+fn refused(refusal: &Refusal) -> HttpResponse {
+    match refusal {
+        Refusal::NoSuchCourse => message(StatusCode::NOT_FOUND, "no such course"),
+        Refusal::AlreadySubscribed => {
+            message(StatusCode::CONFLICT, "the student is already subscribed")
+        }
+        Refusal::Full => message(StatusCode::CONFLICT, "the course is full"),
+        Refusal::TooManyCourses => message(
+            StatusCode::CONFLICT,
+            "the student has the most courses allowed",
+        ),
+    }
+}
+
+/// `?at_least=P` of `GET /courses/{course}`.
+#[derive(Debug, Deserialize)]
+struct AtLeast {
+    at_least: Option<u64>,
+}
+
+async fn show_course(
+    store: web::Data<EventStore>,
+    views: web::Data<Views>,
+    path: web::Path<String>,
+    at: web::Query<AtLeast>,
+) -> HttpResponse {
     let course = path.into_inner();
-    let query = Query::new([QueryItem::new()
-        .types([COURSE_DEFINED, SUBSCRIBED])
-        .tags([course_tag(&course)])]);
-    match store.read(&query, ReadOptions::default()).await {
-        Ok(read) => {
-            let state = CourseState::from_events(&course, "", &read.events);
-            match state.capacity {
-                None => message(StatusCode::NOT_FOUND, "no such course"),
-                Some(capacity) => HttpResponse::Ok().json(CourseView {
-                    id: course,
-                    capacity,
-                    students: state.students.into_iter().collect(),
-                }),
-            }
+    if let Some(position) = at.at_least {
+        // Read your writes: the read model has applied the caller's append.
+        if let Err(e) = store
+            .wait_for_checkpoint(SEATS, position, READ_YOUR_WRITES)
+            .await
+        {
+            return error_response(&e);
         }
-        Err(e) => error_response(&e),
+    }
+    match views.course(&course).await {
+        Ok((Some(row), position)) => HttpResponse::Ok().json(CourseView {
+            id: course,
+            capacity: row.capacity,
+            students: row.students,
+            position,
+        }),
+        Ok((None, _)) => message(StatusCode::NOT_FOUND, "no such course"),
+        Err(ViewError::Store(e)) => error_response(&e),
+        Err(ViewError::Database(e)) => {
+            tracing::error!(error = %e, "reading the read model failed");
+            message(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+        }
     }
 }
 

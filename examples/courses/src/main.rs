@@ -28,18 +28,26 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let config = Config::load_or_default("config.toml")?.with_schema("courses");
     // One store for the whole process: every worker shares its actors.
     let store = EventStore::connect(config).await?;
+    // The read model and the process manager, beside the requests.
+    let views = web::Data::new(courses_example::Views::start(&store).await?);
     let listen = std::env::var("LISTEN").unwrap_or_else(|_| "127.0.0.1:8080".to_owned());
     let data = web::Data::new(store.clone());
+    let served = views.clone();
     println!("courses: listening on http://{listen}");
     // Stops on SIGINT/SIGTERM after in-flight requests finish ...
     HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            .app_data(served.clone())
             .configure(courses_example::routes)
     })
     .bind(&listen)?
     .run()
     .await?;
+    // ... then the consumers stop after the batch in hand ...
+    if let Ok(views) = std::sync::Arc::try_unwrap(views.into_inner()) {
+        views.stop().await;
+    }
     // ... then the store writes what is still queued, within a deadline.
     if tokio_timeout(courses_example::SHUTDOWN_DEADLINE, store.shutdown()).await {
         println!("courses: stopped; every queued append was written");

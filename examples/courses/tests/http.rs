@@ -8,8 +8,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use actix_web::{web, App, HttpServer};
-use courses_example::{error_response, CourseView};
-use dcb_store::{Config, EmbeddedPostgres, Error, EventStore};
+use courses_example::{error_response, CourseView, Views, SUBSCRIBED, WELCOME_SENT};
+use dcb_store::{Config, EmbeddedPostgres, Error, EventStore, Query, QueryItem, ReadOptions};
 use serde_json::{json, Value};
 
 /// The database of this file's tests (`DATABASE_URL`, or else a throwaway server).
@@ -30,15 +30,23 @@ fn unique(prefix: &str) -> String {
 
 /// The application on a free port of its own; its base URL.
 async fn start_app(schema: &str) -> String {
+    start_app_with_store(schema).await.0
+}
+
+/// The application on a free port of its own: its base URL and its store.
+async fn start_app_with_store(schema: &str) -> (String, EventStore) {
     let config = Config::default()
         .with_database_url(database_url())
         .with_schema(schema);
-    let store = web::Data::new(EventStore::connect(config).await.expect("connect"));
+    let connected = EventStore::connect(config).await.expect("connect");
+    let views = web::Data::new(Views::start(&connected).await.expect("views"));
+    let store = web::Data::new(connected.clone());
     let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
     let port = listener.local_addr().expect("address").port();
     let server = HttpServer::new(move || {
         App::new()
             .app_data(store.clone())
+            .app_data(views.clone())
             .configure(courses_example::routes)
     })
     .workers(2)
@@ -46,7 +54,7 @@ async fn start_app(schema: &str) -> String {
     .expect("listen")
     .run();
     actix_rt::spawn(server);
-    format!("http://127.0.0.1:{port}")
+    (format!("http://127.0.0.1:{port}"), connected)
 }
 
 async fn post(client: &awc::Client, url: String, body: Option<Value>) -> (u16, Value) {
@@ -81,8 +89,8 @@ async fn courses_are_defined_shown_and_subscribed_over_http() {
     );
     let again = post(&client, format!("{base}/courses"), Some(define("c1", 5))).await;
     assert_eq!(again.0, 409, "{}", again.1);
-    let (status, course) = get(&client, format!("{base}/courses/c1")).await;
-    assert_eq!(status, 200);
+    let (status, course) = get(&client, format!("{base}/courses/c1?at_least=1")).await;
+    assert_eq!(status, 200, "{course}");
     let course: CourseView = serde_json::from_value(course).unwrap();
     assert_eq!((course.capacity, course.students.len()), (2, 0));
 
@@ -100,8 +108,14 @@ async fn courses_are_defined_shown_and_subscribed_over_http() {
             .0,
         404
     );
-    assert_eq!(get(&client, format!("{base}/courses/nope")).await.0, 404);
-    let (_, course) = get(&client, format!("{base}/courses/c1")).await;
+    assert_eq!(
+        get(&client, format!("{base}/courses/nope?at_least=2"))
+            .await
+            .0,
+        404
+    );
+    let (status, course) = get(&client, format!("{base}/courses/c1?at_least=2")).await;
+    assert_eq!(status, 200, "{course}");
     assert_eq!(course["students"], json!(["s1"]));
     let (status, courses) = get(&client, format!("{base}/students/s1/courses")).await;
     assert_eq!((status, courses["courses"].clone()), (200, json!(["c1"])));
@@ -135,8 +149,97 @@ async fn concurrent_subscriptions_never_overbook_a_course() {
     let created = outcomes.iter().filter(|(s, _)| *s == 201).count();
     let refused = outcomes.iter().filter(|(s, _)| *s == 409).count();
     assert_eq!((created, refused), (10, 30), "{outcomes:?}");
-    let (_, course) = get(&client, format!("{base}/courses/hot")).await;
+    let last = outcomes
+        .iter()
+        .filter_map(|(_, body)| body["position"].as_u64())
+        .max()
+        .unwrap();
+    let (_, course) = get(&client, format!("{base}/courses/hot?at_least={last}")).await;
     assert_eq!(course["students"].as_array().map(Vec::len), Some(10));
+}
+
+/// Read your writes through the read model, and one welcome per subscription from the
+/// process manager.
+#[actix_rt::test]
+async fn the_read_model_answers_at_the_callers_position_and_each_subscription_is_welcomed_once() {
+    let (base, store) = start_app_with_store(&unique("views")).await;
+    // Longer than the 5 s the service waits for the read model.
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .finish();
+    for id in ["a", "b"] {
+        let define = json!({"id": id, "capacity": 3});
+        assert_eq!(
+            post(&client, format!("{base}/courses"), Some(define))
+                .await
+                .0,
+            201
+        );
+    }
+    for i in 0..6 {
+        let course = if i % 2 == 0 { "a" } else { "b" };
+        let (status, body) = post(
+            &client,
+            format!("{base}/courses/{course}/students/s{i}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+        let position = body["position"].as_u64().unwrap();
+        // Right after the append, the read model is asked to reflect it.
+        let (status, view) = get(
+            &client,
+            format!("{base}/courses/{course}?at_least={position}"),
+        )
+        .await;
+        assert_eq!(status, 200, "{view}");
+        assert!(view["position"].as_u64().unwrap() >= position, "{view}");
+        assert!(
+            view["students"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(format!("s{i}"))),
+            "{view}"
+        );
+    }
+    let (_, a) = get(&client, format!("{base}/courses/a")).await;
+    assert_eq!(a["students"], json!(["s0", "s2", "s4"]));
+    // A position far ahead: the read model cannot reach it, 504.
+    let (status, _) = get(&client, format!("{base}/courses/a?at_least=1000000")).await;
+    assert_eq!(status, 504);
+    // One welcome per subscription, once the process manager has caught up.
+    let subscriptions = store
+        .read(
+            &Query::new([QueryItem::new().types([SUBSCRIBED])]),
+            ReadOptions::default(),
+        )
+        .await
+        .unwrap()
+        .events;
+    let last = subscriptions.last().unwrap().position;
+    store
+        .wait_for_checkpoint(courses_example::WELCOME, last, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let welcomes = store
+        .read(
+            &Query::new([QueryItem::new().types([WELCOME_SENT])]),
+            ReadOptions::default(),
+        )
+        .await
+        .unwrap()
+        .events;
+    let mut of: Vec<u64> = welcomes
+        .iter()
+        .map(|w| {
+            w.event.data::<serde_json::Value>().unwrap()["subscription"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    of.sort_unstable();
+    let positions: Vec<u64> = subscriptions.iter().map(|s| s.position).collect();
+    assert_eq!(of, positions, "exactly one welcome per subscription");
 }
 
 #[actix_rt::test]
