@@ -44,8 +44,9 @@ pub enum Error {
     /// found its consumer's checkpoint at or beyond the position it tracks: that
     /// position was handled already, so nothing of this append was written (and the
     /// checkpoint did not move). `checkpoint` is the stored one, as
-    /// [`EventStore::checkpoint`](crate::EventStore::checkpoint) reads it (0 when
-    /// the consumer has none), read under the row's lock by the deciding statement.
+    /// [`EventStore::checkpoint`](crate::EventStore::checkpoint) reads it, read right
+    /// after the refusing batch committed (so it includes the batch's own later
+    /// moves); it is at least the tracked position.
     #[error("consumer {consumer:?} already tracked position {checkpoint}: nothing appended")]
     AlreadyTracked {
         /// The consumer's name.

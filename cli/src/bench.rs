@@ -7,6 +7,7 @@
 //! courses; invariants checked after each run), `cold-start` (the first decision on a boundary of 10,000 events,
 //! with and without a snapshot, `cold.rs`),
 //! `subscribe` (catch-up, live latency and fan-out of subscriptions, `follow.rs`),
+//! `exactly-once` (tracked appends, read models, `effects.rs`),
 //! `read` (reads of the `--queries` shapes, by default one tag, 100 events of one tag,
 //! one type + tag, an
 //! indexed data key alone and with a type, an `occurred_at` range of 100 events alone
@@ -46,6 +47,9 @@ pub enum Workload {
     Subscribe,
     /// The first decision on a large boundary, with and without a snapshot (`cold.rs`).
     ColdStart,
+    /// Tracked against untracked appends; read models against ack-after subscriptions
+    /// (`effects.rs`).
+    ExactlyOnce,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -74,7 +78,7 @@ pub struct BenchArgs {
     workload: Workload,
     /// Concurrent callers; one measurement per value.
     #[arg(long, value_delimiter = ',', default_value = "1,8,32,64")]
-    clients: Vec<usize>,
+    pub(crate) clients: Vec<usize>,
     /// Store modes to measure in this run.
     #[arg(long, value_delimiter = ',', default_value = "normal")]
     mode: Vec<Mode>,
@@ -83,7 +87,7 @@ pub struct BenchArgs {
     pub(crate) seconds: f64,
     /// Warm-up seconds before each measurement (not counted).
     #[arg(long, default_value_t = 2.0)]
-    warmup: f64,
+    pub(crate) warmup: f64,
     /// For `read`: store sizes (events) to measure at (default 100000); for `append`:
     /// append into the store `read` fills with that many events (default: an empty
     /// store). For
@@ -182,6 +186,7 @@ pub async fn run(config: Config, args: BenchArgs) -> Result<std::process::ExitCo
     match args.workload {
         Workload::Subscribe => return crate::follow::run(config, &args).await,
         Workload::ColdStart => return crate::cold::run(config, &args).await,
+        Workload::ExactlyOnce => return crate::effects::run(config, &args).await,
         _ => {}
     }
     let mut results = Vec::new();
@@ -311,7 +316,7 @@ fn mode_config(config: &Config, mode: Mode) -> Config {
         .with_pipelining(mode != Mode::NoPipelining)
 }
 
-fn fresh_schema(workload: &str) -> String {
+pub(crate) fn fresh_schema(workload: &str) -> String {
     format!(
         "bench_{}_{}",
         workload.replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
@@ -335,7 +340,7 @@ async fn measure(
             format!("read:{query}+{}replicas", config.replica_urls().len())
         }
         Workload::Read => format!("read:{query}"),
-        Workload::Subscribe | Workload::ColdStart => {
+        Workload::Subscribe | Workload::ColdStart | Workload::ExactlyOnce => {
             return Err(Error::Config(format!(
                 "{:?} is not measured per mode",
                 args.workload
@@ -456,7 +461,7 @@ async fn measure(
             }
             (window, Some(violations.is_empty()))
         }
-        Workload::Subscribe | Workload::ColdStart => {
+        Workload::Subscribe | Workload::ColdStart | Workload::ExactlyOnce => {
             return Err(Error::Config("measured by its own module".into()))
         }
         Workload::Read => {

@@ -23,16 +23,17 @@ use serde::Serialize;
 use crate::bench::BenchArgs;
 use crate::prefill;
 
+/// One figure of a bench that is not measured per mode (also `effects.rs`).
 #[derive(Serialize)]
-struct Row {
-    measure: String,
-    setting: String,
-    value: f64,
-    unit: &'static str,
-    detail: String,
+pub(crate) struct Row {
+    pub measure: String,
+    pub setting: String,
+    pub value: f64,
+    pub unit: &'static str,
+    pub detail: String,
 }
 
-fn emit(json: bool, row: Row) {
+pub(crate) fn emit(json: bool, row: Row) {
     if json {
         println!("{}", serde_json::to_string(&row).unwrap_or_default());
     } else {

@@ -6,6 +6,7 @@ mod bench;
 mod chart;
 mod cold;
 mod demo;
+mod effects;
 mod enrolment;
 mod follow;
 mod prefill;

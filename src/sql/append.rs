@@ -26,8 +26,21 @@ use crate::model::{AppendCondition, Event, JsonText, Tracking};
 pub(crate) struct AppendShape {
     probes: Probes,
     filtered: bool,
-    /// Whether any append of the round is tracked (moves a consumer's checkpoint).
-    tracked: bool,
+    /// Whether any append of the round is tracked (moves a consumer's checkpoint),
+    /// and whether one of those has no events.
+    tracked: TrackingShape,
+}
+
+/// What a round's tracked appends need of its statement.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub(crate) enum TrackingShape {
+    /// No tracked append: the statement has no tracking at all.
+    #[default]
+    None,
+    /// Tracked appends, each with events.
+    Tracked,
+    /// Tracked appends, some without events (their success is a row of its own).
+    WithEmpty,
 }
 
 impl AppendShape {
@@ -37,7 +50,11 @@ impl AppendShape {
             "dcb_append_{}_{}{}",
             self.probes.bits(),
             u8::from(self.filtered),
-            if self.tracked { "_t" } else { "" }
+            match self.tracked {
+                TrackingShape::None => "",
+                TrackingShape::Tracked => "_t",
+                TrackingShape::WithEmpty => "_te",
+            }
         )
     }
 }
@@ -136,55 +153,58 @@ failed AS (
             violations.join("\n       OR ")
         )
     };
-    // Tracked appends (only in tracked shapes, so other rounds pay nothing): each
-    // consumer's row is locked and read as last committed (at READ COMMITTED a row
-    // locked FOR UPDATE is re-read if it changed after the snapshot: acks and leases
-    // do not take the write lock, tracked appends do), an append is refused when the
-    // checkpoint is not below its position, and the accepted ones move it. The
+    // Tracked appends (only in tracked shapes, so other rounds pay nothing): the
+    // upsert moves each consumer's checkpoint when it is below the tracked position.
+    // On a conflict, ON CONFLICT locks the row and decides its WHERE on the row as last
+    // committed (at READ COMMITTED it follows a row changed after this statement's
+    // snapshot: acks and leases do not take the write lock), so the decision is exact.
+    // A refused append's row carries no checkpoint: the writer reads it after the
+    // commit (refusals are the rare path; a join here cost every tracked append). The
     // planner puts two tracked appends of one consumer in different rounds.
-    let (tracking, not_refused, tracked_rows) = if shape.tracked {
-        (
+    let (tracking, not_refused, tracked_rows) = match shape.tracked {
+        TrackingShape::None => (String::new(), "", String::new()),
+        tracked => (
             format!(
+                // Without conditions nothing fails: one subplan less per execution.
                 "tracking_in AS (
     SELECT * FROM unnest($26::int4[], $27::text[], $28::int8[])
         AS t(append_idx, consumer, position)
-),
-tracking_locked AS (
-    SELECT c.name, c.checkpoint FROM {s}.consumers c
-    WHERE c.name = ANY($27::text[])
-    FOR UPDATE
-),
-tracking_refused AS (
-    SELECT t.append_idx, coalesce(l.checkpoint, 0) AS checkpoint
-    FROM tracking_in t LEFT JOIN tracking_locked l ON l.name = t.consumer
-    WHERE coalesce(l.checkpoint, 0) >= t.position
-),
-tracking_accepted AS (
-    SELECT t.* FROM tracking_in t
-    WHERE t.append_idx NOT IN (SELECT append_idx FROM failed)
-      AND t.append_idx NOT IN (SELECT append_idx FROM stored)
-      AND t.append_idx NOT IN (SELECT append_idx FROM tracking_refused)
+    WHERE {unconditioned}t.append_idx NOT IN (SELECT append_idx FROM stored)
 ),
 tracked AS (
-    INSERT INTO {s}.consumers (name, checkpoint)
-    SELECT consumer, position FROM tracking_accepted
+    INSERT INTO {s}.consumers AS c (name, checkpoint)
+    SELECT consumer, position FROM tracking_in
     ON CONFLICT (name) DO UPDATE SET checkpoint = EXCLUDED.checkpoint
-),"
+    WHERE c.checkpoint IS NULL OR c.checkpoint < EXCLUDED.checkpoint
+    RETURNING c.name
+),
+tracking_refused AS (
+    SELECT append_idx FROM tracking_in WHERE consumer NOT IN (SELECT name FROM tracked)
+),",
+                unconditioned = if shape.probes.is_empty() {
+                    ""
+                } else {
+                    "t.append_idx NOT IN (SELECT append_idx FROM failed)\n      AND "
+                },
             ),
             "\n      AND ev.append_idx NOT IN (SELECT append_idx FROM tracking_refused)",
-            "
+            format!(
+                "
 UNION ALL
-SELECT r.append_idx::int4, 3::int2, r.checkpoint FROM tracking_refused r
-WHERE r.append_idx NOT IN (SELECT append_idx FROM failed)
-  AND r.append_idx NOT IN (SELECT append_idx FROM stored)
+SELECT r.append_idx::int4, 3::int2, NULL::int8 FROM tracking_refused r{}",
+                if tracked == TrackingShape::WithEmpty {
+                    "
 UNION ALL
 -- A tracked append without events: written, as the empty range after the head.
 SELECT t.append_idx::int4, 0::int2, head.p + (SELECT count(*) FROM accepted) + 1
-FROM tracking_accepted t CROSS JOIN head
-WHERE NOT EXISTS (SELECT 1 FROM ev WHERE ev.append_idx = t.append_idx)",
-        )
-    } else {
-        (String::new(), "", "")
+FROM tracking_in t CROSS JOIN head
+WHERE t.consumer IN (SELECT name FROM tracked)
+  AND NOT EXISTS (SELECT 1 FROM ev WHERE ev.append_idx = t.append_idx)"
+                } else {
+                    ""
+                }
+            ),
+        ),
     };
     format!(
         "WITH
@@ -354,9 +374,9 @@ pub(crate) enum AppendStatus {
     /// An event id is stored: a retry or a duplicate ([`stored_statement`] tells);
     /// nothing written.
     Stored,
-    /// Tracked, and the consumer's checkpoint (this one) was not below the tracked
-    /// position; nothing written.
-    AlreadyTracked { checkpoint: u64 },
+    /// Tracked, and the consumer's checkpoint was not below the tracked position;
+    /// nothing written.
+    AlreadyTracked,
 }
 
 /// One row of the append statement.
@@ -369,7 +389,7 @@ pub(crate) struct AppendRow {
 impl AppendRow {
     /// Decodes `(append index, status code, position)`; the codes are the
     /// statement's: 0 written (from the position), 1 condition failed, 2 an event id
-    /// stored, 3 already tracked (the position is the checkpoint).
+    /// stored, 3 already tracked.
     pub(crate) fn decode(row: &tokio_postgres::Row) -> Result<Self, tokio_postgres::Error> {
         let index: i32 = row.try_get(0)?;
         let code: i16 = row.try_get(1)?;
@@ -378,9 +398,7 @@ impl AppendRow {
                 first: row.try_get::<_, i64>(2)? as u64,
             },
             1 => AppendStatus::ConditionFailed,
-            3 => AppendStatus::AlreadyTracked {
-                checkpoint: row.try_get::<_, i64>(2)?.max(0) as u64,
-            },
+            3 => AppendStatus::AlreadyTracked,
             _ => AppendStatus::Stored,
         };
         Ok(AppendRow {
@@ -449,6 +467,8 @@ pub(crate) struct AppendParams<'a> {
     tr_append: Vec<i32>,
     tr_consumer: Vec<&'a str>,
     tr_position: Vec<i64>,
+    /// Whether a tracked append has no events.
+    tracked_empty: bool,
     appends: i32,
 }
 
@@ -458,7 +478,13 @@ impl<'a> AppendParams<'a> {
         AppendShape {
             probes: self.items.probes(),
             filtered: self.items.filtered(),
-            tracked: !self.tr_append.is_empty(),
+            tracked: if self.tr_append.is_empty() {
+                TrackingShape::None
+            } else if self.tracked_empty {
+                TrackingShape::WithEmpty
+            } else {
+                TrackingShape::Tracked
+            },
         }
     }
 
@@ -473,6 +499,7 @@ impl<'a> AppendParams<'a> {
         let idx = self.appends;
         self.appends += 1;
         if let Some(tracking) = tracking {
+            self.tracked_empty |= events.is_empty();
             self.tr_append.push(idx);
             self.tr_consumer.push(&tracking.consumer);
             // Validation keeps tracked positions within 1..=i64::MAX.

@@ -42,6 +42,11 @@ pub(crate) struct ConsumerStatements {
     pub replay_failed: String,
     /// `$1` name, `$2` generation: the checkpoint, when the generation still holds.
     pub held_checkpoint: String,
+    /// `$1` name, `$2` generation, `$3` position: a read model's checkpoint moved
+    /// forward in its batch's transaction; when the generation no longer holds the
+    /// consumer it fails ([`LEASE_LOST_STATE`]), which aborts the transaction, so the
+    /// `COMMIT` pipelined behind it rolls back.
+    pub commit_checkpoint: String,
     /// `$1` name, `$2` generation, `$3` where to start again: a rebuild's reset of
     /// the checkpoint and the attempts (the parked events go with `unpark_all`).
     pub rebuild: String,
@@ -68,7 +73,7 @@ impl ConsumerStatements {
                  WHERE name = $1 AND generation = $2
                  RETURNING checkpoint"
             ),
-            checkpoint: format!("SELECT checkpoint FROM {s}.consumers WHERE name = $1"),
+            checkpoint: checkpoint_statement(schema),
             attempt: format!(
                 "UPDATE {s}.consumers
                  SET attempts = CASE WHEN attempt_position = $3 THEN attempts + 1 ELSE 1 END,
@@ -114,6 +119,14 @@ impl ConsumerStatements {
                 "UPDATE {s}.parked SET attempts = attempts + 1, error = $3, parked_at = now()
                  WHERE consumer = $1 AND position = $2"
             ),
+            commit_checkpoint: format!(
+                "WITH moved AS (
+                     UPDATE {s}.consumers
+                     SET checkpoint = GREATEST(coalesce(checkpoint, 0), $3), acked_at = now()
+                     WHERE name = $1 AND generation = $2
+                     RETURNING checkpoint)
+                 SELECT coalesce((SELECT checkpoint::text FROM moved), 'lease lost')::int8"
+            ),
             held_checkpoint: format!(
                 "SELECT checkpoint FROM {s}.consumers WHERE name = $1 AND generation = $2"
             ),
@@ -127,6 +140,19 @@ impl ConsumerStatements {
             unpark_all: format!("DELETE FROM {s}.parked WHERE consumer = $1"),
         }
     }
+}
+
+/// The SQLSTATE of `commit_checkpoint` when the generation no longer holds the consumer
+/// (`'lease lost'` is not a number).
+pub(crate) const LEASE_LOST_STATE: tokio_postgres::error::SqlState =
+    tokio_postgres::error::SqlState::INVALID_TEXT_REPRESENTATION;
+
+/// `$1` name: the consumer's checkpoint (no row: none).
+pub(crate) fn checkpoint_statement(schema: &Identifier) -> String {
+    format!(
+        "SELECT checkpoint FROM {}.consumers WHERE name = $1",
+        schema.quoted()
+    )
 }
 
 /// The session lock that makes one process the holder of consumer `name` in `schema`
@@ -203,6 +229,12 @@ pub(crate) fn position_param(p: u64) -> i64 {
 pub(crate) fn decode_position(row: &Row, column: usize) -> Result<Option<u64>> {
     let position: Option<i64> = row.try_get(column).map_err(Error::db)?;
     Ok(position.map(|p| p.max(0) as u64))
+}
+
+/// The checkpoint of [`checkpoint_statement`]'s row (none: 0).
+pub(crate) fn decode_checkpoint(row: &Row) -> std::result::Result<u64, tokio_postgres::Error> {
+    let position: Option<i64> = row.try_get(0)?;
+    Ok(position.map_or(0, |p| p.max(0) as u64))
 }
 
 /// Whether the lock was taken (`try_lock`'s row).

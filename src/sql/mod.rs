@@ -41,8 +41,8 @@ pub(crate) use append::{
     EVENT_TYPES,
 };
 pub(crate) use consumers::{
-    consumer_lock_key, decode_locked, decode_position, position_param, AttemptRow,
-    ConsumerStatements, ParkedRow, TakenOver,
+    checkpoint_statement, consumer_lock_key, decode_checkpoint, decode_locked, decode_position,
+    position_param, AttemptRow, ConsumerStatements, ParkedRow, TakenOver, LEASE_LOST_STATE,
 };
 pub(crate) use keys::{
     DeclaredKeys, KeyRow, KeyStatements, DATA, MAX_INDEXED_KEYS, MAX_INDEXED_KEY_BYTES, METADATA,

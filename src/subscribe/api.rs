@@ -191,6 +191,7 @@ impl Subscriptions {
             rebuilds,
             rebuild: None,
             connection: None,
+            unsure: false,
         };
         let delivery = self
             .run(engine, query, options, "run_read_model", handler)

@@ -10,8 +10,8 @@
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, Notify};
-use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, Statement, Transaction};
 
 use super::deliver::{Handled, Handler};
 use super::{DeliveryError, EventBatch, Lease};
@@ -137,16 +137,31 @@ pub(crate) struct InTransaction<M> {
     pub moved: Arc<Notify>,
     pub rebuilds: mpsc::Receiver<oneshot::Sender<Result<()>>>,
     pub rebuild: Option<oneshot::Sender<Result<()>>>,
-    pub connection: Option<Client>,
+    pub connection: Option<Connection>,
+    /// The last commit failed without an answer: the next transaction first asks how
+    /// far the checkpoint is.
+    pub unsure: bool,
+}
+
+/// The runner's connection, with the checkpoint's statement prepared on it.
+pub(crate) struct Connection {
+    client: Client,
+    ack: Statement,
 }
 
 /// The runner's connection, made again when it is gone.
 async fn client<'c>(
-    connection: &'c mut Option<Client>,
+    connection: &'c mut Option<Connection>,
     connector: &Connector,
-) -> Result<&'c mut Client> {
-    if connection.as_ref().is_none_or(Client::is_closed) {
-        *connection = Some(connector.dedicated().await?);
+    sql: &ConsumerStatements,
+) -> Result<&'c mut Connection> {
+    if connection.as_ref().is_none_or(|c| c.client.is_closed()) {
+        let client = connector.dedicated().await?;
+        let ack = client
+            .prepare(&sql.commit_checkpoint)
+            .await
+            .map_err(Error::db)?;
+        *connection = Some(Connection { client, ack });
     }
     connection.as_mut().ok_or(Error::CLOSED)
 }
@@ -161,34 +176,59 @@ impl<M: ReadModel> InTransaction<M> {
         let name = self.name.clone();
         let sql = self.sql.clone();
         let to = sql::position_param(chunk.scanned_to);
-        let client = client(&mut self.connection, &self.connector).await?;
+        let unsure = std::mem::take(&mut self.unsure);
+        let Connection { client, ack } =
+            client(&mut self.connection, &self.connector, &sql).await?;
         let tx = client.transaction().await.map_err(Error::db)?;
-        let held: [&(dyn ToSql + Sync); 2] = [&name, &generation];
-        let Some(row) = tx
-            .query_opt(&sql.held_checkpoint, &held)
-            .await
-            .map_err(Error::db)?
-        else {
-            return Err(Failure::Lost);
-        };
-        // A commit whose answer was lost applied these already: apply only the rest.
-        let applied = sql::decode_position(&row, 0)?.unwrap_or(0);
-        chunk.events.retain(|e| e.position > applied);
+        if unsure {
+            // The last commit's answer was lost: it may have applied some of these
+            // (the subscription gives nothing at or below the stored checkpoint
+            // otherwise, so only then is it asked).
+            let Some(row) = tx
+                .query_typed_opt(
+                    &sql.held_checkpoint,
+                    &[(&name, Type::TEXT), (&generation, Type::INT8)],
+                )
+                .await
+                .map_err(Error::db)?
+            else {
+                return Err(Failure::Lost);
+            };
+            let applied = sql::decode_position(&row, 0)?.unwrap_or(0);
+            chunk.events.retain(|e| e.position > applied);
+        }
         if !chunk.events.is_empty() {
             self.model
                 .apply(&chunk, &tx)
                 .await
                 .map_err(Failure::Refused)?;
         }
-        let moved = tx
-            .query_opt(&sql.ack, &[&name, &generation, &to])
-            .await
-            .map_err(Error::db)?;
-        let Some(moved) = moved else {
-            return Err(Failure::Lost);
+        // The checkpoint and COMMIT in one round trip: COMMIT is sent behind the
+        // checkpoint's statement, which fails (aborting the transaction, so COMMIT
+        // rolls back) when this generation no longer holds the consumer.
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&name, &generation, &to];
+        let moved = tx.query_one(&*ack, &params);
+        let commit = tx.batch_execute(sql::session::COMMIT);
+        let (moved, committed) = futures_util::future::join(moved, commit).await;
+        // Committed (or rolled back) by hand: dropping it would send a ROLLBACK
+        // outside any transaction (a warning in the server's log).
+        std::mem::forget(tx);
+        let checkpoint = match moved {
+            Ok(row) => sql::decode_position(&row, 0)?.unwrap_or(0),
+            Err(error) if error.code() == Some(&sql::LEASE_LOST_STATE) => {
+                return Err(Failure::Lost)
+            }
+            Err(error) => {
+                // A server error rolled everything back; a lost connection may have
+                // committed it all (COMMIT was sent).
+                self.unsure = error.as_db_error().is_none();
+                return Err(Failure::Failed(Error::db(error)));
+            }
         };
-        let checkpoint = sql::decode_position(&moved, 0)?.unwrap_or(0);
-        tx.commit().await.map_err(Error::db)?;
+        if let Err(error) = committed {
+            self.unsure = true;
+            return Err(Failure::Failed(Error::db(error)));
+        }
         self.moved.notify_waiters();
         Ok(checkpoint)
     }
@@ -199,7 +239,7 @@ impl<M: ReadModel> InTransaction<M> {
         let name = self.name.clone();
         let sql = self.sql.clone();
         let start = sql::position_param(self.start);
-        let client = client(&mut self.connection, &self.connector).await?;
+        let Connection { client, .. } = client(&mut self.connection, &self.connector, &sql).await?;
         let tx = client.transaction().await.map_err(Error::db)?;
         let reset = tx
             .query_opt(&sql.rebuild, &[&name, &generation, &start])

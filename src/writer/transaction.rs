@@ -241,13 +241,14 @@ impl BatchJob {
                     AppendStatus::ConditionFailed => Err(Error::ConditionFailed {
                         after: pending.condition.as_ref().and_then(|c| c.after),
                     }),
-                    AppendStatus::AlreadyTracked { checkpoint } => Err(Error::AlreadyTracked {
+                    // Its checkpoint is read after the commit, below.
+                    AppendStatus::AlreadyTracked => Err(Error::AlreadyTracked {
                         consumer: pending
                             .tracking
                             .as_ref()
                             .map(|t| t.consumer.clone())
                             .unwrap_or_default(),
-                        checkpoint,
+                        checkpoint: 0,
                     }),
                     AppendStatus::Stored => {
                         if !stored.contains(&append) {
@@ -280,6 +281,21 @@ impl BatchJob {
                 };
             }
         }
+        // A refusal's checkpoint, read after the commit: at least the tracked position
+        // (it was, under the row's lock, and it moves only forward but for a read
+        // model's rebuild).
+        for (pending, result) in batch.iter().zip(results.iter_mut()) {
+            let (Some(tracking), Err(Error::AlreadyTracked { checkpoint, .. })) =
+                (&pending.tracking, &mut *result)
+            else {
+                continue;
+            };
+            let now = self
+                .checkpoint(connection, &tracking.consumer)
+                .await
+                .map_err(|error| BatchFailure::of(error, client, sent))?;
+            *checkpoint = now.max(tracking.position);
+        }
         settled(batch);
         let events = batch.iter().map(|p| p.events.len()).sum::<usize>() as u32;
         self.metrics.record(Record::Batch {
@@ -289,6 +305,24 @@ impl BatchJob {
         });
         self.component(Component::ResultProcessing, processing.elapsed());
         Ok(results)
+    }
+
+    /// Consumer `name`'s checkpoint (0 when it has none), read on the writer's
+    /// connection after a refusal (the rare path).
+    async fn checkpoint(
+        &self,
+        connection: &WriterConnection,
+        name: &str,
+    ) -> std::result::Result<u64, tokio_postgres::Error> {
+        let text = sql::checkpoint_statement(&self.settings.schema);
+        let row = connection
+            .client
+            .query_typed_opt(&text, &[(&name, tokio_postgres::types::Type::TEXT)])
+            .await?;
+        Ok(match row {
+            Some(row) => sql::decode_checkpoint(&row)?,
+            None => 0,
+        })
     }
 
     /// What the appends `stored` (indexes into `batch`) found stored are: retries,

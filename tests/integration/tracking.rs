@@ -213,8 +213,9 @@ async fn a_retried_tracked_append_returns_its_original_result() {
 async fn tracked_appends_of_one_consumer_in_one_batch_are_decided_in_arrival_order() {
     let store = support::store("tracked_batch").await;
     let stall = Stall::start(&store).await;
-    // Arrival order: 5 ok; 3 refused (5); 7 ok; 7 refused (7); e only (untracked) ok;
-    // 8 for another consumer ok; 8 ok.
+    // Arrival order: 5 ok; 3 refused (5 is tracked); 7 ok; 7 refused (7 is); e
+    // (untracked) ok; 8 for another consumer ok; 8 ok. A refusal reports the checkpoint
+    // read once the batch committed: 8.
     let plan: Vec<(Option<(&str, u64)>, &str)> = vec![
         (Some(("c", 5)), "a"),
         (Some(("c", 3)), "b"),
@@ -251,7 +252,7 @@ async fn tracked_appends_of_one_consumer_in_one_batch_are_decided_in_arrival_ord
         .collect();
     assert_eq!(
         outcome,
-        vec![None, Some(5), None, Some(7), None, None, None],
+        vec![None, Some(8), None, Some(8), None, None, None],
         "{results:?}"
     );
     let m = store.metrics().await.unwrap();
