@@ -1,9 +1,13 @@
 //! Exactly once: read models whose tables move with their checkpoint in one
 //! transaction (handler errors, poison events, a stale holder, a rebuild under live
-//! traffic), process managers whose reactions are appended once however often an event
-//! comes, and waiting for a checkpoint.
+//! traffic, a commit whose answer is lost), process managers whose reactions are
+//! appended once however often an event comes, and waiting for a checkpoint.
+//!
+//! Longer than most files because the read model every test here uses, and the proxy
+//! that cuts a commit's answer, are written beside the tests.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,6 +16,8 @@ use dcb_store::{
     DeliveryError, Error, Event, EventBatch, EventStore, OnFailure, ProcessManager, Projection,
     Query, QueryItem, Reaction, ReadModel, ReadOptions, SequencedEvent, SubscribeOptions,
 };
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::support;
@@ -383,4 +389,124 @@ pub(crate) async fn welcomes_per_tag(store: &EventStore) -> BTreeMap<String, usi
         *per_tag.entry(w.event.tags()[0].clone()).or_default() += 1;
     }
     per_tag
+}
+
+/// A proxy to the test server that, while `cuts` is above zero, lets through the next
+/// simple-query `COMMIT` it sees (a read model's: the writer commits through its append
+/// function, the lease through plain statements), gives the server time to run it, and
+/// then hangs up on that connection without passing the answer back. Other
+/// connections, and later ones, pass untouched.
+async fn commit_cutting_proxy(cuts: Arc<AtomicU32>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let target = support::server_address();
+    actix::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = TcpStream::connect((target.0.as_str(), target.1)).await else {
+                continue;
+            };
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = server.into_split();
+            let cut = Arc::new(tokio::sync::Notify::new());
+            let holding = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let (cut_back, hold) = (cut.clone(), holding.clone());
+            actix::spawn(async move {
+                let mut buffer = vec![0u8; 64 * 1024];
+                loop {
+                    tokio::select! {
+                        () = cut_back.notified() => return,
+                        read = server_read.read(&mut buffer) => match read {
+                            Ok(0) | Err(_) => return,
+                            // Lost on the way back once the COMMIT went through.
+                            Ok(_) if hold.load(Ordering::SeqCst) => {}
+                            Ok(n) => {
+                                if client_write.write_all(&buffer[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        },
+                    }
+                }
+            });
+            let cuts = cuts.clone();
+            actix::spawn(async move {
+                if !support::pass_startup(&mut client_read, &mut server_write).await {
+                    return;
+                }
+                loop {
+                    let mut header = [0u8; 5];
+                    if client_read.read_exact(&mut header).await.is_err() {
+                        return;
+                    }
+                    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+                    let mut body = vec![0u8; (len as usize).saturating_sub(4)];
+                    if client_read.read_exact(&mut body).await.is_err() {
+                        return;
+                    }
+                    let commit = header[0] == b'Q' && body.starts_with(b"COMMIT");
+                    let armed = commit
+                        && cuts
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                            .is_ok();
+                    // The answers of what was sent before the COMMIT (the checkpoint's
+                    // statement, pipelined with it) are lost too.
+                    holding.store(armed, Ordering::SeqCst);
+                    if server_write.write_all(&header).await.is_err()
+                        || server_write.write_all(&body).await.is_err()
+                    {
+                        return;
+                    }
+                    if armed {
+                        // The server commits; its answer never comes back.
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        cut.notify_one();
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[actix::test]
+async fn a_read_model_commit_whose_answer_is_lost_is_not_applied_twice() {
+    let schema = support::unique_schema("rm_cut");
+    let direct = EventStore::connect(support::config(&schema)).await.unwrap();
+    let table = applied_table(&direct).await;
+    let head = append_n(&direct, 60).await;
+    let cuts = Arc::new(AtomicU32::new(0));
+    let port = commit_cutting_proxy(cuts.clone()).await;
+    let proxied = EventStore::connect(
+        support::config(&schema)
+            .with_database_url(support::url_via(port))
+            .with_operation_timeout(Duration::from_secs(2)),
+    )
+    .await
+    .unwrap();
+    let gate = Arc::new(Semaphore::new(1));
+    let mut model = Applied::new(table.clone());
+    model.gate = Some(gate.clone());
+    let running = proxied
+        .run_read_model(Query::all(), options("rm").batch_size(10), model)
+        .await
+        .unwrap();
+    // The first batch commits normally; the second's COMMIT answer is lost.
+    direct
+        .wait_for_checkpoint("rm", 10, Duration::from_secs(10))
+        .await
+        .unwrap();
+    cuts.store(1, Ordering::SeqCst);
+    gate.add_permits(1_000);
+    direct
+        .wait_for_checkpoint("rm", head, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(cuts.load(Ordering::SeqCst), 0, "a commit's answer was cut");
+    assert_eq!(
+        applied(&table).await,
+        once_each(head),
+        "the batch whose commit landed unanswered was not applied again"
+    );
+    running.stop().await;
 }

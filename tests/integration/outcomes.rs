@@ -52,16 +52,7 @@ async fn answer_losing_proxy(armed: Arc<AtomicBool>) -> u16 {
             });
             let armed = armed.clone();
             actix::spawn(async move {
-                // Startup message (or cancel request): length-prefixed, no type byte.
-                let mut len = [0u8; 4];
-                if client_read.read_exact(&mut len).await.is_err() {
-                    return;
-                }
-                let mut body = vec![0u8; (u32::from_be_bytes(len) as usize).saturating_sub(4)];
-                if client_read.read_exact(&mut body).await.is_err()
-                    || server_write.write_all(&len).await.is_err()
-                    || server_write.write_all(&body).await.is_err()
-                {
+                if !support::pass_startup(&mut client_read, &mut server_write).await {
                     return;
                 }
                 // Once armed, the next batch's messages (a pipelined transaction, or one

@@ -185,3 +185,21 @@ pub fn url_with_setting(url: &str, setting: &str) -> String {
         format!("{url} options='{}'", options.replace('\\', "\\\\"))
     }
 }
+
+/// Passes a client's startup message (or cancel request: length-prefixed, no type
+/// byte) on to the server, for the tests' wire-protocol proxies; false when either side
+/// is gone.
+pub async fn pass_startup(
+    client: &mut tokio::net::tcp::OwnedReadHalf,
+    server: &mut tokio::net::tcp::OwnedWriteHalf,
+) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut len = [0u8; 4];
+    if client.read_exact(&mut len).await.is_err() {
+        return false;
+    }
+    let mut body = vec![0u8; (u32::from_be_bytes(len) as usize).saturating_sub(4)];
+    client.read_exact(&mut body).await.is_ok()
+        && server.write_all(&len).await.is_ok()
+        && server.write_all(&body).await.is_ok()
+}
