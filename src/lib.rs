@@ -31,6 +31,11 @@
 //! - Subscriptions follow a query from any position, history then live, each event
 //!   once and in order; durable consumers keep a checkpoint in the schema and have one
 //!   holder at a time across processes ([`EventStore::subscribe`]).
+//! - Effects happen once: a tracked append moves a consumer's checkpoint with its
+//!   events ([`AppendOptions::tracking`]), a read model writes its tables in the
+//!   transaction that moves its checkpoint ([`EventStore::run_read_model`]), and a
+//!   process manager reacts through tracked appends
+//!   ([`EventStore::run_process_manager`]).
 //! - Reads may go to streaming replicas ([`Consistency`]): eventual, or at least a
 //!   position (read your own writes); appends and conditions always use the primary,
 //!   and a multi-host primary URL (`target_session_attrs=read-write`) survives failover.
