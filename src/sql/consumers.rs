@@ -227,14 +227,21 @@ pub(crate) fn position_param(p: u64) -> i64 {
 
 /// The position (a checkpoint) in column `column`, or none.
 pub(crate) fn decode_position(row: &Row, column: usize) -> Result<Option<u64>> {
-    let position: Option<i64> = row.try_get(column).map_err(Error::db)?;
-    Ok(position.map(|p| p.max(0) as u64))
+    position_in(row, column).map_err(Error::db)
 }
 
-/// The checkpoint of [`checkpoint_statement`]'s row (none: 0).
+/// The checkpoint of [`checkpoint_statement`]'s row (none: 0), with the driver's error
+/// (the writer classifies it).
 pub(crate) fn decode_checkpoint(row: &Row) -> std::result::Result<u64, tokio_postgres::Error> {
-    let position: Option<i64> = row.try_get(0)?;
-    Ok(position.map_or(0, |p| p.max(0) as u64))
+    Ok(position_in(row, 0)?.unwrap_or(0))
+}
+
+fn position_in(
+    row: &Row,
+    column: usize,
+) -> std::result::Result<Option<u64>, tokio_postgres::Error> {
+    let position: Option<i64> = row.try_get(column)?;
+    Ok(position.map(|p| p.max(0) as u64))
 }
 
 /// Whether the lock was taken (`try_lock`'s row).

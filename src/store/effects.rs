@@ -198,11 +198,7 @@ impl Reaction<'_> {
         condition: Option<AppendCondition>,
     ) -> Result<Option<AppendResult>> {
         let options = AppendOptions::default().tracking(self.consumer, self.position);
-        match self.store.append_with(events, condition, options).await {
-            Ok(result) => Ok(Some(result)),
-            Err(Error::AlreadyTracked { .. }) => Ok(None),
-            Err(error) => Err(error),
-        }
+        done_before(self.store.append_with(events, condition, options).await)
     }
 
     /// Decides on `projection` as [`EventStore::decide`], appending tracked:
@@ -216,11 +212,16 @@ impl Reaction<'_> {
         F: FnMut(&P::State) -> std::result::Result<Vec<Event>, R>,
     {
         let options = DecideOptions::default().tracking(self.consumer, self.position);
-        match self.store.decide_with(projection, options, decide).await {
-            Ok(decided) => Ok(Some(decided)),
-            Err(Error::AlreadyTracked { .. }) => Ok(None),
-            Err(error) => Err(error),
-        }
+        done_before(self.store.decide_with(projection, options, decide).await)
+    }
+}
+
+/// A tracked outcome, `None` when the reaction was appended before.
+fn done_before<T>(result: Result<T>) -> Result<Option<T>> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(Error::AlreadyTracked { .. }) => Ok(None),
+        Err(error) => Err(error),
     }
 }
 

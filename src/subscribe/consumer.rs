@@ -139,12 +139,7 @@ impl Lease {
     /// Whether this subscriber holds the consumer (as far as it can tell: its lock's
     /// connection is alive).
     pub(crate) fn held(&self) -> bool {
-        let held = self.state();
-        held.generation.is_some()
-            && held
-                .connection
-                .as_ref()
-                .is_some_and(|c| !c.client.is_closed())
+        self.generation().is_some()
     }
 
     /// `work` on the lease connection within the lease's time limit; a connection that
